@@ -1,0 +1,1 @@
+"""mlx-troupe's inference actors (generation, kv-cache, intake, metrics)."""

@@ -1,0 +1,1 @@
+"""mlx-troupe's HTTP front door and command line."""
