@@ -275,6 +275,7 @@ class ActorCell(Node):
                 except BaseException as exc:
                     cause = _crash_cause(exc)
                     incarnation.exit = ExitInfo(ExitKind.CRASH, describe_failure(cause))
+                    self._note_exiting(incarnation)
                     incarnation.fail_inflight(self.id, incarnation.exit.reason)
         finally:
             await self._finish(actor, incarnation, on_exit)
@@ -300,11 +301,18 @@ class ActorCell(Node):
                 answer = await actor.handle(envelope.message)
             except ExitActor as request:
                 kind = ExitKind(request.reason)
+                self._note_exiting(incarnation)
                 incarnation.fail_inflight(self.id, f"exited ({kind.value})")
                 return ExitInfo(kind, f"exited ({kind.value})")
             incarnation.inflight = None
             if reply is not None:
                 reply.resolve(answer)
+
+    def _note_exiting(self, incarnation: _Incarnation) -> None:
+        # Before anyone is told of the exit, so that a caller who saw the actor
+        # die finds its supervisor busy until the exit has been handled.
+        if self._current is incarnation and incarnation.started.is_set():
+            self.exiting = True
 
     async def _finish(
         self, actor: Actor | None, incarnation: _Incarnation, on_exit: OnExit

@@ -148,27 +148,42 @@ class Mailbox:
         try:
             self._send.send_nowait(envelope)
         except anyio.WouldBlock:
-            self._dead_letters.record(self.owner, DeadReason.MAILBOX_FULL)
-            raise MailboxFull(self.owner, self.config.capacity) from None
+            raise self._full() from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._dead_letters.record(self.owner, DeadReason.STOPPED)
-            raise ActorStopped(self.owner) from None
+            raise self._stopped() from None
 
     async def put(self, envelope: Envelope) -> None:
         """Enqueue following the overflow policy."""
-        if self.config.overflow is Overflow.REJECT:
-            self.put_nowait(envelope)
+        try:
+            self._send.send_nowait(envelope)
+        except anyio.WouldBlock:
+            if self.config.overflow is Overflow.REJECT:
+                raise self._full() from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise self._stopped() from None
+        else:
+            # The fast path needs no timeout scope: a scope per send halved tell
+            # throughput in benchmarks/runtime_bench.py.
             await anyio.lowlevel.checkpoint()
             return
+        await self._put_waiting(envelope)
+
+    async def _put_waiting(self, envelope: Envelope) -> None:
         try:
             with anyio.move_on_after(self.config.block_timeout):
                 await self._send.send(envelope)
                 return
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self._dead_letters.record(self.owner, DeadReason.STOPPED)
-            raise ActorStopped(self.owner) from None
+            raise self._stopped() from None
+        raise self._full()
+
+    def _full(self) -> MailboxFull:
         self._dead_letters.record(self.owner, DeadReason.MAILBOX_FULL)
-        raise MailboxFull(self.owner, self.config.capacity)
+        return MailboxFull(self.owner, self.config.capacity)
+
+    def _stopped(self) -> ActorStopped:
+        self._dead_letters.record(self.owner, DeadReason.STOPPED)
+        return ActorStopped(self.owner)
 
     async def get(self) -> Envelope:
         """Wait for the next envelope."""

@@ -106,6 +106,9 @@ class Node(ABC):
         self.consecutive_failures = 0
         self.started_at: float | None = None
         self.last_failure: Failure | None = None
+        self.exiting = False
+        """Set the moment the running incarnation ends on its own, cleared when the
+        supervisor has taken note: until then its supervisor is not idle."""
 
     @abstractmethod
     async def start(self, on_exit: OnExit) -> StartFailure | None:
@@ -132,6 +135,7 @@ class Node(ABC):
     def mark_exited(self, exit_info: ExitInfo) -> None:
         """Record an exit the supervisor has taken note of."""
         self.active = None
+        self.exiting = False
         self.started_at = None
         self.state = (
             NodeState.ABANDONED if exit_info.kind is ExitKind.ABANDONED else (NodeState.STOPPED)

@@ -87,9 +87,11 @@ class Backoff:
         """The delay before the ``consecutive``-th restart in a row, before jitter."""
         if consecutive <= 1:
             return 0.0
-        # Bound the exponent so huge counts cannot overflow a float.
-        exponent = min(consecutive - 2, 1024)
-        return float(min(self.cap, self.initial * self.factor**exponent))
+        try:
+            grown = self.initial * self.factor ** (consecutive - 2)
+        except OverflowError:  # a long crash loop: far past the cap anyway
+            return self.cap
+        return min(self.cap, grown)
 
     def delay(self, consecutive: int, rng: random.Random) -> float:
         """The jittered delay, within ``[nominal * (1 - jitter), nominal]``."""

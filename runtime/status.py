@@ -54,6 +54,7 @@ class SupervisorStatus(Message, frozen=True, kw_only=True):
     path: str
     state: NodeState
     strategy: str
+    incarnation: int
     intensity: int
     period_seconds: float
     restarts_in_window: int
@@ -61,6 +62,15 @@ class SupervisorStatus(Message, frozen=True, kw_only=True):
     last_failure: Failure | None
     uptime_seconds: float | None
     children: list[ActorStatus | SupervisorStatus]
+
+    def find(self, name: str) -> ActorStatus | SupervisorStatus | None:
+        """The node called ``name`` in this subtree (depth first), if any."""
+        for child in self.children:
+            if child.name == name:
+                return child
+            if isinstance(child, SupervisorStatus) and (found := child.find(name)):
+                return found
+        return None
 
 
 class SystemStatus(Message, frozen=True, kw_only=True):

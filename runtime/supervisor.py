@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from runtime.actor import ActorCell
 from runtime.lifecycle import Crashed, Escalated, Restarted, Started, Stopped
@@ -65,6 +66,14 @@ class _PendingRestart:
     scope: anyio.CancelScope
 
 
+def _control_queue() -> tuple[
+    MemoryObjectSendStream[_Control], MemoryObjectReceiveStream[_Control]
+]:
+    # Unbounded on purpose: it only ever holds one exit per child incarnation,
+    # one event per restart timer and stop requests, and posting must never wait.
+    return anyio.create_memory_object_stream[_Control](math.inf)
+
+
 def build_node(spec: ChildSpec | SupervisorSpec, path: str, services: Services) -> Node:
     """Create the node for a child spec, registering workers for lookup."""
     if isinstance(spec, SupervisorSpec):
@@ -93,7 +102,9 @@ class Supervisor(Node):
         # so anyio primitives can be created here.
         self._changed = anyio.Event()
         self._finished = anyio.Event()
-        self._send, self._receive = anyio.create_memory_object_stream[_Control](math.inf)
+        self._send, self._receive = _control_queue()
+        self._send.close()  # replaced by a fresh queue at every start
+        self._receive.close()
 
     # -- Node interface -------------------------------------------------------
 
@@ -101,14 +112,14 @@ class Supervisor(Node):
         """Start the children in order, then run the control loop in the background."""
         self.incarnation += 1
         self.state = NodeState.STARTING
-        # The control queue is unbounded on purpose: it only ever holds one exit
-        # per child incarnation, one event per timer and stop requests.
-        self._send, self._receive = anyio.create_memory_object_stream[_Control](math.inf)
+        self._send, self._receive = _control_queue()
         self._finished = anyio.Event()
         self._restart_log.clear()
         failure = await self._start_children()
         if failure is not None:
             self.state = NodeState.FAILED
+            self._send.close()
+            self._receive.close()
             self._finished.set()
             return failure
         self.mark_running(self.incarnation)
@@ -143,6 +154,7 @@ class Supervisor(Node):
             path=self.path,
             state=self.state,
             strategy=self.spec.strategy.value,
+            incarnation=self.incarnation,
             intensity=self.spec.intensity,
             period_seconds=self.spec.period,
             restarts_in_window=self.restarts_in_window(period),
@@ -211,6 +223,8 @@ class Supervisor(Node):
         try:
             async for event in self._receive:
                 outcome = await self._dispatch(event)
+                if outcome is not None:
+                    self.exiting = True
                 self._unprocessed -= 1
                 self._notify()
                 if outcome is not None:
@@ -245,6 +259,7 @@ class Supervisor(Node):
             pending.scope.cancel()
         self._pending.clear()
         self._send.close()
+        self._receive.close()
         await self._stop_nodes(self.children)
         for child in self.children:
             if child.state is NodeState.RESTARTING:
@@ -363,7 +378,7 @@ class Supervisor(Node):
     def _busy(self) -> bool:
         now = self.services.clock.monotonic()
         due = any(p.deadline <= now for p in self._pending.values())
-        return self._unprocessed > 0 or due
+        return self._unprocessed > 0 or due or any(child.exiting for child in self.children)
 
     def _notify(self) -> None:
         self._changed.set()

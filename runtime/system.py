@@ -97,10 +97,13 @@ class ActorSystem:
             await self.stop()
         self.services.events.close()
         assert self._task_group is not None
-        result = await self._task_group.__aexit__(exc_type, exc, tb)
+        # The tree is stopped; what is left are abandoned tasks, if any. The
+        # body's own exception is not fed to the task group, so it propagates
+        # as itself rather than wrapped in an exception group.
+        await self._task_group.__aexit__(None, None, None)
         if exc_type is None and self.failure is not None:
             raise self.failure
-        return result
+        return None
 
     async def stop(self) -> None:
         """Stop the tree in reverse start order, each actor within its shutdown timeout."""
@@ -143,6 +146,9 @@ class ActorSystem:
             supervisors = self.root.supervisors()
             for supervisor in supervisors:
                 await supervisor.wait_idle()
+            if self.root.exiting:  # the root escalated: idle once the system has stopped
+                await self._stopped_event().wait()
+                return
             if not any(s._busy() for s in self.root.supervisors()):
                 return
 
