@@ -69,6 +69,8 @@ class Journal:
     stop_raises: set[str] = field(default_factory=set)
     stubborn: set[str] = field(default_factory=set)
     """Probes whose Hold ignores cancellation (a shielded wait)."""
+    stop_opens: dict[str, str] = field(default_factory=dict)
+    """Probe name -> gate its on_stop opens."""
     gates: dict[str, anyio.Event] = field(default_factory=dict)
     handled: list[tuple[str, int]] = field(default_factory=list)
 
@@ -129,6 +131,8 @@ class Probe(Actor):
 
     async def on_stop(self, exit_kind: ExitKind) -> None:
         self.journal.lines.append(f"stop {self.name} {exit_kind.value}")
+        if self.name in self.journal.stop_opens:
+            self.journal.gate(self.journal.stop_opens[self.name]).set()
         if self.name in self.journal.stop_raises:
             raise RuntimeError(SECRET)
 

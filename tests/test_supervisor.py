@@ -23,7 +23,7 @@ from runtime import (
 )
 from runtime.lifecycle import Crashed, Escalated, Event, Stopped
 from runtime.status import ActorStatus, SupervisorStatus
-from tests.support import SECRET, Crash, Exit, Hold, Journal, Ping, Pong, probe
+from tests.support import SECRET, Crash, CrashLater, Exit, Hold, Journal, Ping, Pong, probe, worker
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -191,6 +191,26 @@ async def test_crash_inside_cleanup_is_logged_and_the_rest_still_stop(
     assert journal.of("stop") == ["c", "b", "a"]
     assert "root/b: on_stop failed: RuntimeError" in caplog.text
     assert SECRET not in caplog.text
+
+
+async def test_a_sibling_crashing_while_the_tree_stops_is_not_restarted() -> None:
+    journal = Journal(stop_opens={"c": "boom"})
+    async with ActorSystem(flat(journal)) as system:
+        events = system.subscribe()
+        await system.ref("a").tell(CrashLater(key="boom"))
+        await system.stop()  # stopping c makes a crash while b is being stopped
+        assert journal.of("stop") == ["c", "b", "a"]
+        assert journal.lines[-1] == "stop a crash"
+        assert incarnations(system) == {"a": 1, "b": 1, "c": 1}
+        a = worker(system, "a")
+        assert (a.state, a.last_failure is not None) == ("stopped", True)
+        stopped = [e for e in drain(events) if isinstance(e, Stopped)]
+        assert [(e.path, e.exit) for e in stopped] == [
+            ("root/c", "shutdown"),
+            ("root/b", "shutdown"),
+            ("root/a", "crash"),
+        ]
+        await events.aclose()
 
 
 async def test_intensity_boundary_n_restarts_pass_and_n_plus_one_escalates() -> None:
