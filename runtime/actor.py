@@ -211,6 +211,7 @@ class ActorCell(Node):
     async def start(self, on_exit: OnExit) -> StartFailure | None:
         """Start a fresh actor and wait until its ``on_start`` has returned."""
         self.incarnation += 1
+        self.mailbox.reopen()
         incarnation = _Incarnation(self.incarnation)
         self._current = incarnation
         self.state = NodeState.STARTING

@@ -133,6 +133,18 @@ class Mailbox:
         self._send, self._receive = anyio.create_memory_object_stream[Envelope](config.capacity)
         self._closed = False
 
+    def reopen(self) -> None:
+        """Accept messages again after :meth:`close` (a stopped child started anew).
+
+        OTP keeps a transient child that exited normally in its supervisor's
+        list; a later group restart starts it again, with an empty mailbox.
+        """
+        if self._closed:
+            self._send, self._receive = anyio.create_memory_object_stream[Envelope](
+                self.config.capacity
+            )
+            self._closed = False
+
     @property
     def depth(self) -> int:
         """Messages waiting to be handled."""
