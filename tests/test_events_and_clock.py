@@ -56,6 +56,9 @@ async def test_manual_clock_wakes_sleepers_by_deadline_only_when_advanced() -> N
         clock.advance(1.5)
         await anyio.wait_all_tasks_blocked()
         assert woke == [101.0]
+        clock.advance(1.0)  # sleepers woken by one advance run in scheduler order
+        await anyio.wait_all_tasks_blocked()
+        assert woke == [101.0, 102.0]
         clock.advance(10.0)
     assert woke == [101.0, 102.0, 103.0]
     await clock.sleep_until(50.0)  # a past deadline returns at once
