@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+from actors.model import PRESETS
+from api.cli import MODEL_SIZES
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -27,3 +30,15 @@ def test_unknown_command_is_a_readable_error_with_a_non_zero_exit() -> None:
     assert result.returncode == 2
     assert "invalid choice: 'dance'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_make_model_offers_exactly_the_presets() -> None:
+    # The CLI lists the sizes itself so that parsing never imports MLX.
+    assert tuple(PRESETS) == MODEL_SIZES
+
+
+def test_make_model_help_names_the_sizes_and_the_force_flag() -> None:
+    result = troupe("make-model", "--help")
+    assert result.returncode == 0
+    assert "{tiny,small}" in result.stdout
+    assert "--force" in result.stdout

@@ -1,0 +1,398 @@
+"""The embedded model and the loader, on real MLX and mlx_lm (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx_lm
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm.models.llama import Model
+from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
+
+from actors.model import (
+    FORMAT_VERSION,
+    PRESETS,
+    LoadedModel,
+    ModelLoadError,
+    default_model_dir,
+    load_model,
+    make_model,
+    validate_model_dir,
+)
+from actors.model.embedded import EOS_ID, MODEL_FILES, DestinationExists, cache_dir
+
+pytestmark = pytest.mark.timeout(30)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is the weather like?"},
+]
+TEXTS = [
+    "The weather today is mild, with a light wind from the west.",
+    "  Two leading spaces, a tab\there, and a newline\nat the end.\n",
+    "Numbers: 3.14, 42, -7, 1e6; punctuation?! (yes) [ok] {fine} \"quoted\" 'too'",
+    "def total(values):\n    return sum(values)  # 🙂 naïve café, 漢字, Ωμέγα",
+]
+
+
+def file_bytes(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def troupe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "api.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+
+
+def write_dir(directory: Path, files: dict[str, str]) -> Path:
+    """A model directory holding ``files`` (names to text; validation reads no weights)."""
+    directory.mkdir()
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def load_error(path: Path | str) -> ModelLoadError:
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(str(path))
+    return caught.value
+
+
+def assert_safe(message: str, tmp_path: Path) -> None:
+    assert str(tmp_path) not in message
+    assert "Traceback" not in message
+    assert "\n" not in message
+
+
+# --- generation -----------------------------------------------------------------
+
+
+def test_generation_is_byte_identical_for_the_same_seed(model_dir: Path, tmp_path: Path) -> None:
+    again = make_model(tmp_path / "again")
+    assert sorted(path.name for path in model_dir.iterdir()) == sorted(MODEL_FILES)
+    assert file_bytes(again) == file_bytes(model_dir)
+
+
+def test_another_seed_changes_only_the_weights(model_dir: Path, tmp_path: Path) -> None:
+    other = file_bytes(make_model(tmp_path / "other", seed=1))
+    same = file_bytes(model_dir)
+    assert other.pop("model.safetensors") != same.pop("model.safetensors")
+    assert other == same
+
+
+@pytest.mark.parametrize("size", sorted(PRESETS))
+def test_preset_parameter_counts_match_mlx_lms_llama(size: str) -> None:
+    shape = PRESETS[size]
+    # Built lazily: the random initializers never run, so this costs nothing.
+    flat: dict[str, object] = {}
+    tree_flatten(Model(shape.model_args()).parameters(), destination=flat)
+    assert sum(getattr(value, "size", 0) for value in flat.values()) == shape.num_parameters
+    assert shape.num_key_value_heads < shape.num_attention_heads  # grouped-query attention
+
+
+def test_sizes_are_roughly_as_advertised() -> None:
+    assert 3_000_000 < PRESETS["tiny"].num_parameters < 5_000_000
+    assert 25_000_000 < PRESETS["small"].num_parameters < 35_000_000
+
+
+def test_refuses_to_overwrite_unless_asked(model_dir: Path, tmp_path: Path) -> None:
+    dest = make_model(tmp_path / "model", seed=1)
+    with pytest.raises(DestinationExists, match="not empty"):
+        make_model(dest)
+    make_model(dest, overwrite=True)
+    assert file_bytes(dest) == file_bytes(model_dir)
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]  # nothing left aside
+
+
+def test_an_empty_directory_is_filled_and_a_file_is_never_replaced(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert (make_model(tmp_path / "empty") / "config.json").is_file()
+    (tmp_path / "file").write_text("keep me")
+    with pytest.raises(DestinationExists, match="not a directory"):
+        make_model(tmp_path / "file", overwrite=True)
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_bad_size_and_seed_are_rejected_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown model size 'huge' \(choose from tiny, small\)"):
+        make_model(tmp_path / "model", "huge")
+    with pytest.raises(ValueError, match="seed"):
+        make_model(tmp_path / "model", seed=-1)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- loading and using it -------------------------------------------------------
+
+
+def test_loaded_model_facts(loaded_model: LoadedModel) -> None:
+    assert loaded_model.name == "tiny"
+    assert loaded_model.context_length == 2048
+    assert loaded_model.num_parameters == PRESETS["tiny"].num_parameters
+    tokenizer = loaded_model.tokenizer
+    assert tokenizer.convert_tokens_to_ids("</s>") == EOS_ID
+    assert loaded_model.eos_token_ids == frozenset(tokenizer.eos_token_ids) == {EOS_ID}
+    assert (tokenizer.bos_token, tokenizer.unk_token, tokenizer.pad_token) == (
+        "<s>",
+        "<unk>",
+        "<pad>",
+    )
+    assert len(tokenizer) == PRESETS["tiny"].vocab_size
+
+
+@pytest.mark.timeout(45)
+def test_mlx_lm_loads_it_and_generates(model_dir: Path) -> None:
+    loaded = mlx_lm.load(str(model_dir))
+    model, tokenizer = loaded[0], loaded[1]
+    assert EOS_ID in tokenizer.eos_token_ids
+    first = mlx_lm.generate(model, tokenizer, "The weather", max_tokens=4)
+    assert first == mlx_lm.generate(model, tokenizer, "The weather", max_tokens=4)
+    steps = list(mlx_lm.stream_generate(model, tokenizer, "The weather", max_tokens=4))
+    assert 1 <= len(steps) <= 4
+    assert all(0 <= step.token < len(tokenizer) for step in steps)
+    assert "".join(step.text for step in steps) == first
+
+
+def test_chat_template_formats_roles_and_the_generation_prompt(loaded_model: LoadedModel) -> None:
+    tokenizer = loaded_model.tokenizer
+    text = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    assert text == (
+        "<s><|system|>\nBe brief.</s>\n<|user|>\nWhat is the weather like?</s>\n<|assistant|>\n"
+    )
+    closed = tokenizer.apply_chat_template(CHAT, add_generation_prompt=False, tokenize=False)
+    assert text.startswith(closed)
+    assert not closed.endswith("<|assistant|>\n")
+    ids = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True)
+    assert ids[0] == tokenizer.bos_token_id
+    assert ids[-2:] == tokenizer.convert_tokens_to_ids(["<|assistant|>", "Ċ"])  # Ċ is "\n"
+    assert ids.count(EOS_ID) == 2
+    with pytest.raises(Exception, match="unsupported chat role: tool"):
+        tokenizer.apply_chat_template([{"role": "tool", "content": "{}"}], tokenize=False)
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_decode_of_encode_round_trips(loaded_model: LoadedModel, text: str) -> None:
+    tokenizer = loaded_model.tokenizer
+    ids = tokenizer.encode(text)
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.decode(ids) == text
+    detokenizer = tokenizer.detokenizer  # what mlx_lm streams with: a fresh copy each time
+    assert isinstance(tokenizer.detokenizer, BPEStreamingDetokenizer)
+    for token in ids:
+        detokenizer.add_token(token)
+    detokenizer.finalize()
+    assert detokenizer.text == text.removeprefix(" ")
+
+
+# --- validation and load errors -------------------------------------------------
+
+
+def test_a_complete_directory_has_no_problems(model_dir: Path) -> None:
+    assert validate_model_dir(model_dir) == []
+
+
+def test_an_empty_directory_reports_every_missing_piece_at_once(tmp_path: Path) -> None:
+    (tmp_path / "bare").mkdir()
+    error = load_error(tmp_path / "bare")
+    assert error.problems == (
+        "config.json is missing",
+        "no weights (model*.safetensors)",
+        "no tokenizer (tokenizer.json or tokenizer.model)",
+    )
+    assert str(error) == (
+        "cannot load model 'bare': config.json is missing; no weights (model*.safetensors); "
+        "no tokenizer (tokenizer.json or tokenizer.model)"
+    )
+    assert_safe(str(error), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ("{not json", "config.json is not valid JSON (line 1, column 2)"),
+        ("[1, 2]", "config.json does not hold a JSON object"),
+        ('{"hidden_size": 8}', "config.json has no model_type"),
+    ],
+)
+def test_a_bad_config_is_reported_with_the_other_problems(
+    tmp_path: Path, config: str, problem: str
+) -> None:
+    write_dir(tmp_path / "broken", {"config.json": config, "tokenizer.model": ""})
+    assert validate_model_dir(tmp_path / "broken") == [problem, "no weights (model*.safetensors)"]
+    error = load_error(tmp_path / "broken")
+    assert error.model == "broken"
+    assert_safe(str(error), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("missing", "problem"),
+    [
+        ("config.json", "config.json is missing"),
+        ("model.safetensors", "no weights (model*.safetensors)"),
+        ("tokenizer.json", "no tokenizer (tokenizer.json or tokenizer.model)"),
+    ],
+)
+def test_each_missing_file_is_named(
+    model_dir: Path, tmp_path: Path, missing: str, problem: str
+) -> None:
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in MODEL_FILES:
+        if name != missing:
+            (partial / name).symlink_to(model_dir / name)
+    assert validate_model_dir(partial) == [problem]
+    assert str(load_error(partial)) == f"cannot load model 'partial': {problem}"
+
+
+def test_missing_paths_and_files_are_not_directories(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    assert validate_model_dir(tmp_path / "nope") == ["no such directory"]
+    assert validate_model_dir(tmp_path / "file") == ["not a directory"]
+    assert str(load_error(tmp_path / "nope")) == "cannot load model 'nope': no such directory"
+    assert str(load_error("nope")) == "cannot load model 'nope': no such directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
+def test_an_unreadable_directory_is_reported(tmp_path: Path) -> None:
+    locked = write_dir(tmp_path / "locked", {"config.json": "{}"})
+    locked.chmod(0)
+    try:
+        assert validate_model_dir(locked) == ["the directory cannot be read"]
+    finally:
+        locked.chmod(0o755)
+
+
+def test_failures_inside_mlx_lm_are_wrapped_without_paths(model_dir: Path, tmp_path: Path) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    files = {name: (model_dir / name).read_text() for name in MODEL_FILES if "json" in name}
+    unknown = write_dir(
+        tmp_path / "unknown",
+        {**files, "config.json": json.dumps({**config, "model_type": "nonesuch"})},
+    )
+    (unknown / "model.safetensors").symlink_to(model_dir / "model.safetensors")
+    error = load_error(unknown)
+    assert (
+        str(error) == "cannot load model 'unknown': Model type nonesuch not supported. (ValueError)"
+    )
+    assert isinstance(error.__cause__, ValueError)
+
+    corrupt = write_dir(tmp_path / "corrupt", {**files, "model.safetensors": "not weights"})
+    error = load_error(corrupt)
+    assert error.model == "corrupt"
+    assert_safe(str(error), tmp_path)
+
+
+def test_a_hub_id_that_cannot_be_fetched_is_a_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read on every request: keeps the test off the network wherever it runs.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    error = load_error("nobody-here/no-such-model")
+    assert error.model == "nobody-here/no-such-model"
+    assert str(error).startswith(
+        "cannot load model 'nobody-here/no-such-model': not a local directory, "
+        "and the Hugging Face Hub lookup failed: "
+    )
+    assert "Traceback" not in str(error)
+    assert "\n" not in str(error)
+
+
+# --- the cache ------------------------------------------------------------------
+
+
+def test_default_model_dir_uses_the_cache_and_reuses_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model_dir: Path
+) -> None:
+    monkeypatch.setenv("TROUPE_CACHE_DIR", str(tmp_path / "cache"))
+    first = default_model_dir()
+    assert first.parent == tmp_path / "cache" / "models"
+    assert first.name.startswith(f"embedded-tiny-v{FORMAT_VERSION}-")
+    assert file_bytes(first) == file_bytes(model_dir)
+    written = {path.name: path.stat().st_mtime_ns for path in first.iterdir()}
+    assert default_model_dir("tiny") == first
+    assert {path.name: path.stat().st_mtime_ns for path in first.iterdir()} == written
+
+    (first / "tokenizer.json").unlink()  # damaged by hand: rebuilt, not trusted
+    assert default_model_dir() == first
+    assert file_bytes(first) == file_bytes(model_dir)
+    assert [path.name for path in first.parent.iterdir()] == [first.name]
+
+
+def test_cache_dir_falls_back_to_xdg_then_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("TROUPE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "mlx-troupe"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "mlx-troupe"
+
+
+@pytest.mark.timeout(60)
+def test_processes_racing_to_fill_the_cache_agree(tmp_path: Path, model_dir: Path) -> None:
+    env = {**os.environ, "TROUPE_CACHE_DIR": str(tmp_path)}
+    code = "from actors.model import default_model_dir; print(default_model_dir())"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT
+        )
+        for _ in range(2)
+    ]
+    paths = {racer.communicate(timeout=50)[0].strip() for racer in racers}
+    assert [racer.returncode for racer in racers] == [0, 0]
+    (path,) = paths
+    assert file_bytes(Path(path)) == file_bytes(model_dir)
+    assert [entry.name for entry in (tmp_path / "models").iterdir()] == [Path(path).name]
+
+
+# --- troupe make-model ----------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_cli_make_model_writes_the_same_model_in_another_process(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    result = troupe("make-model", str(tmp_path / "cli"))
+    assert result.returncode == 0, result.stderr
+    assert f"{PRESETS['tiny'].num_parameters:,} parameters" in result.stdout
+    assert str(tmp_path / "cli") in result.stdout
+    assert file_bytes(tmp_path / "cli") == file_bytes(model_dir)
+
+    refused = troupe("make-model", str(tmp_path / "cli"))
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith("directory is not empty (use --force to replace it)")
+    forced = troupe("make-model", "--force", "--seed", "7", str(tmp_path / "cli"))
+    assert forced.returncode == 0, forced.stderr
+    assert "seed 7" in forced.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--size", "huge"], "argument --size: invalid choice: 'huge'"),
+        (["--seed", "-1"], "seed must be in [0, 2**64), not -1"),
+        (["{file}/model"], "Not a directory"),
+    ],
+)
+def test_cli_make_model_errors_are_one_readable_line(
+    tmp_path: Path, args: list[str], error: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    args = [arg.replace("{file}", str(tmp_path / "file")) for arg in args]
+    dest = [] if any("file" in arg for arg in args) else [str(tmp_path / "model")]
+    result = troupe("make-model", *args, *dest)
+    assert result.returncode == 2
+    assert error in result.stderr.splitlines()[-1]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["file"]
