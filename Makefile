@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup serve test lint typecheck pytest bench-runtime clean
+.PHONY: setup serve test lint typecheck pytest bench-runtime bench-generation clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -34,6 +34,9 @@ test: lint typecheck pytest
 
 bench-runtime: $(STAMP)
 	$(BIN)/python -m benchmarks.runtime_bench
+
+bench-generation: $(STAMP)
+	$(BIN)/python -m benchmarks.generation_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

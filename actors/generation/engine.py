@@ -1,0 +1,355 @@
+"""The MLX engine: continuous batching on one dedicated thread.
+
+This module never imports anyio: it is plain threads and MLX, so it can be
+driven from any event loop (or none). The generation actor feeds it commands
+through thread-safe methods and receives events through the ``emit`` callback,
+called on the engine thread with every event of one step.
+
+Scheduling policy (mlx-lm's ``BatchGenerator``): each step first decodes one
+token for every running sequence, then prefills at most ``prefill_step_size``
+tokens of waiting prompts (up to ``prefill_batch_size`` prompts at a time). A
+long prompt therefore delays the running streams by one prefill chunk per step
+instead of stalling them for its whole prefill. Commands (new requests,
+cancellations) are applied between steps, so a cancelled request leaves the
+batch before the next decode step.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator
+
+from actors.generation.protocol import (
+    EngineFault,
+    Failed,
+    FailureKind,
+    FinishReason,
+    Generate,
+    StreamEvent,
+)
+from actors.generation.requests import ActiveRequest, Admission, admit, special_tokens
+from runtime.errors import describe_failure
+
+log = logging.getLogger("troupe.engine")
+
+Emit = Callable[[list[StreamEvent]], None]
+
+
+class PrefixHitLike(Protocol):
+    """A cached prefix handed to the engine: a private copy it may mutate."""
+
+    @property
+    def cache(self) -> list[Any]:
+        """Per-layer KV caches covering the prefix."""
+        ...
+
+    @property
+    def length(self) -> int:
+        """Prompt tokens the cache covers."""
+        ...
+
+
+class PrefixStore(Protocol):
+    """The data plane of the kv-cache actor, called on the engine thread."""
+
+    def lookup(self, tokens: Sequence[int]) -> PrefixHitLike | None:
+        """The longest cached prefix of ``tokens`` (leaving one to prefill), if any."""
+        ...
+
+    def insert(self, tokens: Sequence[int], cache: list[Any]) -> object:
+        """Offer the KV state covering ``tokens``; the store takes ownership."""
+        ...
+
+    def clear(self) -> object:
+        """Drop every entry."""
+        ...
+
+
+class ModelLike(Protocol):
+    """What the engine needs of a loaded model."""
+
+    @property
+    def model(self) -> Any:
+        """The MLX model."""
+        ...
+
+    @property
+    def tokenizer(self) -> Any:
+        """mlx-lm's TokenizerWrapper."""
+        ...
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the model attends over, prompt and output together."""
+        ...
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Tokens that end generation."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Batching limits. Defaults suit a CPU: small prefill chunks keep streams smooth."""
+
+    completion_batch_size: int = 32
+    """Sequences decoded together at most."""
+    prefill_batch_size: int = 8
+    """Prompts prefilled together at most."""
+    prefill_step_size: int = 256
+    """Prompt tokens prefilled per step: the most a new prompt delays running streams."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised inside the engine by fault injection (tests, the fault switch)."""
+
+
+@dataclass
+class _Fault:
+    kind: EngineFault
+    after_tokens: int
+
+
+class _Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class _Cancel:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class _Arm:
+    fault: _Fault
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is MLX (or Python) failing to allocate memory."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("malloc", "allocat", "out of memory")
+    )
+
+
+class Engine:
+    """One engine thread running mlx-lm's BatchGenerator."""
+
+    def __init__(
+        self,
+        loaded: ModelLike,
+        emit: Emit,
+        on_crash: Callable[[str], None],
+        *,
+        prefix_store: PrefixStore | None = None,
+        config: EngineConfig | None = None,
+    ) -> None:
+        self._loaded = loaded
+        self._emit = emit
+        self._on_crash = on_crash
+        self._prefix_store = prefix_store
+        self._special = special_tokens(loaded)
+        self.config = config or EngineConfig()
+        self._commands: queue.SimpleQueue[Generate | _Cancel | _Arm | _Stop] = queue.SimpleQueue()
+        self._requests: dict[int, ActiveRequest] = {}
+        self._by_id: dict[str, int] = {}
+        self._faults: list[_Fault] = []
+        self._thread = threading.Thread(target=self._run, name="troupe-engine", daemon=True)
+        # mlx-lm's BatchGenerator is untyped; the engine is its only user.
+        self._generator: Any = None
+        self.steps = 0
+        self.prompt_tokens = 0
+        self.generated_tokens = 0
+        self.cached_tokens = 0
+
+    # -- thread-safe API ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the engine thread."""
+        self._thread.start()
+
+    def submit(self, request: Generate) -> None:
+        """Queue a request; it joins the batch before the next step."""
+        self._commands.put(request)
+
+    def cancel(self, request_id: str) -> None:
+        """Remove a request before the next decode step (unknown ids are ignored)."""
+        self._commands.put(_Cancel(request_id))
+
+    def arm_fault(self, kind: EngineFault, after_tokens: int) -> None:
+        """Make the engine fail once ``after_tokens`` more tokens are made."""
+        self._commands.put(_Arm(_Fault(kind, after_tokens)))
+
+    def stop(self) -> None:
+        """Ask the thread to finish; in-flight requests are failed as shutting down."""
+        self._commands.put(_Stop())
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread; ``True`` once it has ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def counts(self) -> tuple[int, int]:
+        """(running, waiting): decoding sequences and those still in prefill."""
+        requests = list(self._requests.values())
+        running = sum(1 for r in requests if r.completion_tokens > 0)
+        return running, len(requests) - running
+
+    # -- the engine thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._generator = self._new_generator()
+            while self._apply_commands(block=not self._requests):
+                if self._requests:
+                    self._step_guarded()
+            self._fail_all(FailureKind.SHUTTING_DOWN, "the server is shutting down", True)
+        except BaseException as exc:
+            reason = describe_failure(exc)
+            log.error("engine crashed: %s", reason)
+            self._fail_all(FailureKind.ENGINE_CRASHED, "the engine restarted; retry", True)
+            self._on_crash(reason)
+        finally:
+            if self._generator is not None:
+                self._generator.close()
+
+    def _new_generator(self) -> Any:
+        eos = [[token] for token in sorted(self._loaded.eos_token_ids)]
+        return BatchGenerator(
+            self._loaded.model,
+            stop_tokens=eos,
+            completion_batch_size=self.config.completion_batch_size,
+            prefill_batch_size=self.config.prefill_batch_size,
+            prefill_step_size=self.config.prefill_step_size,
+        )
+
+    def _apply_commands(self, *, block: bool) -> bool:
+        """Apply queued commands; ``False`` once asked to stop."""
+        while True:
+            try:
+                command = self._commands.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            match command:
+                case _Stop():
+                    return False
+                case _Cancel(request_id=request_id):
+                    self._cancel(request_id)
+                case _Arm(fault=fault):
+                    self._faults.append(fault)
+                case Generate():
+                    self._admit(command)
+
+    def _admit(self, request: Generate) -> None:
+        admission = admit(request, self._loaded, self._prefix_store, self._special)
+        if isinstance(admission, Failed):
+            self._emit([admission])
+            return
+        assert self._generator is not None
+        uid = self._insert(admission)
+        self._requests[uid] = admission.request
+        self._by_id[request.request_id] = uid
+        self.prompt_tokens += len(request.prompt)
+        self.cached_tokens += admission.request.cached_tokens
+
+    def _insert(self, admission: Admission) -> int:
+        assert self._generator is not None
+        caches = None if admission.cache is None else [admission.cache]
+        uids: list[int] = self._generator.insert(
+            [admission.remaining],
+            max_tokens=[admission.max_tokens],
+            caches=caches,
+            all_tokens=[admission.cached_prefix],
+            samplers=[admission.sampler],
+            logits_processors=[admission.processors],
+        )
+        return uids[0]
+
+    def _cancel(self, request_id: str) -> None:
+        uid = self._by_id.pop(request_id, None)
+        if uid is None:
+            return
+        assert self._generator is not None
+        self._generator.remove([uid])
+        request = self._requests.pop(uid)
+        self._emit([request.finish(FinishReason.CANCELLED)])
+
+    def _step_guarded(self) -> None:
+        try:
+            self._step()
+        except Exception as exc:
+            if not is_allocation_failure(exc):
+                raise
+            self._recover_from_allocation_failure(exc)
+
+    def _step(self) -> None:
+        assert self._generator is not None
+        _, responses = self._generator.next()
+        self.steps += 1
+        events: list[StreamEvent] = []
+        for response in responses:
+            request = self._requests.get(response.uid)
+            if request is None:
+                continue
+            self.generated_tokens += 1
+            self._check_faults()
+            events.extend(self._advance(response, request))
+        if events:
+            self._emit(events)
+
+    def _advance(self, response: Any, request: ActiveRequest) -> list[StreamEvent]:
+        events = request.on_token(int(response.token), response.finish_reason)
+        if not request.done:
+            return events
+        uid = self._by_id.pop(request.request_id)
+        del self._requests[uid]
+        cache, tokens = response.prompt_cache, response.all_tokens
+        if response.finish_reason is None:  # a stop string: the batch still holds it
+            assert self._generator is not None
+            cache, tokens = self._generator.remove([uid], return_prompt_caches=True)[uid]
+        self._offer_to_cache(tokens, cache)
+        return events
+
+    def _offer_to_cache(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
+        if self._prefix_store is not None and tokens and cache is not None:
+            self._prefix_store.insert(list(tokens), cache)
+
+    def _check_faults(self) -> None:
+        for fault in list(self._faults):
+            fault.after_tokens -= 1
+            if fault.after_tokens <= 0:
+                self._faults.remove(fault)
+                if fault.kind is EngineFault.OOM:
+                    raise MemoryError("injected allocation failure")
+                raise InjectedFault("injected engine fault")
+
+    def _recover_from_allocation_failure(self, exc: BaseException) -> None:
+        """Free what can be freed and fail only the requests in flight."""
+        log.warning("engine: allocation failure (%s); clearing caches", describe_failure(exc))
+        mx.clear_cache()
+        if self._prefix_store is not None:
+            self._prefix_store.clear()
+        self._fail_all(FailureKind.OUT_OF_MEMORY, "out of memory; retry later", True)
+        if self._generator is not None:
+            self._generator.close()
+        self._generator = self._new_generator()
+
+    def _fail_all(self, kind: FailureKind, detail: str, retryable: bool) -> None:
+        events: list[StreamEvent] = [
+            request.fail(kind, detail, retryable) for request in self._requests.values()
+        ]
+        self._requests.clear()
+        self._by_id.clear()
+        if events:
+            self._emit(events)

@@ -1,0 +1,149 @@
+"""Messages of the generation actor.
+
+A request streams back explicit structs: any number of :class:`TokenChunk`,
+then exactly one of :class:`Finished` or :class:`Failed`. They travel over a
+bounded per-request stream (see :mod:`runtime.streams`), keyed by request id,
+so the messages themselves stay plain data that round-trips through msgpack.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from runtime import Message
+
+
+class SamplingParams(Message, frozen=True, kw_only=True):
+    """How to pick tokens; defaults mirror OpenAI's."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    """0 means greedy (argmax)."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 means no top-k filter."""
+    min_p: float = 0.0
+    seed: int | None = None
+    """With a seed, the same request gives the same tokens, batched or not."""
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_window: int = 64
+    """How many recent tokens the penalties look at."""
+    logit_bias: dict[int, float] = msgspec.field(default_factory=dict)
+    stop: list[str] = msgspec.field(default_factory=list)
+    """Stop strings; never part of the returned text."""
+
+
+class Generate(Message, frozen=True, kw_only=True):
+    """Start generating for ``prompt`` (token ids) and stream to ``request_id``."""
+
+    request_id: str
+    prompt: list[int]
+    params: SamplingParams = msgspec.field(default_factory=SamplingParams)
+
+
+class Cancel(Message, frozen=True, kw_only=True):
+    """Stop a request; it leaves the batch before the next decode step."""
+
+    request_id: str
+
+
+class Accepted(Message, frozen=True, kw_only=True):
+    """The request was handed to the engine."""
+
+    request_id: str
+
+
+class TokenChunk(Message, frozen=True, kw_only=True):
+    """New text (stop strings held back) and the token ids that produced it."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+
+
+class FinishReason(enum.StrEnum):
+    """Why a request ended normally."""
+
+    STOP = "stop"
+    """EOS or a stop string."""
+    LENGTH = "length"
+    """max_tokens, or the context window, was reached."""
+    CANCELLED = "cancelled"
+
+
+class Finished(Message, frozen=True, kw_only=True):
+    """The request ended normally; always the last event of its stream."""
+
+    request_id: str
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    """Prompt tokens reused from the prefix cache."""
+
+
+class FailureKind(enum.StrEnum):
+    """Why a request failed; the HTTP layer maps each to a status."""
+
+    PROMPT_TOO_LONG = "prompt_too_long"
+    INVALID_REQUEST = "invalid_request"
+    ENGINE_CRASHED = "engine_crashed"
+    OUT_OF_MEMORY = "out_of_memory"
+    SHUTTING_DOWN = "shutting_down"
+
+
+class Failed(Message, frozen=True, kw_only=True):
+    """The request failed; always the last event of its stream.
+
+    ``detail`` is written by the engine for people and never contains prompt
+    text, paths or exception messages.
+    """
+
+    request_id: str
+    kind: FailureKind
+    retryable: bool
+    detail: str
+    tokens_sent: int = 0
+    """Tokens already streamed before the failure (0: safe to retry transparently)."""
+
+
+StreamEvent = TokenChunk | Finished | Failed
+
+
+class GetEngineStats(Message, frozen=True, kw_only=True):
+    """Ask the generation actor for its counters."""
+
+
+class EngineStats(Message, frozen=True, kw_only=True):
+    """Counters of the generation actor's current engine."""
+
+    model: str
+    context_length: int
+    running: int
+    waiting: int
+    steps: int
+    prompt_tokens: int
+    generated_tokens: int
+    cached_tokens: int
+    weights_loads: int
+    """How often weights were loaded: stays 1 across engine restarts."""
+
+
+class EngineFault(enum.StrEnum):
+    """What an injected engine fault does."""
+
+    CRASH = "crash"
+    """The engine thread dies; the actor crashes and is restarted."""
+    OOM = "oom"
+    """An allocation failure: caches are cleared and only the requests in flight fail."""
+
+
+class InjectEngineFault(Message, frozen=True, kw_only=True):
+    """Fault injection: make the engine fail after ``after_tokens`` more tokens."""
+
+    kind: EngineFault
+    after_tokens: int = 1

@@ -1,0 +1,187 @@
+"""One request's life inside the engine: admission checks, text, stops, counts.
+
+Runs on the engine thread (no anyio). Admission rejects bad requests with a
+typed :class:`Failed` before any MLX work, looks up the longest cached prefix,
+and prepares the per-request sampler; :class:`ActiveRequest` then turns each
+sampled token into streamed text, holding back anything that may be a stop
+string, and produces exactly one terminal event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from actors.generation.protocol import (
+    Failed,
+    FailureKind,
+    Finished,
+    FinishReason,
+    Generate,
+    StreamEvent,
+    TokenChunk,
+)
+from actors.generation.sampling import LogitsProcessor, RequestSampler, logits_processors, validate
+from actors.generation.stops import StopMatcher
+
+if TYPE_CHECKING:
+    from actors.generation.engine import ModelLike, PrefixStore
+
+
+@dataclass
+class ActiveRequest:
+    """Streaming state of one admitted request."""
+
+    request_id: str
+    prompt_tokens: int
+    cached_tokens: int
+    detokenizer: Any
+    stops: StopMatcher
+    special: frozenset[int] = frozenset()
+    """Control tokens (pad, role markers): counted, never turned into text."""
+    completion_tokens: int = 0
+    tokens_sent: int = 0
+    done: bool = False
+    _unsent: list[int] = field(default_factory=list)
+
+    def on_token(self, token: int, finish_reason: str | None) -> list[StreamEvent]:
+        """Account for one sampled token; return the events it produces."""
+        self.completion_tokens += 1
+        if finish_reason == "stop":  # an EOS token: it ends the text, it is not text
+            return self._end(FinishReason.STOP, self._tail())
+        if token not in self.special:
+            self.detokenizer.add_token(token)
+        self._unsent.append(token)
+        text = self.stops.feed(self.detokenizer.last_segment)
+        if self.stops.stopped:
+            return self._end(FinishReason.STOP, text)
+        if finish_reason == "length":
+            return self._end(FinishReason.LENGTH, text + self._tail())
+        return self._chunk(text)
+
+    def finish(self, reason: FinishReason) -> Finished:
+        """The terminal event for a request ended from outside (cancellation)."""
+        self.done = True
+        return Finished(
+            request_id=self.request_id,
+            reason=reason,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
+        )
+
+    def fail(self, kind: FailureKind, detail: str, retryable: bool) -> Failed:
+        """The terminal event for a request the engine could not finish."""
+        self.done = True
+        return Failed(
+            request_id=self.request_id,
+            kind=kind,
+            retryable=retryable,
+            detail=detail,
+            tokens_sent=self.tokens_sent,
+        )
+
+    def _tail(self) -> str:
+        self.detokenizer.finalize()
+        return self.stops.feed(self.detokenizer.last_segment) + self.stops.flush()
+
+    def _chunk(self, text: str) -> list[StreamEvent]:
+        if not text:
+            return []  # token ids wait until their text is released
+        ids, self._unsent = self._unsent, []
+        self.tokens_sent += len(ids)
+        return [TokenChunk(request_id=self.request_id, text=text, token_ids=ids)]
+
+    def _end(self, reason: FinishReason, text: str) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        if text or self._unsent:
+            ids, self._unsent = self._unsent, []
+            self.tokens_sent += len(ids)
+            events.append(TokenChunk(request_id=self.request_id, text=text, token_ids=ids))
+        events.append(self.finish(reason))
+        return events
+
+
+@dataclass
+class Admission:
+    """Everything the batch generator needs to take a request in."""
+
+    request: ActiveRequest
+    remaining: list[int]
+    """Prompt tokens still to prefill (all but the cached prefix)."""
+    cached_prefix: list[int]
+    cache: list[Any] | None
+    max_tokens: int
+    sampler: RequestSampler
+    processors: list[LogitsProcessor]
+
+
+def vocab_size(loaded: ModelLike) -> int:
+    """Rows of the embedding: the token ids the model accepts."""
+    args = getattr(loaded.model, "args", None)
+    size = getattr(args, "vocab_size", None)
+    if isinstance(size, int):
+        return size
+    return int(loaded.tokenizer.vocab_size)
+
+
+def special_tokens(loaded: ModelLike) -> frozenset[int]:
+    """The tokenizer's special token ids, which are never shown as text."""
+    return frozenset(int(token) for token in getattr(loaded.tokenizer, "all_special_ids", ()))
+
+
+def admit(
+    request: Generate,
+    loaded: ModelLike,
+    store: PrefixStore | None,
+    special: frozenset[int] = frozenset(),
+) -> Admission | Failed:
+    """Check ``request`` and prepare it, or say why it cannot run."""
+    problem = _problem(request, loaded)
+    if problem is not None:
+        return problem
+    prompt = request.prompt
+    hit = store.lookup(prompt) if store is not None else None
+    prefix = 0 if hit is None else hit.length
+    params = request.params
+    active = ActiveRequest(
+        request_id=request.request_id,
+        prompt_tokens=len(prompt),
+        cached_tokens=prefix,
+        detokenizer=loaded.tokenizer.detokenizer,
+        stops=StopMatcher(params.stop),
+        special=special,
+    )
+    return Admission(
+        request=active,
+        remaining=list(prompt[prefix:]),
+        cached_prefix=list(prompt[:prefix]),
+        cache=None if hit is None else hit.cache,
+        max_tokens=min(params.max_tokens, loaded.context_length - len(prompt)),
+        sampler=RequestSampler(params),
+        processors=logits_processors(params),
+    )
+
+
+def _problem(request: Generate, loaded: ModelLike) -> Failed | None:
+    def failed(kind: FailureKind, detail: str) -> Failed:
+        return Failed(request_id=request.request_id, kind=kind, retryable=False, detail=detail)
+
+    prompt: Sequence[int] = request.prompt
+    vocab = vocab_size(loaded)
+    if not prompt:
+        return failed(FailureKind.INVALID_REQUEST, "the prompt is empty")
+    if any(not 0 <= token < vocab for token in prompt):
+        return failed(FailureKind.INVALID_REQUEST, f"prompt token ids must be below {vocab}")
+    problems = validate(request.params, vocab)
+    if problems:
+        return failed(FailureKind.INVALID_REQUEST, "; ".join(problems))
+    window = loaded.context_length
+    if len(prompt) >= window:
+        return failed(
+            FailureKind.PROMPT_TOO_LONG,
+            f"the prompt has {len(prompt)} tokens but the context window is {window} "
+            "tokens, which must also hold at least one generated token",
+        )
+    return None

@@ -1,0 +1,319 @@
+"""The generation actor on the real generated model: batching, sampling, stops, faults."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+
+from actors.generation.actor import GenerationActor
+from actors.generation.client import GenerationClient
+from actors.generation.engine import EngineConfig
+from actors.generation.host import ModelHost
+from actors.generation.protocol import (
+    EngineFault,
+    EngineStats,
+    Failed,
+    FailureKind,
+    Finished,
+    FinishReason,
+    Generate,
+    GetEngineStats,
+    InjectEngineFault,
+    SamplingParams,
+    StreamEvent,
+    TokenChunk,
+)
+from actors.kvcache.store import PrefixCache
+from runtime import NO_BACKOFF, ActorSystem, ChildSpec, SupervisorSpec
+from runtime.lifecycle import Restarted
+from runtime.streams import StreamRegistry
+from tests.support import worker
+
+pytestmark = pytest.mark.timeout(120)
+
+_ids = itertools.count()
+
+
+@dataclass
+class Outcome:
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    chunks: list[TokenChunk] = field(default_factory=list)
+    end: Finished | Failed | None = None
+
+
+@dataclass
+class Harness:
+    system: ActorSystem
+    client: GenerationClient
+    host: ModelHost[Any]
+    tokenizer: Any
+
+    def prompt(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    async def run(self, prompt: list[int], **params: Any) -> Outcome:
+        request = Generate(
+            request_id=f"r{next(_ids)}", prompt=prompt, params=SamplingParams(**params)
+        )
+        outcome = Outcome()
+        async with self.client.stream(request) as events:
+            async for event in events:
+                record(outcome, event)
+        return outcome
+
+    async def stats(self) -> EngineStats:
+        return await self.system.ref("generation").ask(
+            GetEngineStats(), timeout=10, expect=EngineStats
+        )
+
+
+def record(outcome: Outcome, event: StreamEvent) -> None:
+    match event:
+        case TokenChunk(text=text, token_ids=ids):
+            outcome.text += text
+            outcome.tokens.extend(ids)
+            outcome.chunks.append(event)
+        case Finished() | Failed():
+            assert outcome.end is None, "exactly one terminal event"
+            outcome.end = event
+
+
+@asynccontextmanager
+async def harness(
+    loaded_model: Any, *, prefix_store: PrefixCache | None = None, **config: Any
+) -> AsyncIterator[Harness]:
+    host: ModelHost[Any] = ModelHost(lambda: loaded_model)
+    streams: StreamRegistry[StreamEvent] = StreamRegistry()
+    engine_config = EngineConfig(**config)
+    spec = SupervisorSpec(
+        "root",
+        [
+            ChildSpec(
+                "generation",
+                lambda: GenerationActor(
+                    host, streams, prefix_store=prefix_store, config=engine_config
+                ),
+                shutdown=30.0,
+            )
+        ],
+        backoff=NO_BACKOFF,
+    )
+    async with ActorSystem(spec) as system:
+        client = GenerationClient(system.ref("generation"), streams)
+        yield Harness(system, client, host, loaded_model.tokenizer)
+
+
+GREEDY = {"temperature": 0.0}
+
+
+async def test_same_seed_gives_the_same_tokens_alone_and_batched(loaded_model: Any) -> None:
+    async with harness(loaded_model) as h:
+        prompt = h.prompt("The weather today is")
+        params = {"temperature": 0.9, "seed": 1234, "max_tokens": 24}
+        alone = await h.run(prompt, **params)
+        together: list[Outcome] = []
+
+        async def one() -> None:
+            together.append(await h.run(prompt, **params))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+        assert len(alone.tokens) == 24
+        assert all(o.tokens == alone.tokens for o in together)
+        other = await h.run(prompt, temperature=0.9, seed=99, max_tokens=24)
+        assert other.tokens != alone.tokens
+
+
+async def test_eight_concurrent_requests_each_get_exactly_their_own_tokens(
+    loaded_model: Any,
+) -> None:
+    async with harness(loaded_model) as h:
+        prompts = [h.prompt(f"Story number {n}: once upon a time") for n in range(8)]
+        alone = [await h.run(p, max_tokens=16, **GREEDY) for p in prompts]
+        batched: dict[int, Outcome] = {}
+        steps_before = (await h.stats()).steps
+
+        async def one(n: int) -> None:
+            batched[n] = await h.run(prompts[n], max_tokens=16, **GREEDY)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(8):
+                tg.start_soon(one, n)
+        for n in range(8):
+            assert batched[n].tokens == alone[n].tokens, f"request {n} got other tokens"
+            end = batched[n].end
+            assert isinstance(end, Finished)
+            assert (end.reason, end.prompt_tokens, end.completion_tokens) == (
+                FinishReason.LENGTH,
+                len(prompts[n]),
+                16,
+            )
+        # Really batched: far fewer engine steps than tokens made.
+        assert (await h.stats()).steps - steps_before < 8 * 16 // 2
+
+
+async def test_stop_string_across_a_token_boundary_is_never_emitted(loaded_model: Any) -> None:
+    async with harness(loaded_model) as h:
+        prompt = h.prompt("A list of things:")
+        free = await h.run(prompt, max_tokens=40, **GREEDY)
+        stop = boundary_spanning_stop(free.chunks)
+        stopped = await h.run(prompt, max_tokens=40, stop=[stop], **GREEDY)
+        assert stopped.text == free.text[: free.text.index(stop)]
+        assert stop not in stopped.text
+        assert isinstance(stopped.end, Finished)
+        assert stopped.end.reason is FinishReason.STOP
+
+
+def boundary_spanning_stop(chunks: list[TokenChunk]) -> str:
+    """Two characters before and after a chunk boundary, first occurrence in the text."""
+    text = ""
+    for left, right in itertools.pairwise(chunks):
+        text += left.text
+        candidate = left.text[-2:] + right.text[:2]
+        if len(left.text) >= 2 and len(right.text) >= 2 and text.find(candidate) == -1:
+            return candidate
+    pytest.fail("the greedy output had no two chunks of two or more characters")
+
+
+async def test_cancelling_one_request_leaves_the_others_untouched(loaded_model: Any) -> None:
+    async with harness(loaded_model) as h:
+        prompts = [h.prompt(text) for text in ("First prompt", "Second prompt", "Third one")]
+        reference = [await h.run(p, max_tokens=20, **GREEDY) for p in prompts]
+        results: dict[int, Outcome] = {}
+        cancelled = anyio.Event()
+
+        async def full(n: int) -> None:
+            results[n] = await h.run(prompts[n], max_tokens=20, **GREEDY)
+
+        async def leaves_early() -> None:
+            request = Generate(
+                request_id="leaver",
+                prompt=prompts[1],
+                params=SamplingParams(max_tokens=20, temperature=0.0),
+            )
+            async with h.client.stream(request) as events:
+                async for event in events:
+                    assert isinstance(event, TokenChunk)
+                    break  # the reader goes away after its first chunk
+            cancelled.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(full, 0)
+            tg.start_soon(leaves_early)
+            tg.start_soon(full, 2)
+        assert cancelled.is_set()
+        assert results[0].tokens == reference[0].tokens
+        assert results[2].tokens == reference[2].tokens
+        stats = await h.stats()
+        assert (stats.running, stats.waiting) == (0, 0)
+
+
+async def test_engine_crash_fails_in_flight_requests_and_restarts_without_reloading(
+    loaded_model: Any,
+) -> None:
+    async with harness(loaded_model) as h:
+        prompt = h.prompt("Tell me about rivers")
+        events = h.system.subscribe()
+        await h.system.ref("generation").tell(
+            InjectEngineFault(kind=EngineFault.CRASH, after_tokens=5)
+        )
+        outcomes: list[Outcome] = []
+
+        async def one() -> None:
+            outcomes.append(await h.run(prompt, max_tokens=30, **GREEDY))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(2):
+                tg.start_soon(one)
+        for outcome in outcomes:
+            assert isinstance(outcome.end, Failed)
+            assert (outcome.end.kind, outcome.end.retryable) == (FailureKind.ENGINE_CRASHED, True)
+        with anyio.fail_after(30):
+            async for event in events:
+                if isinstance(event, Restarted) and event.path == "root/generation":
+                    break
+        await events.aclose()
+        assert worker(h.system, "generation").restarts_total == 1
+        after = await h.run(prompt, max_tokens=8, **GREEDY)
+        assert isinstance(after.end, Finished)
+        assert len(after.tokens) == 8
+        assert h.host.loads == 1
+
+
+async def test_allocation_failure_fails_only_the_requests_in_flight(loaded_model: Any) -> None:
+    async with harness(loaded_model) as h:
+        prompt = h.prompt("Count the apples")
+        await h.system.ref("generation").tell(
+            InjectEngineFault(kind=EngineFault.OOM, after_tokens=3)
+        )
+        failed = await h.run(prompt, max_tokens=30, **GREEDY)
+        assert isinstance(failed.end, Failed)
+        assert (failed.end.kind, failed.end.retryable) == (FailureKind.OUT_OF_MEMORY, True)
+        after = await h.run(prompt, max_tokens=8, **GREEDY)
+        assert isinstance(after.end, Finished)
+        assert worker(h.system, "generation").restarts_total == 0
+
+
+async def test_prompt_longer_than_the_context_window_is_a_clear_error(loaded_model: Any) -> None:
+    async with harness(loaded_model) as h:
+        window = loaded_model.context_length
+        outcome = await h.run([5] * window, max_tokens=4)
+        assert isinstance(outcome.end, Failed)
+        assert outcome.end.kind is FailureKind.PROMPT_TOO_LONG
+        assert str(window) in outcome.end.detail
+        near = await h.run([5] * (window - 3), max_tokens=50, **GREEDY)
+        assert isinstance(near.end, Finished)
+        assert (near.end.reason, near.end.completion_tokens) == (FinishReason.LENGTH, 3)
+
+
+async def test_invalid_sampling_parameters_are_rejected_with_every_problem(
+    loaded_model: Any,
+) -> None:
+    async with harness(loaded_model) as h:
+        outcome = await h.run([1, 2, 3], max_tokens=0, top_p=0.0, logit_bias={10**9: 1.0})
+        assert isinstance(outcome.end, Failed)
+        assert outcome.end.kind is FailureKind.INVALID_REQUEST
+        for fragment in ("max_tokens", "top_p", "logit_bias"):
+            assert fragment in outcome.end.detail
+
+
+async def test_sampling_controls_change_the_output(loaded_model: Any) -> None:
+    async with harness(loaded_model) as h:
+        prompt = h.prompt("Bananas and")
+        greedy = await h.run(prompt, max_tokens=12, **GREEDY)
+        favoured = greedy.tokens[0] + 1
+        biased = await h.run(prompt, max_tokens=12, logit_bias={favoured: 100.0}, **GREEDY)
+        assert biased.tokens[0] == favoured
+        top1 = await h.run(prompt, max_tokens=12, temperature=1.5, top_k=1, seed=3)
+        assert top1.tokens == greedy.tokens  # top_k=1 is greedy whatever the temperature
+        penalised = await h.run(
+            prompt, max_tokens=12, repetition_penalty=1.8, frequency_penalty=1.5, **GREEDY
+        )
+        assert isinstance(penalised.end, Finished)
+        assert len(set(penalised.tokens)) >= len(set(greedy.tokens))
+
+
+async def test_shared_prefix_is_reused_and_gives_the_same_tokens(loaded_model: Any) -> None:
+    cache = PrefixCache(max_entries=8, max_bytes=256 * 1024**2)
+    async with harness(loaded_model, prefix_store=cache) as h:
+        system_prompt = h.prompt("You are a helpful assistant who answers briefly. " * 8)
+        first = system_prompt + h.prompt(" What is rain?")
+        second = system_prompt + h.prompt(" What is snow?")
+        cold = await h.run(second, max_tokens=12, **GREEDY)
+        cache.clear()
+        await h.run(first, max_tokens=12, **GREEDY)
+        warm = await h.run(second, max_tokens=12, **GREEDY)
+        assert isinstance(warm.end, Finished)
+        assert warm.end.cached_tokens >= len(system_prompt) - 1
+        assert warm.tokens == cold.tokens
+        stats = cache.statistics()
+        assert stats.hits >= 1
+        assert (await h.stats()).cached_tokens == warm.end.cached_tokens
