@@ -1,0 +1,103 @@
+"""The composition root of the inference actors.
+
+Builds the parts that must outlive actor restarts (the loaded weights, the
+prefix cache and its memory monitor, the per-request stream registry) once,
+and the supervision tree whose actors share them:
+
+``troupe`` (one_for_one)
+    ``kvcache``: control plane of the prefix cache (stats, pressure, persistence).
+    ``generation``: the engine thread and continuous batching.
+
+one_for_one because neither actor holds state the other depends on: the
+generation engine uses the prefix cache object directly, which survives a
+kv-cache restart, and a generation restart leaves the cache warm. Intake and
+metrics join this tree with the issues that build them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from actors.generation.actor import GenerationActor
+from actors.generation.client import GenerationClient
+from actors.generation.engine import EngineConfig
+from actors.generation.host import ModelHost
+from actors.generation.protocol import StreamEvent
+from actors.kvcache.actor import KVCacheSettings, kvcache_child
+from actors.kvcache.pressure import MemoryMonitor, PressureConfig
+from actors.kvcache.store import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, PrefixCache
+from actors.model.loader import LoadedModel
+from runtime import ActorSystem, ChildSpec, Clock, Strategy, SupervisorSpec, SystemClock
+from runtime.breaker import BreakerConfig, CircuitBreaker
+from runtime.streams import StreamRegistry
+
+GENERATION_SHUTDOWN = 30.0
+"""Seconds the generation actor gets to stop: joining the engine thread waits
+for the step in progress, which on a CPU can take a while for long prompts."""
+KVCACHE_SHUTDOWN = 60.0
+"""Seconds the kv-cache actor gets to stop: a save of a large cache runs in a
+worker thread that cannot be cancelled."""
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """What the inference tree needs to know; defaults suit the embedded model."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    cache_max_entries: int = DEFAULT_MAX_ENTRIES
+    cache_max_bytes: int = DEFAULT_MAX_BYTES
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    pressure: PressureConfig | None = None
+    """Memory marks; ``None``: 85 % and 75 % of physical memory."""
+    kvcache: KVCacheSettings = field(default_factory=KVCacheSettings)
+
+
+@dataclass
+class Inference:
+    """The long-lived parts, and the supervision tree built around them."""
+
+    host: ModelHost[LoadedModel]
+    streams: StreamRegistry[StreamEvent]
+    prefix_cache: PrefixCache
+    monitor: MemoryMonitor
+    spec: SupervisorSpec
+
+    def client(self, system: ActorSystem) -> GenerationClient:
+        """A client of the generation actor of a system started from :attr:`spec`."""
+        return GenerationClient(system.ref("generation"), self.streams)
+
+
+def build_inference(
+    load: Callable[[], LoadedModel],
+    settings: InferenceSettings | None = None,
+    *,
+    clock: Clock | None = None,
+) -> Inference:
+    """Build the shared parts and the tree; nothing is loaded until the tree starts."""
+    settings = settings or InferenceSettings()
+    clock = clock or SystemClock()
+    host: ModelHost[LoadedModel] = ModelHost(load)
+    streams: StreamRegistry[StreamEvent] = StreamRegistry()
+    cache = PrefixCache(
+        max_entries=settings.cache_max_entries,
+        max_bytes=settings.cache_max_bytes,
+        breaker=CircuitBreaker(settings.breaker, clock=clock),
+    )
+    monitor = MemoryMonitor(cache, settings.pressure or PressureConfig.for_machine())
+    kvcache = kvcache_child(cache, monitor=monitor, settings=settings.kvcache)
+    generation = ChildSpec(
+        "generation",
+        lambda: GenerationActor(host, streams, prefix_store=cache, config=settings.engine),
+        shutdown=GENERATION_SHUTDOWN,
+    )
+    spec = SupervisorSpec(
+        "troupe",
+        [_with_shutdown(kvcache, KVCACHE_SHUTDOWN), generation],
+        strategy=Strategy.ONE_FOR_ONE,
+    )
+    return Inference(host, streams, cache, monitor, spec)
+
+
+def _with_shutdown(spec: ChildSpec, shutdown: float) -> ChildSpec:
+    return ChildSpec(spec.id, spec.factory, spec.restart, shutdown, spec.mailbox)
