@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import platform
 import statistics
 import sys
@@ -165,16 +166,17 @@ async def cached_prefix(
 
 
 def blas_library() -> str:
-    """The BLAS shared object mapped into this process (Linux), or 'bundled'."""
+    """Which BLAS MLX's CPU backend resolves to: a preloaded one, or the wheel's own."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    if "blas" in preload:
+        return f"preloaded {preload}"
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
-        return "unknown"
-    for name in ("openblas", "libblas", "mkl", "accelerate"):
-        for line in maps.splitlines():
-            if name in line.lower():
-                return line.split()[-1].rsplit("/", 1)[-1]
-    return "bundled with the mlx wheel"
+        return "platform default"
+    bundled = {line.split()[-1].rsplit("/", 1)[-1] for line in maps.splitlines() if "mlx" in line}
+    named = sorted(name for name in bundled if "blas" in name)
+    return f"bundled with the mlx wheel ({', '.join(named)})" if named else "platform default"
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
