@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -317,3 +318,34 @@ async def test_shared_prefix_is_reused_and_gives_the_same_tokens(loaded_model: A
         stats = cache.statistics()
         assert stats.hits >= 1
         assert (await h.stats()).cached_tokens == warm.end.cached_tokens
+
+
+async def test_queued_requests_past_their_deadline_are_dropped_before_prefill(
+    loaded_model: Any,
+) -> None:
+    async with harness(loaded_model, completion_batch_size=1) as h:
+        prompt = h.prompt("One at a time")
+        outcomes: dict[str, Outcome] = {}
+
+        async def one(name: str, deadline: float | None) -> None:
+            request = Generate(
+                request_id=name,
+                prompt=prompt,
+                params=SamplingParams(max_tokens=8, temperature=0.0),
+                deadline=deadline,
+            )
+            outcome = Outcome()
+            async with h.client.stream(request) as events:
+                async for event in events:
+                    record(outcome, event)
+            outcomes[name] = outcome
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, "running", None)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(one, "expired", time.time() - 1.0)  # queued behind "running"
+        running, expired = outcomes["running"].end, outcomes["expired"].end
+        assert isinstance(running, Finished)
+        assert isinstance(expired, Failed)
+        assert expired.kind is FailureKind.DEADLINE_EXCEEDED
+        assert outcomes["expired"].tokens == []

@@ -22,8 +22,9 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from actors.generation.engine import Engine, EngineConfig, ModelLike, PrefixStore
+from actors.generation.engine import Engine, EngineConfig
 from actors.generation.host import ModelHost
+from actors.generation.ports import ModelLike, PrefixStore
 from actors.generation.protocol import (
     Accepted,
     Cancel,

@@ -5,13 +5,15 @@ driven from any event loop (or none). The generation actor feeds it commands
 through thread-safe methods and receives events through the ``emit`` callback,
 called on the engine thread with every event of one step.
 
-Scheduling policy (mlx-lm's ``BatchGenerator``): each step first decodes one
-token for every running sequence, then prefills at most ``prefill_step_size``
-tokens of waiting prompts (up to ``prefill_batch_size`` prompts at a time). A
-long prompt therefore delays the running streams by one prefill chunk per step
-instead of stalling them for its whole prefill. Commands (new requests,
-cancellations) are applied between steps, so a cancelled request leaves the
-batch before the next decode step.
+Scheduling policy: admitted requests wait in a FIFO until fewer than
+``max_running`` are in the batch; one whose deadline has passed by then is
+dropped before any prefill. In the batch (mlx-lm's ``BatchGenerator``) each
+step first decodes one token for every running sequence, then prefills at most
+``prefill_step_size`` tokens of waiting prompts (up to ``prefill_batch_size``
+prompts at a time). A long prompt therefore delays the running streams by one
+prefill chunk per step instead of stalling them for its whole prefill.
+Commands (new requests, cancellations) are applied between steps, so a
+cancelled request leaves the batch before the next decode step.
 """
 
 from __future__ import annotations
@@ -19,17 +21,21 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 
+from actors.generation.ports import ModelLike, PrefixStore
 from actors.generation.protocol import (
     EngineFault,
     Failed,
     FailureKind,
+    Finished,
     FinishReason,
     Generate,
     StreamEvent,
@@ -42,66 +48,12 @@ log = logging.getLogger("troupe.engine")
 Emit = Callable[[list[StreamEvent]], None]
 
 
-class PrefixHitLike(Protocol):
-    """A cached prefix handed to the engine: a private copy it may mutate."""
-
-    @property
-    def cache(self) -> list[Any]:
-        """Per-layer KV caches covering the prefix."""
-        ...
-
-    @property
-    def length(self) -> int:
-        """Prompt tokens the cache covers."""
-        ...
-
-
-class PrefixStore(Protocol):
-    """The data plane of the kv-cache actor, called on the engine thread."""
-
-    def lookup(self, tokens: Sequence[int]) -> PrefixHitLike | None:
-        """The longest cached prefix of ``tokens`` (leaving one to prefill), if any."""
-        ...
-
-    def insert(self, tokens: Sequence[int], cache: list[Any]) -> object:
-        """Offer the KV state covering ``tokens``; the store takes ownership."""
-        ...
-
-    def clear(self) -> object:
-        """Drop every entry."""
-        ...
-
-
-class ModelLike(Protocol):
-    """What the engine needs of a loaded model."""
-
-    @property
-    def model(self) -> Any:
-        """The MLX model."""
-        ...
-
-    @property
-    def tokenizer(self) -> Any:
-        """mlx-lm's TokenizerWrapper."""
-        ...
-
-    @property
-    def context_length(self) -> int:
-        """Tokens the model attends over, prompt and output together."""
-        ...
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        """Tokens that end generation."""
-        ...
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     """Batching limits. Defaults suit a CPU: small prefill chunks keep streams smooth."""
 
     completion_batch_size: int = 32
-    """Sequences decoded together at most."""
+    """Sequences decoded together at most (also how many enter the batch at once)."""
     prefill_batch_size: int = 8
     """Prompts prefilled together at most."""
     prefill_step_size: int = 256
@@ -162,6 +114,7 @@ class Engine:
         self.config = config or EngineConfig()
         self._commands: queue.SimpleQueue[Generate | _Cancel | _Arm | _Stop] = queue.SimpleQueue()
         self._requests: dict[int, ActiveRequest] = {}
+        self._waiting: deque[Generate] = deque()
         self._by_id: dict[str, int] = {}
         self._faults: list[_Fault] = []
         self._thread = threading.Thread(target=self._run, name="troupe-engine", daemon=True)
@@ -200,17 +153,18 @@ class Engine:
         return not self._thread.is_alive()
 
     def counts(self) -> tuple[int, int]:
-        """(running, waiting): decoding sequences and those still in prefill."""
+        """(running, waiting): decoding sequences, and those queued or in prefill."""
         requests = list(self._requests.values())
         running = sum(1 for r in requests if r.completion_tokens > 0)
-        return running, len(requests) - running
+        return running, len(requests) - running + len(self._waiting)
 
     # -- the engine thread -------------------------------------------------------
 
     def _run(self) -> None:
         try:
             self._generator = self._new_generator()
-            while self._apply_commands(block=not self._requests):
+            while self._apply_commands(block=not self._requests and not self._waiting):
+                self._fill_batch()
                 if self._requests:
                     self._step_guarded()
             self._fail_all(FailureKind.SHUTTING_DOWN, "the server is shutting down", True)
@@ -249,7 +203,16 @@ class Engine:
                 case _Arm(fault=fault):
                     self._faults.append(fault)
                 case Generate():
-                    self._admit(command)
+                    self._waiting.append(command)
+
+    def _fill_batch(self) -> None:
+        """Move waiting requests into the batch while there is room."""
+        while self._waiting and len(self._requests) < self.config.completion_batch_size:
+            request = self._waiting.popleft()
+            if request.deadline is not None and time.time() >= request.deadline:
+                self._emit([_expired(request)])
+            else:
+                self._admit(request)
 
     def _admit(self, request: Generate) -> None:
         admission = admit(request, self._loaded, self._prefix_store, self._special)
@@ -279,11 +242,19 @@ class Engine:
     def _cancel(self, request_id: str) -> None:
         uid = self._by_id.pop(request_id, None)
         if uid is None:
+            self._cancel_waiting(request_id)
             return
         assert self._generator is not None
         self._generator.remove([uid])
         request = self._requests.pop(uid)
         self._emit([request.finish(FinishReason.CANCELLED)])
+
+    def _cancel_waiting(self, request_id: str) -> None:
+        for request in self._waiting:
+            if request.request_id == request_id:
+                self._waiting.remove(request)
+                self._emit([_never_started(request)])
+                return
 
     def _step_guarded(self) -> None:
         try:
@@ -349,7 +320,30 @@ class Engine:
         events: list[StreamEvent] = [
             request.fail(kind, detail, retryable) for request in self._requests.values()
         ]
+        events += [
+            Failed(request_id=r.request_id, kind=kind, retryable=retryable, detail=detail)
+            for r in self._waiting
+        ]
         self._requests.clear()
         self._by_id.clear()
+        self._waiting.clear()
         if events:
             self._emit(events)
+
+
+def _expired(request: Generate) -> Failed:
+    return Failed(
+        request_id=request.request_id,
+        kind=FailureKind.DEADLINE_EXCEEDED,
+        retryable=False,
+        detail="the request's deadline passed while it was queued",
+    )
+
+
+def _never_started(request: Generate) -> Finished:
+    return Finished(
+        request_id=request.request_id,
+        reason=FinishReason.CANCELLED,
+        prompt_tokens=len(request.prompt),
+        completion_tokens=0,
+    )

@@ -43,6 +43,9 @@ class Generate(Message, frozen=True, kw_only=True):
     request_id: str
     prompt: list[int]
     params: SamplingParams = msgspec.field(default_factory=SamplingParams)
+    deadline: float | None = None
+    """Wall-clock time (seconds since the epoch) after which the request is
+    dropped if it has not started prefill yet."""
 
 
 class Cancel(Message, frozen=True, kw_only=True):
@@ -94,6 +97,7 @@ class FailureKind(enum.StrEnum):
     ENGINE_CRASHED = "engine_crashed"
     OUT_OF_MEMORY = "out_of_memory"
     SHUTTING_DOWN = "shutting_down"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 class Failed(Message, frozen=True, kw_only=True):

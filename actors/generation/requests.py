@@ -26,7 +26,7 @@ from actors.generation.sampling import LogitsProcessor, RequestSampler, logits_p
 from actors.generation.stops import StopMatcher
 
 if TYPE_CHECKING:
-    from actors.generation.engine import ModelLike, PrefixStore
+    from actors.generation.ports import ModelLike, PrefixStore
 
 
 @dataclass
