@@ -284,6 +284,7 @@ class Supervisor(Node):
         await self._stop_nodes(n for n in group if n is not node)
         group = self._drop_temporary(group, keep=node)
         delay = self.spec.backoff.delay(consecutive, self.services.rng)
+        self._supersede_pending(group)
         for member in group:
             member.state = NodeState.RESTARTING
         if delay <= 0:
@@ -319,12 +320,15 @@ class Supervisor(Node):
                 kept.append(member)
         return kept
 
-    def _schedule(self, group: list[Node], delay: float) -> None:
-        """Restart ``group`` after ``delay`` seconds, superseding overlapping restarts."""
+    def _supersede_pending(self, group: list[Node]) -> None:
+        """Cancel pending restarts that ``group``'s restart covers (immediate or not)."""
         for token, pending in list(self._pending.items()):
             if any(member in group for member in pending.nodes):
                 pending.scope.cancel()
                 del self._pending[token]
+
+    def _schedule(self, group: list[Node], delay: float) -> None:
+        """Restart ``group`` after ``delay`` seconds."""
         self._tokens += 1
         deadline = self.services.clock.monotonic() + delay
         pending = _PendingRestart(group, delay, deadline, anyio.CancelScope())
@@ -340,6 +344,8 @@ class Supervisor(Node):
     async def _restart_nodes(self, group: list[Node], delay: float) -> None:
         """Start ``group`` in order; a failure is handled as that child's crash."""
         for member in group:
+            if member.active is not None:
+                continue  # already running: never start a second copy
             failure = await member.start(self._exit_callback(member))
             if failure is not None:
                 # Handle it as an exit of this child: it counts towards the

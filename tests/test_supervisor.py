@@ -371,3 +371,26 @@ async def test_status_snapshot_reports_each_actor() -> None:
         assert system.status().root.children[1].restarts_in_window == 0
         assert status.root.strategy == "one_for_one"
         assert (status.root.intensity, status.root.period_seconds) == (5, 10.0)
+
+
+async def test_an_immediate_group_restart_supersedes_a_pending_delayed_one() -> None:
+    """rest_for_one: b waits on backoff, then a's crash restarts [a, b] at once."""
+    clock = ManualClock()
+    journal = Journal()
+    spec = SupervisorSpec(
+        "root",
+        [probe("a", journal), probe("b", journal)],
+        strategy=Strategy.REST_FOR_ONE,
+        intensity=10,
+        backoff=Backoff(initial=1.0, jitter=0.0),
+    )
+    async with ActorSystem(spec, clock=clock) as system:
+        await crash(system, "b")  # immediate restart
+        await crash(system, "b")  # the next one waits 1 s
+        await crash(system, "a")  # a's first crash: [a, b] restart now
+        clock.advance(2.0)  # b's stale timer would fire here
+        await system.wait_idle()
+        starts = journal.of("start").count("b")
+        stops = journal.of("stop").count("b")
+        assert starts - stops == 1, "a second copy of b was started while one ran"
+        assert incarnations(system)["b"] == starts
