@@ -349,3 +349,27 @@ async def test_queued_requests_past_their_deadline_are_dropped_before_prefill(
         assert isinstance(expired, Failed)
         assert expired.kind is FailureKind.DEADLINE_EXCEEDED
         assert outcomes["expired"].tokens == []
+
+
+async def test_a_second_request_under_a_live_id_is_refused(loaded_model: Any) -> None:
+    async with harness(loaded_model) as h:
+        prompt = h.prompt("Only one of me")
+        first = Generate(request_id="dup", prompt=prompt, params=SamplingParams(max_tokens=30))
+        async with h.client.stream(first) as events:
+            again = await h.system.ref("generation").ask(first, timeout=10)
+            assert isinstance(again, Failed)
+            assert again.kind is FailureKind.INVALID_REQUEST
+            outcome = Outcome()
+            async for event in events:
+                record(outcome, event)
+        assert isinstance(outcome.end, Finished)
+        assert outcome.end.completion_tokens == 30
+        stats = await h.stats()
+        assert (stats.running, stats.waiting) == (0, 0)
+
+
+async def test_negative_max_tokens_is_a_typed_failure(loaded_model: Any) -> None:
+    async with harness(loaded_model) as h:
+        outcome = await h.run([1, 2, 3], max_tokens=-5)
+        assert isinstance(outcome.end, Failed)
+        assert outcome.end.kind is FailureKind.INVALID_REQUEST

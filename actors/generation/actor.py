@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,11 +72,12 @@ class GenerationActor(Actor):
         self._loaded: ModelLike | None = None
         self._owned: set[str] = set()
         # The engine thread never waits for the event loop: it drops each step's
-        # events here and a pump task delivers them (blocking the engine on a
-        # loop round trip per step cost ~5% of single-stream decode speed).
-        self._outbox: queue.SimpleQueue[list[StreamEvent] | _EngineDied | None] = (
-            queue.SimpleQueue()
-        )
+        # events here and rings the doorbell; a pump task delivers them
+        # (blocking the engine on a loop round trip per step cost ~5% of
+        # single-stream decode speed). Only the doorbell is waited on in a
+        # worker thread, so an abandoned wait can never swallow events.
+        self._outbox: queue.SimpleQueue[list[StreamEvent] | _EngineDied] = queue.SimpleQueue()
+        self._doorbell = threading.Event()
 
     async def on_start(self) -> None:
         """Load (or reuse) the weights off the event loop and start the engine thread."""
@@ -83,8 +85,8 @@ class GenerationActor(Actor):
         self._loaded = loaded
         self._engine = Engine(
             loaded,
-            self._outbox.put,
-            lambda reason: self._outbox.put(_EngineDied(reason)),
+            self._post,
+            lambda reason: self._post(_EngineDied(reason)),
             prefix_store=self._prefix_store,
             config=self._config,
         )
@@ -96,12 +98,14 @@ class GenerationActor(Actor):
         engine = self._require_engine()
         match message:
             case Generate(request_id=request_id):
-                if request_id not in self._streams:
+                if request_id not in self._streams or request_id in self._owned:
+                    # Events are routed by id: a second request under a live id
+                    # would receive the first one's events.
                     return Failed(
                         request_id=request_id,
                         kind=FailureKind.INVALID_REQUEST,
                         retryable=False,
-                        detail="no result stream is open for this request",
+                        detail="no result stream is open for this request id, or it is in use",
                     )
                 self._owned.add(request_id)
                 engine.submit(message)
@@ -118,23 +122,32 @@ class GenerationActor(Actor):
 
     async def on_stop(self, exit_kind: ExitKind) -> None:
         """Stop the engine thread; fail whatever it did not answer."""
-        if self._engine is not None:
-            self._engine.stop()
-            await anyio.to_thread.run_sync(self._engine.join, abandon_on_cancel=True)
+        try:
+            if self._engine is not None:
+                self._engine.stop()
+                await anyio.to_thread.run_sync(self._engine.join, abandon_on_cancel=True)
+        finally:
+            # Even if joining ran past the shutdown limit, every stream still
+            # gets what the engine sent and then a terminal event.
             for item in self._drain_outbox():
                 if isinstance(item, list):
                     self._deliver(item)
-        self._outbox.put(None)  # releases the pump's worker thread if it still waits
-        for request_id in list(self._owned):
-            self._terminate(
-                request_id,
-                Failed(
-                    request_id=request_id,
-                    kind=FailureKind.SHUTTING_DOWN,
-                    retryable=True,
-                    detail="the generation actor stopped",
-                ),
-            )
+            self._doorbell.set()  # releases the pump's worker thread if it still waits
+            for request_id in list(self._owned):
+                self._terminate(
+                    request_id,
+                    Failed(
+                        request_id=request_id,
+                        kind=FailureKind.SHUTTING_DOWN,
+                        retryable=True,
+                        detail="the generation actor stopped",
+                    ),
+                )
+
+    def _post(self, item: list[StreamEvent] | _EngineDied) -> None:
+        """Engine thread: queue ``item`` and wake the pump."""
+        self._outbox.put(item)
+        self._doorbell.set()
 
     def _deliver(self, events: list[StreamEvent]) -> None:
         """Runs on the event loop: hand each event to its request's stream."""
@@ -155,19 +168,20 @@ class GenerationActor(Actor):
     async def _pump(self) -> None:
         """Deliver the engine's events on the event loop; crash if the engine died."""
         while True:
-            item = await anyio.to_thread.run_sync(self._outbox.get, abandon_on_cancel=True)
-            for batch in [item, *self._drain_outbox()]:
-                self._deliver_item(batch)
+            await anyio.to_thread.run_sync(self._doorbell.wait, abandon_on_cancel=True)
+            self._doorbell.clear()
+            for item in self._drain_outbox():
+                self._deliver_item(item)
 
-    def _drain_outbox(self) -> list[list[StreamEvent] | _EngineDied | None]:
-        items: list[list[StreamEvent] | _EngineDied | None] = []
+    def _drain_outbox(self) -> list[list[StreamEvent] | _EngineDied]:
+        items: list[list[StreamEvent] | _EngineDied] = []
         while True:
             try:
                 items.append(self._outbox.get_nowait())
             except queue.Empty:
                 return items
 
-    def _deliver_item(self, item: list[StreamEvent] | _EngineDied | None) -> None:
+    def _deliver_item(self, item: list[StreamEvent] | _EngineDied) -> None:
         match item:
             case _EngineDied(reason=reason):
                 raise EngineCrashed(f"the engine thread died: {reason}")

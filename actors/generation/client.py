@@ -73,7 +73,7 @@ class GenerationClient:
         request is cancelled so it leaves the batch before the next step.
         """
         # Room for one chunk per token plus the terminal event: never full.
-        receive = self.streams.open(request.request_id, request.params.max_tokens + 2)
+        receive = self.streams.open(request.request_id, max(request.params.max_tokens, 0) + 2)
         events = EventStream(receive)
         try:
             answer = await self.ref.ask(request, timeout=timeout)

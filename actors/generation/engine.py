@@ -215,6 +215,9 @@ class Engine:
                 self._admit(request)
 
     def _admit(self, request: Generate) -> None:
+        if request.request_id in self._by_id:
+            self._emit([_duplicate(request)])
+            return
         admission = admit(request, self._loaded, self._prefix_store, self._special)
         if isinstance(admission, Failed):
             self._emit([admission])
@@ -346,4 +349,13 @@ def _never_started(request: Generate) -> Finished:
         reason=FinishReason.CANCELLED,
         prompt_tokens=len(request.prompt),
         completion_tokens=0,
+    )
+
+
+def _duplicate(request: Generate) -> Failed:
+    return Failed(
+        request_id=request.request_id,
+        kind=FailureKind.INVALID_REQUEST,
+        retryable=False,
+        detail="a request with this id is already running",
     )

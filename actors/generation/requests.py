@@ -57,7 +57,10 @@ class ActiveRequest:
         if self.stops.stopped:
             return self._end(FinishReason.STOP, text)
         if finish_reason == "length":
-            return self._end(FinishReason.LENGTH, text + self._tail())
+            text += self._tail()
+            # The flush may complete a stop string: then it ended on the stop.
+            reason = FinishReason.STOP if self.stops.stopped else FinishReason.LENGTH
+            return self._end(reason, text)
         return self._chunk(text)
 
     def finish(self, reason: FinishReason) -> Finished:
