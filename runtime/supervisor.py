@@ -260,6 +260,8 @@ class Supervisor(Node):
         self._pending.clear()
         self._send.close()
         self._receive.close()
+        # Exits still queued are moot now: every child is stopped below.
+        self._unprocessed = 0
         await self._stop_nodes(self.children)
         for child in self.children:
             if child.state is NodeState.RESTARTING:
