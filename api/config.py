@@ -1,0 +1,386 @@
+"""The server's settings: one struct, four sources, every problem at once.
+
+Sources, in increasing priority: the defaults below, a TOML file (``--config
+PATH``, else ``$TROUPE_CONFIG``), ``TROUPE_*`` environment variables (the field
+name upper-cased: ``TROUPE_PORT=9000``, lists comma-separated:
+``TROUPE_API_KEYS=a,b``), then command-line flags (``--port 9000``). Loading
+never stops at the first mistake: each value is converted on its own, a bad one
+is reported and the next source (or the default) is used instead, so one run
+lists everything to fix. :mod:`api.config_checks` then checks the result.
+
+An empty string for an optional setting (``TROUPE_MODEL=``) means unset. The
+API keys and the admin key are secrets: no message ever contains them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import enum
+import functools
+import inspect
+import ipaddress
+import itertools
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final, Literal, get_args, get_origin
+
+import msgspec
+
+MIB: Final = 1024**2
+GIB: Final = 1024**3
+ENV_PREFIX: Final = "TROUPE_"
+CONFIG_ENV: Final = "TROUPE_CONFIG"
+"""The environment variable naming the TOML file when ``--config`` is not given."""
+SECRET_SETTINGS: Final = frozenset({"api_keys", "admin_key"})
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+ModelSize = Literal["tiny", "small"]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything ``troupe serve`` can be told; the defaults suit one local user."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on; ``0.0.0.0`` or ``::`` listens on every interface."""
+    port: int = 8000
+    """TCP port to listen on (1-65535)."""
+    model: str | None = None
+    """A local model directory or a Hugging Face Hub id (``owner/name``);
+    unset: the embedded random-weight model, generated on first use."""
+    model_size: ModelSize = "tiny"
+    """Size of the embedded model; ignored when ``model`` is set."""
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    """Bearer keys accepted on the API; empty: no authentication."""
+    admin_key: str | None = None
+    """Bearer key for the admin endpoints (supervisor status, faults); unset: none."""
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    """Origins allowed by CORS (``https://host[:port]`` or ``*``); empty: CORS off."""
+    max_body_bytes: int = 1 * MIB
+    """Largest request body accepted, in bytes."""
+    chat_timeout: float = 900.0
+    """Seconds a chat completion may take before it is cut off."""
+    completion_timeout: float = 600.0
+    """Seconds a text completion may take before it is cut off."""
+    queue_max_requests: int = 256
+    """Requests admitted and not yet finished, at most; beyond that: HTTP 429."""
+    queue_max_prompt_tokens: int = 262144
+    """Prompt tokens admitted and not yet finished, at most; beyond that: HTTP 429."""
+    max_running: int = 32
+    """Sequences decoded together (the generation batch)."""
+    rate_limit_per_second: float = 0.0
+    """Requests per second per client (token bucket); 0: no rate limit."""
+    rate_limit_burst: int = 20
+    """Requests a client may send at once above the steady rate."""
+    drain_timeout: float = 30.0
+    """Seconds in-flight requests get to finish on shutdown."""
+    cache_max_entries: int = 32
+    """Prefix-cache entries kept at most (least recently used evicted)."""
+    cache_max_bytes: int = 2 * GIB
+    """Prefix-cache size in bytes at most."""
+    cache_dir: str | None = None
+    """Where the prefix cache is saved and loaded again; unset: it is not persisted.
+    (``$TROUPE_CACHE_DIR`` also locates the embedded model; the files do not clash.)"""
+    memory_high_water: float = 0.85
+    """Fraction of physical memory above which the prefix cache is shed."""
+    memory_low_water: float = 0.75
+    """Fraction of physical memory the shedding aims for (below the high mark)."""
+    log_level: LogLevel = "info"
+    """Least severe log records written."""
+    allow_remote_faults: bool = False
+    """Allow fault injection while listening beyond loopback (it is refused otherwise)."""
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks; the keys must not.
+        shown = {name: _redacted(name, getattr(self, name)) for name in self.__struct_fields__}
+        return "Settings(" + ", ".join(f"{name}={value!r}" for name, value in shown.items()) + ")"
+
+
+def _redacted(name: str, value: object) -> object:
+    if name not in SECRET_SETTINGS or not value:
+        return value
+    return ["***"] * len(value) if isinstance(value, list) else "***"
+
+
+FIELDS: Final = {field.name: field for field in msgspec.structs.fields(Settings)}
+
+
+class Severity(enum.StrEnum):
+    """How bad a problem is: errors stop the server, warnings are only shown."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing wrong (or doubtful) about the configuration.
+
+    Attributes:
+        severity: Whether it stops the server.
+        setting: The setting concerned, or ``None`` (a file, a dependency).
+        message: A readable sentence without secrets.
+    """
+
+    severity: Severity
+    setting: str | None
+    message: str
+
+
+def error(setting: str | None, message: str) -> Problem:
+    """A problem that stops the server."""
+    return Problem(severity=Severity.ERROR, setting=setting, message=message)
+
+
+def warning(setting: str | None, message: str) -> Problem:
+    """A problem that is shown but lets the server start."""
+    return Problem(severity=Severity.WARNING, setting=setting, message=message)
+
+
+def has_errors(problems: Iterable[Problem]) -> bool:
+    """Whether any problem is an error."""
+    return any(problem.severity is Severity.ERROR for problem in problems)
+
+
+def format_problems(problems: Iterable[Problem]) -> str:
+    """Render problems one a line, errors first, e.g. ``error    port: ...``."""
+    ordered = sorted(problems, key=lambda p: p.severity is not Severity.ERROR)
+    lines = []
+    for problem in ordered:
+        where = f"{problem.setting}: " if problem.setting else ""
+        lines.append(f"{problem.severity.value:<8} {where}{problem.message}")
+    return "\n".join(lines)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine (``localhost``, 127/8, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another host name: assume it is reachable from elsewhere
+
+
+def load_settings(
+    argv_overrides: Mapping[str, object],
+    env: Mapping[str, str],
+    config_path: str | None = None,
+) -> tuple[Settings, list[Problem]]:
+    """Merge the four sources into :class:`Settings`, collecting every problem.
+
+    Args:
+        argv_overrides: Values from command-line flags by field name (strings
+            are converted like environment values); see :func:`overrides_from_args`.
+        env: The environment (``os.environ``); only ``TROUPE_*`` names are read.
+        config_path: The TOML file; ``None``: ``env["TROUPE_CONFIG"]`` if set.
+
+    Returns:
+        The settings (a value that failed to convert falls back to the source
+        below it) and the problems found while reading, none of them checked
+        for sense yet (:func:`api.config_checks.check_settings` does that).
+
+    Raises:
+        TypeError: ``argv_overrides`` names something that is not a setting.
+    """
+    if stray := sorted(argv_overrides.keys() - FIELDS.keys()):
+        # Overrides come from code, not from a user: a wrong name is a bug.
+        raise TypeError(f"not settings: {', '.join(stray)}")
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+    path = config_path if config_path is not None else env.get(CONFIG_ENV) or None
+    if path is not None:
+        table = _read_toml(Path(path), problems)
+        for key in [key for key in table if key not in FIELDS]:
+            problems.append(_unknown(key, f"'{key}'", "in the config file", FIELDS))
+        known = {key: value for key, value in table.items() if key in FIELDS}
+        values |= _convert_all(known, lambda name: f"'{name}' in {path}", True, problems)
+    values |= _convert_all(_from_env(env, problems), _env_name, False, problems)
+    values |= _convert_all(argv_overrides, _flag_name, False, problems)
+    return Settings(**values), problems
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one ``--kebab-case`` flag per setting to ``parser``.
+
+    Every flag defaults to ``None`` so that only the flags given override the
+    other sources; values stay strings until :func:`load_settings` converts
+    them, which reports a bad one along with every other problem.
+    """
+    parser.add_argument("--config", metavar="PATH", help=f"a TOML settings file (env {CONFIG_ENV})")
+    docs = field_docs()
+    for name, field in FIELDS.items():
+        doc = docs.get(name, "").replace("``", "").removesuffix(".")
+        # An optional setting's docstring already says what unset means.
+        default = "" if field.default is None else f"default: {_show_default(name)}; "
+        text = f"{doc} ({default}env {_env_name(name)})"
+        help_text = text.replace("%", "%%")  # argparse formats help with %
+        if field.type is bool:
+            parser.add_argument(
+                _flag_name(name), action=argparse.BooleanOptionalAction, help=help_text
+            )
+        else:
+            metavar = _metavar(name, field.type)
+            parser.add_argument(_flag_name(name), metavar=metavar, help=help_text)
+
+
+def overrides_from_args(ns: argparse.Namespace) -> dict[str, object]:
+    """The settings given on the command line (flags left out are not included)."""
+    values = vars(ns)
+    return {name: values[name] for name in FIELDS if values.get(name) is not None}
+
+
+@functools.cache
+def field_docs() -> dict[str, str]:
+    """Each setting's docstring on one line, read from this module's source.
+
+    The docstrings under the fields are the one description of each setting;
+    Python keeps no attribute docstrings at runtime, so they are parsed here.
+    Empty when the source is unavailable (a byte-compiled-only install).
+    """
+    try:
+        tree = ast.parse(inspect.getsource(Settings))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for node, after in itertools.pairwise(body):
+        match node, after:
+            case ast.AnnAssign(target=ast.Name(id=name)), ast.Expr(ast.Constant(str() as doc)):
+                docs[name] = " ".join(doc.split())
+    return docs
+
+
+def _read_toml(path: Path, problems: list[Problem]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        problems.append(error(None, f"config file {path} does not exist"))
+    except IsADirectoryError:
+        problems.append(error(None, f"config file {path} is a directory"))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        problems.append(error(None, f"config file {path} cannot be read: {reason}"))
+    except UnicodeDecodeError:
+        problems.append(error(None, f"config file {path} is not UTF-8 text"))
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already ends with "(at line N, column M)".
+        problems.append(error(None, f"config file {path} is not valid TOML: {exc}"))
+    return {}
+
+
+def _from_env(env: Mapping[str, str], problems: list[Problem]) -> dict[str, str]:
+    """The ``TROUPE_*`` settings in ``env``; other ``TROUPE_*`` names are warnings.
+
+    Unknown names warn rather than fail: the environment is shared with other
+    tools (and later versions), but a typo should still be visible.
+    """
+    known = {_env_name(name): name for name in FIELDS}
+    values: dict[str, str] = {}
+    for key, value in env.items():
+        if key in known:
+            values[known[key]] = value
+        elif key.startswith(ENV_PREFIX) and key != CONFIG_ENV:
+            problems.append(_unknown(key, key, "in the environment", known, Severity.WARNING))
+    return values
+
+
+def _unknown(
+    key: str,
+    shown: str,
+    where: str,
+    names: Iterable[str],
+    severity: Severity = Severity.ERROR,
+) -> Problem:
+    message = f"unknown setting {shown} {where}"
+    if close := difflib.get_close_matches(key, list(names), n=1):
+        suggestion = f"'{close[0]}'" if shown.startswith("'") else close[0]
+        message += f"; did you mean {suggestion}?"
+    return Problem(severity=severity, setting=None, message=message)
+
+
+def _convert_all(
+    raw: Mapping[str, object],
+    where: Callable[[str], str],
+    strict: bool,
+    problems: list[Problem],
+) -> dict[str, Any]:
+    """Convert each value on its own, so that one bad value hides no other."""
+    converted: dict[str, Any] = {}
+    for name, value in raw.items():
+        field_type = FIELDS[name].type
+        try:
+            converted[name] = _convert(value, field_type, strict=strict)
+        except msgspec.ValidationError:
+            expected = _describe_type(field_type)
+            got = "" if name in SECRET_SETTINGS else f", got {_show(value)}"
+            problems.append(error(name, f"{where(name)} must be {expected}{got}"))
+    return converted
+
+
+def _convert(value: object, field_type: Any, *, strict: bool) -> object:
+    if isinstance(value, str) and not strict:
+        value = value.strip()
+        if get_origin(field_type) is list:
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if value.lower() in {"yes", "on", "no", "off"} and field_type is bool:
+            value = "true" if value.lower() in {"yes", "on"} else "false"
+    if isinstance(value, str) and get_origin(field_type) is Literal:
+        value = value.lower()
+    if value == "" and type(None) in get_args(field_type):
+        return None
+    return msgspec.convert(value, field_type, strict=strict)
+
+
+def _describe_type(field_type: Any) -> str:
+    if get_origin(field_type) is Literal:
+        return "one of " + ", ".join(f"'{choice}'" for choice in get_args(field_type))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if get_origin(field_type) is list:
+        return "a list of strings (comma-separated outside TOML)"
+    args = [arg for arg in get_args(field_type) if arg is not type(None)]
+    return names.get(args[0] if args else field_type, "a valid value")
+
+
+_METAVARS: Final = {
+    "host": "HOST",
+    "model": "PATH|OWNER/NAME",
+    "api_keys": "KEY,...",
+    "admin_key": "KEY",
+    "cors_origins": "ORIGIN,...",
+    "cache_dir": "PATH",
+    "max_body_bytes": "BYTES",
+    "cache_max_bytes": "BYTES",
+}
+
+
+def _metavar(name: str, field_type: Any) -> str:
+    if name in _METAVARS:
+        return _METAVARS[name]
+    if get_origin(field_type) is Literal:
+        return "{" + ",".join(get_args(field_type)) + "}"
+    if name.endswith("_timeout"):
+        return "SECONDS"
+    return {int: "N", float: "X"}.get(field_type, "TEXT")
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _show_default(name: str) -> str:
+    value = getattr(Settings(), name)
+    if isinstance(value, list):
+        return ",".join(value) or "none"
+    return str(value)
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")

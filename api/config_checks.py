@@ -1,0 +1,243 @@
+"""Checks that loaded :class:`~api.config.Settings` make sense, before anything starts.
+
+Every check runs and every problem is returned, so that ``troupe check-config``
+(and ``troupe serve`` before it binds) shows the whole list in one go: ranges,
+contradictions between settings, the model directory, whether the port is
+free, and the versions of MLX and mlx-lm. Nothing here starts a server or
+loads a model; the only side effect is a socket bound and closed at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+from api.config import (
+    Problem,
+    Settings,
+    Severity,
+    error,
+    is_loopback,
+    load_settings,
+    warning,
+)
+
+MINIMUM_VERSIONS: Final = {"mlx": (0, 29), "mlx-lm": (0, 28)}
+"""Distributions the server needs, with the oldest version that works."""
+PRIVILEGED_PORTS: Final = 1024
+
+# (setting, predicate, what the value must be); each is checked on its own.
+_RANGES: Final[tuple[tuple[str, Callable[[float], bool], str], ...]] = (
+    ("max_body_bytes", lambda v: v >= 1, "at least 1"),
+    ("chat_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),
+    ("completion_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),
+    ("drain_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),
+    ("queue_max_requests", lambda v: v >= 1, "at least 1"),
+    ("queue_max_prompt_tokens", lambda v: v >= 1, "at least 1"),
+    ("max_running", lambda v: v >= 1, "at least 1"),
+    ("rate_limit_per_second", lambda v: 0 <= v < math.inf, "0 (off) or a positive rate"),
+    ("cache_max_entries", lambda v: v >= 1, "at least 1"),
+    ("cache_max_bytes", lambda v: v >= 0, "0 or more"),
+    ("memory_high_water", lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)"),
+    ("memory_low_water", lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)"),
+)
+
+
+def check_settings(settings: Settings, *, probe_port: bool = True) -> list[Problem]:
+    """Every problem with ``settings``, errors and warnings, in a stable order.
+
+    Args:
+        settings: The settings to check.
+        probe_port: Also bind ``host:port`` briefly to see whether it is free
+            (off where the caller is about to bind it anyway, or in tests).
+    """
+    problems = [*_check_ranges(settings), *_check_network(settings)]
+    if probe_port:
+        problems += _probe_port(settings.host, settings.port)
+    problems += _check_auth(settings)
+    problems += _check_contradictions(settings)
+    problems += _check_model(settings)
+    problems += _check_dependencies()
+    return problems
+
+
+def load_and_check(
+    argv_overrides: Mapping[str, object],
+    env: Mapping[str, str],
+    config_path: str | None = None,
+    *,
+    probe_port: bool = True,
+) -> tuple[Settings, list[Problem]]:
+    """:func:`api.config.load_settings`, then :func:`check_settings` on the result.
+
+    A setting whose value could not be read falls back to another source; the
+    checks' remarks about that setting are dropped, since they would be about
+    a value the user did not write (``port 8000 is in use`` after ``--port x``).
+    """
+    settings, problems = load_settings(argv_overrides, env, config_path)
+    unreadable = {p.setting for p in problems if p.severity is Severity.ERROR and p.setting}
+    checked = check_settings(settings, probe_port=probe_port)
+    return settings, problems + [p for p in checked if p.setting not in unreadable]
+
+
+def _check_ranges(settings: Settings) -> list[Problem]:
+    problems = []
+    for name, valid, expected in _RANGES:
+        value = getattr(settings, name)
+        if math.isnan(value) or not valid(value):
+            problems.append(error(name, f"must be {expected}, got {value}"))
+    return problems
+
+
+def _check_network(settings: Settings) -> list[Problem]:
+    host, port = settings.host, settings.port
+    if not host:
+        return [error("host", "is empty; use 0.0.0.0 to listen on every interface")]
+    if not 1 <= port <= 65535:
+        return [error("port", f"must be between 1 and 65535, got {port}")]
+    # Only root (or CAP_NET_BIND_SERVICE) may bind a port below 1024; the
+    # capability cannot be read portably, so this warns instead of failing.
+    if port < PRIVILEGED_PORTS and hasattr(os, "geteuid") and os.geteuid() != 0:
+        message = f"{port} is a privileged port: binding it needs root or CAP_NET_BIND_SERVICE"
+        return [warning("port", message)]
+    return []
+
+
+def _probe_port(host: str, port: int) -> list[Problem]:
+    """Bind ``host:port`` as hypercorn would (``SO_REUSEADDR``) and release it."""
+    if not host or not 1 <= port <= 65535:
+        return []  # already reported by _check_network
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError):
+        return [error("host", f"{host!r} does not resolve to an address")]
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        # SO_REUSEADDR like the server: a port held only by closed connections
+        # (TIME_WAIT) is free to it, one with a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return [_bind_problem(host, port, exc)]
+    return []
+
+
+def _bind_problem(host: str, port: int, exc: OSError) -> Problem:
+    if exc.errno == errno.EADDRINUSE:
+        return error("port", f"{port} is already in use on {host!r} (is a server running?)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return error("host", f"{host!r} is not an address of this machine")
+    if exc.errno == errno.EACCES:
+        return error("port", f"no permission to listen on port {port} of {host!r}")
+    return error(
+        "port", f"cannot listen on port {port} of {host!r}: {exc.strerror or 'bind failed'}"
+    )
+
+
+def _check_auth(settings: Settings) -> list[Problem]:
+    """Key mistakes; the messages describe keys but never quote them."""
+    problems = []
+    keys = settings.api_keys
+    if any(not key for key in keys):
+        problems.append(error("api_keys", "contains an empty key"))
+    if len(set(keys)) < len(keys):
+        problems.append(warning("api_keys", "lists the same key more than once"))
+    if settings.admin_key is not None and settings.admin_key in keys:
+        problems.append(
+            error("admin_key", "is also one of the api_keys; the admin key must be separate")
+        )
+    if not keys and not is_loopback(settings.host):
+        message = (
+            f"none set while listening on {settings.host!r}: anyone reaching it can use the API"
+        )
+        problems.append(warning("api_keys", message))
+    return problems
+
+
+def _check_contradictions(settings: Settings) -> list[Problem]:
+    problems = []
+    high, low = settings.memory_high_water, settings.memory_low_water
+    if low >= high:
+        problems.append(
+            error("memory_low_water", f"must be below memory_high_water ({low} >= {high})")
+        )
+    if settings.rate_limit_per_second > 0 and settings.rate_limit_burst < 1:
+        message = f"must be at least 1 with a rate limit on, got {settings.rate_limit_burst}"
+        problems.append(error("rate_limit_burst", message))
+    if settings.allow_remote_faults and is_loopback(settings.host):
+        message = f"has no effect: on {settings.host!r} (loopback) faults are always allowed"
+        problems.append(warning("allow_remote_faults", message))
+    for origin in settings.cors_origins:
+        if origin != "*" and not _is_origin(origin):
+            message = f"{origin!r} is not an origin: use scheme://host[:port] (no path) or *"
+            problems.append(error("cors_origins", message))
+    return problems
+
+
+def _is_origin(text: str) -> bool:
+    """Whether ``text`` is what browsers send in ``Origin`` (so it can ever match)."""
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    plain = not (parts.path or parts.query or parts.fragment or parts.username)
+    return parts.scheme in {"http", "https"} and bool(parts.hostname) and plain
+
+
+def _check_model(settings: Settings) -> list[Problem]:
+    problems = []
+    if settings.cache_dir is not None:
+        cache = Path(settings.cache_dir).expanduser()
+        if cache.exists() and not cache.is_dir():
+            problems.append(error("cache_dir", f"{settings.cache_dir!r} is not a directory"))
+    if settings.model is None:
+        return problems
+    if settings.model_size != Settings().model_size:
+        message = "is ignored: it sizes the embedded model, and model is set"
+        problems.append(warning("model_size", message))
+    try:
+        # Imported here: the loader pulls in MLX, which takes a second to load
+        # and is needed only when a model is named.
+        from actors.model.loader import looks_like_hub_id, validate_model_dir  # noqa: PLC0415
+    except ImportError as exc:
+        return [*problems, error("model", f"cannot be checked: {exc.name} does not import")]
+    path = Path(settings.model).expanduser()
+    if not path.exists() and looks_like_hub_id(settings.model):
+        message = f"{settings.model!r} is not a local directory: it will come from the Hub"
+        return [*problems, warning("model", message)]
+    found = validate_model_dir(path)
+    return problems + [error("model", f"{settings.model!r}: {problem}") for problem in found]
+
+
+def _check_dependencies() -> list[Problem]:
+    problems = []
+    for name, minimum in MINIMUM_VERSIONS.items():
+        wanted = ".".join(map(str, minimum))
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            problems.append(error(None, f"{name} is not installed (needs {name} >= {wanted})"))
+            continue
+        if version_tuple(installed) < minimum:
+            problems.append(
+                error(None, f"{name} {installed} is installed; mlx-troupe needs >= {wanted}")
+            )
+    return problems
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """The leading release numbers of a version string: ``"0.29.1rc1"`` -> ``(0, 29, 1)``."""
+    release = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in release.group(0).split(".")) if release else ()
