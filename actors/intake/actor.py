@@ -1,0 +1,397 @@
+"""The intake actor: admission control in front of the generation actor.
+
+Every completion request asks :class:`~actors.intake.protocol.Admit` before
+anything is tokenized. The checks run cheapest first and stop at the first
+that refuses:
+
+1. draining: the server is shutting down (``draining``, HTTP 503);
+2. memory pressure: the injected ``pressure()`` reading (``pressure``);
+3. the client's token bucket (``rate_limited``); an attempt that gets this
+   far costs a token even if a later check refuses it, so a client that
+   ignores ``Retry-After`` and spins on a full queue is throttled like any
+   other;
+4. requests in flight against ``queue_max_requests`` (``queue_full``);
+5. prompt tokens in flight plus this request's estimate against
+   ``queue_max_prompt_tokens`` (``tokens_full``). A request that alone exceeds
+   the budget is still admitted when nothing else is in flight: the estimate
+   errs high, and whether the prompt fits the model is the engine's call, so
+   refusing it would turn it away forever.
+
+Every piece of state (requests in flight, counters, buckets, drain rate) lives
+in an :class:`IntakeState` built once by the composition root and shared by
+every incarnation, like the kv-cache actor's ``PrefixCache``: a restart of
+intake must not forget what is in flight, or the limits would admit too much
+(or, had releases been lost, too little) until the queue turned over. The
+one call that may fail, the pressure reading, comes before a handler books,
+charges or counts anything, so a crash never leaves the state half-updated.
+Handlers never await, so statistics are answered at once, never behind
+inference.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from actors.intake.limits import (
+    DEFAULT_RETRY_AFTER,
+    DRAIN_RATE_FLOOR,
+    DRAIN_TIME_CONSTANT,
+    MAX_RETRY_AFTER,
+    ClientBuckets,
+    DrainRate,
+    backlog_retry_after,
+    ceil_seconds,
+    estimate_prompt_tokens,
+)
+from actors.intake.protocol import (
+    Admit,
+    Admitted,
+    CrashIntake,
+    GetIntakeStats,
+    IntakeStats,
+    Outcome,
+    Rejected,
+    Release,
+    ShedReason,
+    StartDraining,
+    StopDraining,
+    Tokenized,
+)
+from runtime.actor import Actor
+from runtime.mailbox import MailboxConfig
+from runtime.messages import Message
+from runtime.spec import ChildSpec
+
+log = logging.getLogger("troupe.intake")
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    """Limits of the intake queue; defaults match ``troupe serve``'s settings."""
+
+    queue_max_requests: int = 256
+    """Requests admitted and not yet released, at most."""
+    queue_max_prompt_tokens: int = 262_144
+    """Prompt tokens (estimated, then real) admitted and not yet released, at most."""
+    rate_limit_per_second: float = 0.0
+    """Requests per second per client; 0 turns the rate limit off."""
+    rate_limit_burst: int = 20
+    """Requests a client may send at once above the steady rate."""
+    max_clients: int = 10_000
+    """Client token buckets kept at most; the least recently used is forgotten."""
+    drain_time_constant: float = DRAIN_TIME_CONSTANT
+    """Seconds of busy time over which the drain-rate estimate forgets."""
+    drain_rate_floor: float = DRAIN_RATE_FLOOR
+    """Releases per second assumed at least when deriving ``Retry-After``."""
+    retry_after_default: int = DEFAULT_RETRY_AFTER
+    """``Retry-After`` seconds while no drain rate has been measured."""
+    retry_after_max: int = MAX_RETRY_AFTER
+    """Longest ``Retry-After`` suggested, seconds."""
+    reclaim_after: float = 60.0
+    """Seconds past an admitted request's deadline after which it is dropped from the
+    books if its ``Release`` never came (a lost tell, or an asker that gave up just
+    as it was admitted). The HTTP layer cuts requests off at their deadline, so a
+    release is normally seconds away; requests without a deadline are never reclaimed."""
+
+    def __post_init__(self) -> None:
+        # Checked here, not only where they are used, so bad configuration stops
+        # the server at start-up rather than when the composition root builds state.
+        if min(self.queue_max_requests, self.queue_max_prompt_tokens, self.max_clients) < 1:
+            raise ValueError("queue limits and max_clients must be at least 1")
+        if not 0 <= self.rate_limit_per_second < math.inf or self.rate_limit_burst < 1:
+            raise ValueError("need a finite rate limit >= 0 (0: off) and a burst >= 1")
+        if not (0 < self.drain_time_constant < math.inf and 0 < self.drain_rate_floor < math.inf):
+            raise ValueError("the drain-rate time constant and floor must be positive")
+        if not 1 <= self.retry_after_default <= self.retry_after_max:
+            raise ValueError("need 1 <= retry_after_default <= retry_after_max")
+        if not self.reclaim_after >= 0:
+            raise ValueError("reclaim_after must not be negative")
+
+
+@dataclass
+class _InFlight:
+    request_id: str
+    endpoint: str
+    prompt_tokens: int
+    deadline: float | None
+
+
+class IntakeState:
+    """Everything intake knows, built by the composition root to outlive restarts.
+
+    Times passed in are the actor system clock's: ``now`` monotonic seconds,
+    ``wall`` seconds since the epoch (for deadlines).
+
+    Requests are booked under an admission number rather than their id, which
+    clients may choose (``X-Request-ID``) and so may collide: two requests with
+    the same id are two bookings, and a ``Release`` or ``Tokenized`` applies to
+    the oldest of them.
+    """
+
+    def __init__(self, settings: IntakeSettings | None = None) -> None:
+        self.settings = settings or IntakeSettings()
+        s = self.settings
+        self.buckets = ClientBuckets(s.rate_limit_per_second, s.rate_limit_burst, s.max_clients)
+        self.drain = DrainRate(s.drain_time_constant)
+        self.draining = False
+        self._entries: dict[int, _InFlight] = {}
+        self._by_request: dict[str, list[int]] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, number)
+        self._numbers = itertools.count()
+        self._prompt_tokens = 0
+        self.admitted_total = 0
+        self.outcomes: Counter[Outcome] = Counter()
+        self.shed: Counter[ShedReason] = Counter()
+        self.reclaimed_total = 0
+        self.unknown_releases = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not yet released."""
+        return len(self._entries)
+
+    @property
+    def in_flight_prompt_tokens(self) -> int:
+        """Prompt tokens of the requests in flight."""
+        return self._prompt_tokens
+
+    def admit(
+        self, request: Admit, *, now: float, wall: float, pressure: Callable[[], bool]
+    ) -> Admitted | Rejected:
+        """Run the checks in order; book the request if every one passes."""
+        self.reclaim(now=now, wall=wall)
+        if self.draining:
+            return self._reject(request, ShedReason.DRAINING, "the server is shutting down", now)
+        if pressure():
+            return self._reject(request, ShedReason.PRESSURE, "memory is under pressure", now)
+        wait = self.buckets.take(request.client, now)
+        if wait > 0:
+            detail = (
+                f"more than {self.buckets.rate:g} requests/s"
+                f" (burst {self.buckets.burst}) from this client"
+            )
+            return self._reject(request, ShedReason.RATE_LIMITED, detail, now, ceil_seconds(wait))
+        limits = self.settings
+        if self.in_flight >= limits.queue_max_requests:
+            detail = f"{self.in_flight} requests in flight (limit {limits.queue_max_requests})"
+            return self._reject(request, ShedReason.QUEUE_FULL, detail, now)
+        tokens = estimate_prompt_tokens(request.prompt_chars, request.messages)
+        if self.in_flight and self._prompt_tokens + tokens > limits.queue_max_prompt_tokens:
+            detail = (
+                f"{self._prompt_tokens} prompt tokens in flight and about {tokens} more"
+                f" would pass the limit of {limits.queue_max_prompt_tokens}"
+            )
+            return self._reject(request, ShedReason.TOKENS_FULL, detail, now)
+        self._book(request, tokens, now)
+        return Admitted(
+            request_id=request.request_id, position=self.in_flight, prompt_tokens=tokens
+        )
+
+    def tokenized(self, request_id: str, prompt_tokens: int) -> bool:
+        """Replace a request's estimate with its real size; ``False`` if it is not in flight."""
+        numbers = self._by_request.get(request_id)
+        if not numbers:
+            return False
+        entry = self._entries[numbers[0]]
+        real = max(0, prompt_tokens)
+        self._prompt_tokens += real - entry.prompt_tokens
+        entry.prompt_tokens = real
+        return True
+
+    def release(self, request_id: str, outcome: Outcome, *, now: float) -> bool:
+        """Free a request's capacity and count its outcome; ``False`` if it was not in flight."""
+        numbers = self._by_request.get(request_id)
+        if not numbers:
+            self.unknown_releases += 1
+            return False
+        self._unbook(numbers[0], now)
+        self.outcomes[outcome] += 1
+        # Every release frees a slot, whatever its outcome, so all count as drain.
+        self.drain.observe(now)
+        return True
+
+    def reclaim(self, *, now: float, wall: float) -> int:
+        """Drop requests whose deadline passed ``reclaim_after`` seconds ago; return how many."""
+        cutoff = wall - self.settings.reclaim_after
+        reclaimed = 0
+        while self._deadlines and self._deadlines[0][0] < cutoff:
+            _, number = heapq.heappop(self._deadlines)
+            if number in self._entries:  # else released already: the heap is pruned lazily
+                self._unbook(number, now)
+                reclaimed += 1
+        if reclaimed:
+            self.reclaimed_total += reclaimed
+            log.warning("intake reclaimed %d requests that were never released", reclaimed)
+        return reclaimed
+
+    def retry_after(self, now: float) -> int:
+        """``Retry-After`` for shedding caused by the backlog, from the measured drain rate."""
+        s = self.settings
+        return backlog_retry_after(
+            self.in_flight,
+            self.drain.rate(now),
+            floor=s.drain_rate_floor,
+            default=s.retry_after_default,
+            maximum=s.retry_after_max,
+        )
+
+    def stats(self, *, now: float, wall: float, under_pressure: bool) -> IntakeStats:
+        """A snapshot of the counters (reclaiming overdue requests first)."""
+        self.reclaim(now=now, wall=wall)
+        return IntakeStats(
+            draining=self.draining,
+            under_pressure=under_pressure,
+            in_flight=self.in_flight,
+            in_flight_prompt_tokens=self._prompt_tokens,
+            queue_max_requests=self.settings.queue_max_requests,
+            queue_max_prompt_tokens=self.settings.queue_max_prompt_tokens,
+            admitted_total=self.admitted_total,
+            completed_total=self.outcomes[Outcome.COMPLETED],
+            failed_total=self.outcomes[Outcome.FAILED],
+            cancelled_disconnect_total=self.outcomes[Outcome.CANCELLED_DISCONNECT],
+            cancelled_deadline_total=self.outcomes[Outcome.CANCELLED_DEADLINE],
+            shed_draining=self.shed[ShedReason.DRAINING],
+            shed_pressure=self.shed[ShedReason.PRESSURE],
+            shed_rate_limited=self.shed[ShedReason.RATE_LIMITED],
+            shed_queue_full=self.shed[ShedReason.QUEUE_FULL],
+            shed_tokens_full=self.shed[ShedReason.TOKENS_FULL],
+            reclaimed_total=self.reclaimed_total,
+            unknown_releases=self.unknown_releases,
+            drain_rate=self.drain.rate(now),
+            client_buckets=len(self.buckets),
+        )
+
+    def _reject(
+        self,
+        request: Admit,
+        reason: ShedReason,
+        detail: str,
+        now: float,
+        retry_after: int | None = None,
+    ) -> Rejected:
+        self.shed[reason] += 1
+        return Rejected(
+            request_id=request.request_id,
+            reason=reason,
+            retry_after=self.retry_after(now) if retry_after is None else retry_after,
+            detail=detail,
+        )
+
+    def _book(self, request: Admit, tokens: int, now: float) -> None:
+        number = next(self._numbers)
+        self._entries[number] = _InFlight(
+            request.request_id, request.endpoint, tokens, request.deadline
+        )
+        self._by_request.setdefault(request.request_id, []).append(number)
+        if request.deadline is not None and math.isfinite(request.deadline):
+            # NaN would break the heap's order and hide overdue requests behind it.
+            heapq.heappush(self._deadlines, (request.deadline, number))
+            self._compact_deadlines()
+        self._prompt_tokens += tokens
+        self.admitted_total += 1
+        self.drain.busy(now)
+
+    def _compact_deadlines(self) -> None:
+        # Released requests stay in the heap until their deadline comes up, which
+        # for long timeouts at a high request rate would be most of it: rebuild
+        # once the dead entries outnumber the live ones (amortized O(1) a booking).
+        if len(self._deadlines) > 2 * len(self._entries) + 64:
+            self._deadlines = [item for item in self._deadlines if item[1] in self._entries]
+            heapq.heapify(self._deadlines)
+
+    def _unbook(self, number: int, now: float) -> None:
+        entry = self._entries.pop(number)
+        numbers = self._by_request[entry.request_id]
+        numbers.remove(number)
+        if not numbers:
+            del self._by_request[entry.request_id]
+        self._prompt_tokens -= entry.prompt_tokens
+        if not self._entries:
+            self.drain.idle(now)
+
+
+class IntakeCrash(RuntimeError):
+    """Raised by the handler on :class:`~actors.intake.protocol.CrashIntake`."""
+
+
+def _never_under_pressure() -> bool:
+    return False
+
+
+class IntakeActor(Actor):
+    """Answers the intake protocol over an :class:`IntakeState` that outlives it."""
+
+    def __init__(self, state: IntakeState, *, pressure: Callable[[], bool] | None = None) -> None:
+        self.state = state
+        self.pressure = pressure or _never_under_pressure
+
+    async def handle(self, message: Message) -> Message | None:
+        """Answer one message of the intake protocol; nothing here awaits."""
+        clock = self.ctx.clock
+        answer: Message | None = None
+        match message:
+            case Admit():
+                answer = self.state.admit(
+                    message, now=clock.monotonic(), wall=clock.wall(), pressure=self.pressure
+                )
+            case Tokenized(request_id=request_id, prompt_tokens=prompt_tokens):
+                self.state.tokenized(request_id, prompt_tokens)
+            case Release(request_id=request_id, outcome=outcome):
+                self.state.release(request_id, outcome, now=clock.monotonic())
+            case GetIntakeStats():
+                answer = self._stats()
+            case StartDraining():
+                answer = self._set_draining(True)
+            case StopDraining():
+                answer = self._set_draining(False)
+            case CrashIntake():
+                raise IntakeCrash("crash requested")
+            case _:
+                answer = await super().handle(message)
+        return answer
+
+    def _stats(self) -> IntakeStats:
+        clock = self.ctx.clock
+        under_pressure = self.pressure()  # read first: it is the one call that may fail
+        return self.state.stats(
+            now=clock.monotonic(), wall=clock.wall(), under_pressure=under_pressure
+        )
+
+    def _set_draining(self, draining: bool) -> IntakeStats:
+        if draining != self.state.draining:
+            log.info("intake %s", "draining" if draining else "admitting again")
+        self.state.draining = draining
+        return self._stats()
+
+
+def intake_child(
+    state: IntakeState,
+    *,
+    pressure: Callable[[], bool] | None = None,
+    child_id: str = "intake",
+    mailbox: MailboxConfig | None = None,
+) -> ChildSpec:
+    """The child spec of an intake actor whose every incarnation shares ``state``.
+
+    Args:
+        state: The durable state, built once by the composition root.
+        pressure: Reads the memory-pressure flag, e.g. ``lambda:
+            monitor.under_pressure`` for a ``MemoryMonitor``; ``None``: never.
+        child_id: The actor's id (the HTTP layer looks up ``intake``).
+        mailbox: The mailbox; ``None``: the default (1024, ``REJECT``), whose
+            ``MailboxFull`` the HTTP layer answers with 429.
+
+    Returns:
+        A permanent child with the default 5 s shutdown.
+    """
+    return ChildSpec(
+        child_id,
+        lambda: IntakeActor(state, pressure=pressure),
+        mailbox=mailbox or MailboxConfig(),
+    )

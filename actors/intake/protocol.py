@@ -1,0 +1,163 @@
+"""Messages of the intake actor: admission control in front of generation.
+
+The HTTP layer, for each completion request:
+
+1. asks ``Admit`` before tokenizing anything and gets ``Admitted`` or
+   ``Rejected`` (HTTP 429, or 503 for ``draining``, with ``Retry-After``);
+2. once admitted, may tell ``Tokenized`` with the real prompt size, which
+   replaces the estimate made from characters;
+3. tells ``Release`` exactly once when the request ends, whatever the outcome.
+
+=====================  ==========================  =========
+message                answer                      send with
+=====================  ==========================  =========
+``Admit``              ``Admitted``/``Rejected``   ask
+``Tokenized``          none                        tell
+``Release``            none                        tell
+``GetIntakeStats``     ``IntakeStats``             ask
+``StartDraining``      ``IntakeStats``             ask
+``StopDraining``       ``IntakeStats``             ask
+``CrashIntake``        the actor crashes           ask/tell
+=====================  ==========================  =========
+
+Deadlines: ``Admit.deadline`` is wall-clock time (seconds since the epoch).
+Intake does not refuse a request whose deadline has passed: the HTTP layer
+checks that before admitting (it answers 504, which is not a shed), and the
+generation engine drops admitted requests whose deadline passes before
+prefill. Intake uses the deadline only to reclaim an admitted request whose
+``Release`` never came (see ``IntakeSettings.reclaim_after``), and counts
+``cancelled_deadline`` releases.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from runtime.messages import Message
+
+
+class ShedReason(enum.StrEnum):
+    """Why a request was turned away, in the order the checks run."""
+
+    DRAINING = "draining"
+    """The server is shutting down (HTTP 503)."""
+    PRESSURE = "pressure"
+    """Memory is above the high-water mark."""
+    RATE_LIMITED = "rate_limited"
+    """The client's token bucket is empty."""
+    QUEUE_FULL = "queue_full"
+    """As many requests are in flight as ``queue_max_requests`` allows."""
+    TOKENS_FULL = "tokens_full"
+    """This prompt would take the in-flight prompt tokens past ``queue_max_prompt_tokens``."""
+
+
+class Outcome(enum.StrEnum):
+    """How an admitted request ended."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED_DISCONNECT = "cancelled_disconnect"
+    """The client went away."""
+    CANCELLED_DEADLINE = "cancelled_deadline"
+    """The request's deadline passed before it finished."""
+
+
+class Admit(Message, frozen=True, kw_only=True):
+    """May this request go on to tokenization and generation?"""
+
+    request_id: str
+    client: str
+    """Whom the rate limit charges: an API-key hash or the client's address."""
+    endpoint: str
+    """``chat`` or ``completions``; kept with the booking."""
+    prompt_chars: int
+    """Characters of the prompt (all message texts together)."""
+    deadline: float | None = None
+    """Wall-clock time (seconds since the epoch) by which the request ends."""
+    messages: int = 1
+    """Chat messages in the prompt (1 for a text completion); adds template overhead."""
+
+
+class Admitted(Message, frozen=True, kw_only=True):
+    """Go ahead; call ``Release`` when the request ends."""
+
+    request_id: str
+    position: int
+    """Requests in flight, this one included."""
+    prompt_tokens: int
+    """The prompt-size estimate charged against the token budget."""
+
+
+class Rejected(Message, frozen=True, kw_only=True):
+    """Turned away; nothing to release."""
+
+    request_id: str
+    reason: ShedReason
+    retry_after: int
+    """Whole seconds, at least 1, for the ``Retry-After`` header."""
+    detail: str
+    """For people; never carries client keys or prompt text."""
+
+
+class Tokenized(Message, frozen=True, kw_only=True):
+    """The real prompt size of an admitted request, replacing the estimate."""
+
+    request_id: str
+    prompt_tokens: int
+
+
+class Release(Message, frozen=True, kw_only=True):
+    """An admitted request has ended; its capacity is free again."""
+
+    request_id: str
+    outcome: Outcome
+
+
+class GetIntakeStats(Message, frozen=True, kw_only=True):
+    """Ask for intake's counters."""
+
+
+class StartDraining(Message, frozen=True, kw_only=True):
+    """Turn every new ``Admit`` away with ``draining``; answered with ``IntakeStats``.
+
+    Poll ``GetIntakeStats`` until ``in_flight`` is 0 to wait for the drain.
+    """
+
+
+class StopDraining(Message, frozen=True, kw_only=True):
+    """Admit again (a drain that was called off); answered with ``IntakeStats``."""
+
+
+class CrashIntake(Message, frozen=True, kw_only=True):
+    """Make the intake actor's handler raise (drills and tests); its state survives."""
+
+
+class IntakeStats(Message, frozen=True, kw_only=True):
+    """Intake's counters; totals count since the state was created, across restarts."""
+
+    draining: bool
+    under_pressure: bool
+    """The memory-pressure flag as intake read it just now."""
+    in_flight: int
+    in_flight_prompt_tokens: int
+    """Estimates, or real sizes once ``Tokenized``, of the requests in flight."""
+    queue_max_requests: int
+    queue_max_prompt_tokens: int
+    admitted_total: int
+    completed_total: int
+    failed_total: int
+    cancelled_disconnect_total: int
+    cancelled_deadline_total: int
+    shed_draining: int
+    shed_pressure: int
+    shed_rate_limited: int
+    shed_queue_full: int
+    shed_tokens_full: int
+    reclaimed_total: int
+    """Admitted requests dropped from the books because no ``Release`` came in time."""
+    unknown_releases: int
+    """Releases of requests not in flight (duplicates, or already reclaimed)."""
+    drain_rate: float | None
+    """Requests released per second of busy time; ``None`` before the first release."""
+    client_buckets: int
+    """Clients with a token bucket now (at most ``IntakeSettings.max_clients``)."""
