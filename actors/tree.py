@@ -7,11 +7,13 @@ and the supervision tree whose actors share them:
 ``troupe`` (one_for_one)
     ``kvcache``: control plane of the prefix cache (stats, pressure, persistence).
     ``generation``: the engine thread and continuous batching.
+    ``intake``: admission control (queue bounds, rate limits, pressure shedding).
 
 one_for_one because neither actor holds state the other depends on: the
 generation engine uses the prefix cache object directly, which survives a
-kv-cache restart, and a generation restart leaves the cache warm. Intake and
-metrics join this tree with the issues that build them.
+kv-cache restart, and a generation restart leaves the cache warm. Intake
+keeps its bookkeeping in a state object that survives its restarts too.
+Metrics joins this tree with the issue that builds it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from actors.generation.client import GenerationClient
 from actors.generation.engine import EngineConfig
 from actors.generation.host import ModelHost
 from actors.generation.protocol import StreamEvent
+from actors.intake.actor import IntakeSettings, IntakeState, intake_child
 from actors.kvcache.actor import KVCacheSettings, kvcache_child
 from actors.kvcache.pressure import MemoryMonitor, PressureConfig
 from actors.kvcache.store import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, PrefixCache
@@ -51,6 +54,7 @@ class InferenceSettings:
     pressure: PressureConfig | None = None
     """Memory marks; ``None``: 85 % and 75 % of physical memory."""
     kvcache: KVCacheSettings = field(default_factory=KVCacheSettings)
+    intake: IntakeSettings = field(default_factory=IntakeSettings)
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Inference:
     streams: StreamRegistry[StreamEvent]
     prefix_cache: PrefixCache
     monitor: MemoryMonitor
+    intake: IntakeState
     spec: SupervisorSpec
 
     def client(self, system: ActorSystem) -> GenerationClient:
@@ -91,12 +96,17 @@ def build_inference(
         lambda: GenerationActor(host, streams, prefix_store=cache, config=settings.engine),
         shutdown=GENERATION_SHUTDOWN,
     )
+    intake = IntakeState(settings.intake)
     spec = SupervisorSpec(
         "troupe",
-        [_with_shutdown(kvcache, KVCACHE_SHUTDOWN), generation],
+        [
+            _with_shutdown(kvcache, KVCACHE_SHUTDOWN),
+            generation,
+            intake_child(intake, pressure=lambda: monitor.under_pressure),
+        ],
         strategy=Strategy.ONE_FOR_ONE,
     )
-    return Inference(host, streams, cache, monitor, spec)
+    return Inference(host, streams, cache, monitor, intake, spec)
 
 
 def _with_shutdown(spec: ChildSpec, shutdown: float) -> ChildSpec:

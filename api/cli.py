@@ -1,28 +1,30 @@
 """The ``troupe`` command line.
 
-Subcommands arrive with the issues that build them; until the HTTP front door
-lands, ``troupe serve`` says so and exits successfully, so that the README's
-first command already works from a clean clone. ``troupe make-model`` writes the
-embedded random-weight Llama to a directory.
+``troupe serve`` runs the OpenAI-compatible server (after checking every
+setting, exit status 2 with the full list if any is wrong). ``troupe make-model`` writes the
+embedded random-weight Llama to a directory. ``troupe check-config`` reports
+every problem with the settings without starting anything, and ``troupe
+status`` shows a running server's supervision tree.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from api.config import add_arguments, format_problems, has_errors, overrides_from_args
+from api.config_checks import load_and_check
+from api.status_cli import add_status_arguments, status_command
 
 # The names make-model accepts; kept here so that parsing (and --help) never
 # imports MLX. A test checks they match actors.model.PRESETS.
 MODEL_SIZES = ("tiny", "small")
 USAGE_ERROR = 2
-
-NOT_READY = (
-    "mlx-troupe: the actor runtime is installed, but the HTTP server is not ready yet "
-    "(it arrives with the front-door issue). Nothing was started."
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="troupe", description="An actor-based LLM inference runtime on MLX."
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    commands.add_parser("serve", help="run the OpenAI-compatible server")
+    serve = commands.add_parser(
+        "serve",
+        help="run the OpenAI-compatible server",
+        description="Serve the model (the embedded default unless --model is given) on "
+        "hypercorn. Settings: defaults < TOML file < TROUPE_* environment < flags. "
+        "SIGTERM/SIGINT drain in-flight requests, then exit 0.",
+    )
+    add_arguments(serve)
     make = commands.add_parser(
         "make-model",
         help="write the embedded random-weight Llama model to a directory",
@@ -42,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--seed", type=int, default=0, help="seeds the weights (default: 0)")
     make.add_argument("--force", action="store_true", help="replace a non-empty DEST")
     make.add_argument("dest", metavar="DEST", type=Path, help="the directory to create")
+    check = commands.add_parser(
+        "check-config",
+        help="check the settings without starting anything",
+        description="Read the settings as serve would (defaults < TOML file < TROUPE_* "
+        "environment < flags), check them, and list every problem. Exit status: 0 if "
+        "the server could start (warnings allowed), 2 otherwise.",
+    )
+    add_arguments(check)
+    status = commands.add_parser(
+        "status",
+        help="show a running server's supervision tree",
+        description="Fetch GET URL/v1/supervisor and show each actor's state, restarts, "
+        "last failure, mailbox and uptime. Exit status 1 if the server cannot be read.",
+    )
+    add_status_arguments(status)
     return parser
 
 
@@ -49,10 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``troupe`` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        print(NOT_READY)
-        return 0
+        return serve_command(args)
     if args.command == "make-model":
         return make_model_command(args.dest, args.size, args.seed, force=args.force)
+    if args.command == "check-config":
+        return check_config_command(args)
+    if args.command == "status":
+        return status_command(args)
     return 2  # pragma: no cover - argparse rejects unknown commands first
 
 
@@ -72,6 +99,47 @@ def make_model_command(dest: Path, size: str, seed: int, *, force: bool) -> int:
         return _fail(f"cannot write {dest}: {exc.strerror or type(exc).__name__}")
     count = PRESETS[size].num_parameters
     print(f"wrote the {size} model ({count:,} parameters, seed {seed}) to {path}")
+    return 0
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Run ``troupe serve``: check every setting first, then serve until stopped."""
+    settings, problems = load_and_check(overrides_from_args(args), os.environ, args.config)
+    if has_errors(problems):
+        print("troupe serve: the configuration has problems:", file=sys.stderr)
+        print(format_problems(problems), file=sys.stderr)
+        return USAGE_ERROR
+    if problems:
+        print(format_problems(problems), file=sys.stderr)
+    configure_logging(settings.log_level)
+    from api.server import serve  # noqa: PLC0415 - MLX loads only for serving
+
+    return serve(settings)
+
+
+def configure_logging(level: str) -> None:
+    """One line per record, tagged with the request id; never a traceback."""
+    from api.middleware import RequestIdFilter  # noqa: PLC0415
+
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def check_config_command(args: argparse.Namespace) -> int:
+    """Run ``troupe check-config``: every problem listed, status 0 (warnings only) or 2."""
+    _, problems = load_and_check(overrides_from_args(args), os.environ, args.config)
+    if has_errors(problems):
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        print(f"troupe check-config: {count} in the configuration:", file=sys.stderr)
+        print(format_problems(problems), file=sys.stderr)
+        return USAGE_ERROR
+    print("configuration OK")
+    if problems:
+        print(format_problems(problems))
     return 0
 
 

@@ -19,10 +19,14 @@ def troupe(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_serve_says_it_is_not_ready_yet_and_succeeds() -> None:
-    result = troupe("serve")
-    assert result.returncode == 0
-    assert "not ready yet" in result.stdout
+def test_serve_lists_every_configuration_problem_and_exits_2() -> None:
+    result = troupe(
+        "serve", "--port", "70000", "--chat-timeout", "-1", "--model", "/nonexistent/model"
+    )
+    assert result.returncode == 2
+    for setting in ("port", "chat_timeout", "model"):
+        assert setting in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_unknown_command_is_a_readable_error_with_a_non_zero_exit() -> None:

@@ -1,0 +1,255 @@
+"""The ASGI application: routes, health, and the actor system's lifespan.
+
+The app's lifespan starts the actor system and stops it: hypercorn sends
+``lifespan.startup`` before serving and ``lifespan.shutdown`` after its last
+connection. Health and status endpoints read snapshots directly (never an ask
+queued behind inference), so they answer while the engine is busy or
+restarting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from actors.generation.protocol import EngineStats, GetEngineStats
+from actors.tree import Inference
+from api.completions import Admission, Completions, CompletionSettings
+from api.config import Settings
+from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
+from api.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
+from api.openai_types import ModelCard, ModelList
+from api.problems import HTTPProblem
+from runtime import ActorSystem, ChildStartError, TroupeError, describe_failure
+from runtime.status import ActorStatus, NodeState, SupervisorStatus
+
+log = logging.getLogger("troupe.server")
+
+Handler = Callable[[Request, Responder], Awaitable[None]]
+CRITICAL_ACTORS = ("generation", "intake")
+ENGINE_STATS_TIMEOUT = 1.0
+"""Actors without which the server is not ready."""
+
+
+def served_name(settings: Settings) -> str:
+    """The model id clients use: the directory's name, the hub id, or the embedded one."""
+    if settings.model is None:
+        return f"mlx-troupe-embedded-{settings.model_size}"
+    path = Path(settings.model)
+    return path.name if path.exists() else settings.model
+
+
+class TroupeApp:
+    """Routes requests to handlers and owns the actor system for its lifespan."""
+
+    def __init__(self, settings: Settings, inference: Inference, admission: Admission) -> None:
+        self.settings = settings
+        self.inference = inference
+        self.admission = admission
+        self.model_name = served_name(settings)
+        self.system: ActorSystem | None = None
+        self.draining = False
+        self.started = anyio.Event()
+        """Set once the actor system is up and the model loaded."""
+        self.in_flight = 0
+        self.idle = anyio.Event()
+        self.created = int(time.time())
+        self.completions = Completions(
+            CompletionSettings(
+                model_name=self.model_name,
+                context_length=0,
+                max_body_bytes=settings.max_body_bytes,
+                chat_timeout=settings.chat_timeout,
+                completion_timeout=settings.completion_timeout,
+            ),
+            lambda: inference.client(self._system()),
+            admission,
+            lambda: inference.host.get().tokenizer,
+        )
+        self.routes: dict[str, dict[str, Handler]] = {
+            "/health/live": {"GET": self.live},
+            "/health/ready": {"GET": self.ready},
+            "/health": {"GET": self.health},
+            "/v1/models": {"GET": self.models},
+            "/v1/supervisor": {"GET": self.supervisor},
+            "/v1/chat/completions": {"POST": self._counted(self.completions.chat)},
+            "/v1/completions": {"POST": self._counted(self.completions.text)},
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection (lifespan or HTTP)."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        request = Request(scope, receive)
+        methods = self.routes.get(request.path)
+        if methods is None:
+            raise HTTPProblem(404, "not-found", f"no route {request.path}")
+        handler = methods.get(request.method)
+        if handler is None:
+            allow = ", ".join(sorted(methods))
+            raise HTTPProblem(405, "method-not-allowed", f"use {allow}", (("allow", allow),))
+        await handler(request, Responder(send, request))
+
+    # -- lifespan ---------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        try:
+            async with ActorSystem(self.inference.spec) as system:
+                self.system = system
+                self.admission.bind(system)
+                loaded = await anyio.to_thread.run_sync(self.inference.host.get)
+                self.completions.settings = dataclasses.replace(
+                    self.completions.settings, context_length=loaded.context_length
+                )
+                self.started.set()
+                await send({"type": "lifespan.startup.complete"})
+                await receive()  # lifespan.shutdown
+                self.draining = True
+        except ChildStartError as exc:
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        except Exception as exc:
+            log.error("the actor system failed: %s", describe_failure(exc))
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def _system(self) -> ActorSystem:
+        if self.system is None or not self.system.running:
+            raise HTTPProblem(503, "not-ready", "the server is not ready", (("retry-after", "1"),))
+        return self.system
+
+    # -- request accounting and draining ---------------------------------------------
+
+    def _counted(self, handler: Handler) -> Handler:
+        async def counted(request: Request, respond: Responder) -> None:
+            if self.draining:
+                raise HTTPProblem(
+                    503, "draining", "the server is shutting down", (("retry-after", "5"),)
+                )
+            self._system()
+            self.in_flight += 1
+            try:
+                await handler(request, respond)
+            finally:
+                self.in_flight -= 1
+                if self.in_flight == 0:
+                    self.idle.set()
+                    self.idle = anyio.Event()
+
+        return counted
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new work and wait for in-flight requests; ``True`` if all finished."""
+        self.draining = True
+        with anyio.move_on_after(timeout):
+            while self.in_flight:
+                await self.idle.wait()
+        return self.in_flight == 0
+
+    # -- health and status ------------------------------------------------------------
+
+    async def live(self, request: Request, respond: Responder) -> None:
+        """The process is up."""
+        await respond.json(200, {"status": "alive"})
+
+    async def ready(self, request: Request, respond: Responder) -> None:
+        """Model loaded, critical actors running, not draining."""
+        reasons = self._not_ready()
+        if reasons:
+            raise HTTPProblem(503, "not-ready", "; ".join(reasons), (("retry-after", "1"),))
+        await respond.json(200, {"status": "ready", "model": self.model_name})
+
+    def _not_ready(self) -> list[str]:
+        reasons = []
+        if self.draining:
+            reasons.append("draining")
+        if self.system is None or not self.system.running:
+            return [*reasons, "the actor system is not running"]
+        if not self.inference.host.loaded:
+            reasons.append("the model is not loaded")
+        root = self.system.status().root
+        for name in CRITICAL_ACTORS:
+            node = root.find(name)
+            if node is None or node.state != NodeState.RUNNING:
+                reasons.append(f"{name} is not running")
+        return reasons
+
+    async def health(self, request: Request, respond: Responder) -> None:
+        """Each actor's health and the server's overall state."""
+        if self.system is None:
+            raise HTTPProblem(503, "not-ready", "the server is starting", (("retry-after", "1"),))
+        actors = {node.name: _actor_health(node) for node in _workers(self.system.status().root)}
+        breaker = self.inference.prefix_cache.statistics().breaker.state
+        if breaker != "closed" and actors.get("kvcache") == "healthy":
+            actors["kvcache"] = "degraded"
+        states = set(actors.values())
+        overall = (
+            "unhealthy"
+            if self._not_ready()
+            else ("degraded" if "degraded" in states or "unhealthy" in states else "healthy")
+        )
+        status = 200 if overall != "unhealthy" else 503
+        await respond.json(status, {"status": overall, "actors": actors, "cache_breaker": breaker})
+
+    async def models(self, request: Request, respond: Responder) -> None:
+        """The one model this server serves."""
+        card = ModelCard(id=self.model_name, created=self.created)
+        await respond.json(200, ModelList(data=[card]))
+
+    async def supervisor(self, request: Request, respond: Responder) -> None:
+        """The supervision tree, plus the cache breaker, as JSON."""
+        if self.system is None:
+            raise HTTPProblem(503, "not-ready", "the server is starting", (("retry-after", "1"),))
+        payload: dict[str, Any] = msgspec.to_builtins(self.system.status())
+        stats = self.inference.prefix_cache.statistics()
+        payload["cache"] = {"breaker": {"state": stats.breaker.state}, "entries": stats.entries}
+        payload["engine"] = await self._engine_counts()
+        await respond.json(200, payload)
+
+    async def _engine_counts(self) -> dict[str, int] | None:
+        """Running and waiting sequences; ``None`` if the engine does not answer at once.
+
+        The generation actor's mailbox is never blocked by inference (the engine
+        runs on its own thread), so this answers in microseconds when it is up.
+        """
+        assert self.system is not None
+        with anyio.move_on_after(ENGINE_STATS_TIMEOUT):
+            with contextlib.suppress(TroupeError):
+                stats = await self.system.ref("generation").ask(
+                    GetEngineStats(), timeout=ENGINE_STATS_TIMEOUT, expect=EngineStats
+                )
+                return {"running": stats.running, "waiting": stats.waiting}
+        return None
+
+
+def _workers(node: SupervisorStatus) -> list[ActorStatus]:
+    found: list[ActorStatus] = []
+    for child in node.children:
+        found.extend(_workers(child) if isinstance(child, SupervisorStatus) else [child])
+    return found
+
+
+def _actor_health(node: ActorStatus) -> str:
+    if node.state == NodeState.RUNNING:
+        return "healthy"
+    if node.state in (NodeState.RESTARTING, NodeState.STARTING):
+        return "degraded"
+    return "unhealthy"
+
+
+def build_asgi(app: TroupeApp) -> ASGIApp:
+    """The app wrapped in its middleware, outermost first."""
+    settings = app.settings
+    inner: ASGIApp = AuthMiddleware(app, settings.api_keys, settings.admin_key)
+    inner = ErrorMiddleware(inner)
+    inner = CORSMiddleware(inner, settings.cors_origins)
+    return RequestIdMiddleware(inner)

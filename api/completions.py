@@ -1,0 +1,301 @@
+"""Chat and text completions: admission, prompt, generation, and the response.
+
+One request goes: decode and validate the body; admit it through intake
+before any tokenization; build the prompt (chat template or text) on a worker
+thread; stream from the generation actor under the endpoint's deadline while
+watching for the client going away; answer as one JSON body or as
+server-sent events exactly as OpenAI sends them; tell intake how it ended.
+
+A request that fails retryably before its first token (the engine restarted
+under it) is retried transparently, at most twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+
+from actors.generation.client import GenerationClient
+from actors.generation.protocol import (
+    Failed,
+    Finished,
+    Generate,
+    SamplingParams,
+    TokenChunk,
+)
+from api.http import Request, Responder
+from api.openai_types import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+)
+from api.problems import HTTPProblem, problem_for
+from api.responses import Reply, chat_reply, text_reply
+from runtime import ActorSystem
+
+log = logging.getLogger("troupe.http")
+
+TRANSPARENT_RETRIES = 2
+
+
+class Admission(Protocol):
+    """Intake, as the completion handlers see it."""
+
+    async def admit(self, request: Request, endpoint: str, prompt_chars: int) -> None:
+        """Admit the request or raise the ``HTTPProblem`` (429, 503) that refuses it."""
+        ...
+
+    def release(self, request_id: str, outcome: str) -> None:
+        """Tell intake how an admitted request ended."""
+        ...
+
+    def bind(self, system: ActorSystem) -> None:
+        """Find intake in the running system."""
+        ...
+
+
+@dataclass
+class Outcome:
+    """What a request produced, for the response and for intake."""
+
+    text: str = ""
+    end: Finished | Failed | None = None
+    tokens_sent: int = 0
+    cancelled_by: str = ""
+    """``disconnect`` or ``deadline`` when the request was cut short."""
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    """What the handlers need from the server's settings."""
+
+    model_name: str
+    context_length: int
+    max_body_bytes: int
+    chat_timeout: float
+    completion_timeout: float
+
+
+class Completions:
+    """The handlers of ``/v1/chat/completions`` and ``/v1/completions``."""
+
+    def __init__(
+        self,
+        settings: CompletionSettings,
+        client: Callable[[], GenerationClient],
+        admission: Admission,
+        tokenizer: Callable[[], Any],
+    ) -> None:
+        self.settings = settings
+        self._client = client
+        self._admission = admission
+        self._tokenizer = tokenizer
+
+    async def chat(self, request: Request, respond: Responder) -> None:
+        """``POST /v1/chat/completions``."""
+        body = await request.json_body(ChatCompletionRequest, self.settings.max_body_bytes)
+        self._check_model(body.model)
+        chars = sum(len(message.text) for message in body.messages)
+        messages = [{"role": m.role, "content": m.text} for m in body.messages]
+        await self._serve(
+            request,
+            respond,
+            body,
+            endpoint="chat",
+            prompt_chars=chars,
+            make_prompt=lambda: self._chat_prompt(messages),
+        )
+
+    async def text(self, request: Request, respond: Responder) -> None:
+        """``POST /v1/completions``."""
+        body = await request.json_body(CompletionRequest, self.settings.max_body_bytes)
+        self._check_model(body.model)
+        prompt = body.prompt
+        if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
+            ids = [int(token) for token in prompt]
+            await self._serve(
+                request,
+                respond,
+                body,
+                endpoint="completions",
+                prompt_chars=len(ids),
+                make_prompt=lambda: ids,
+            )
+            return
+        if isinstance(prompt, list) and (len(prompt) != 1 or not isinstance(prompt[0], str)):
+            raise HTTPProblem(
+                422, "invalid-field", "`prompt` must be a string, one string, or token ids"
+            )
+        text = prompt[0] if isinstance(prompt, list) else prompt
+        assert isinstance(text, str)
+        await self._serve(
+            request,
+            respond,
+            body,
+            endpoint="completions",
+            prompt_chars=len(text),
+            make_prompt=lambda: self._text_prompt(text),
+        )
+
+    def _check_model(self, model: str) -> None:
+        if model != self.settings.model_name:
+            raise HTTPProblem(
+                404, "model-not-found", f"this server serves {self.settings.model_name!r}"
+            )
+
+    def _chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        tokens = self._tokenizer().apply_chat_template(messages, add_generation_prompt=True)
+        return [int(token) for token in tokens]
+
+    def _text_prompt(self, text: str) -> list[int]:
+        return [int(token) for token in self._tokenizer().encode(text)]
+
+    async def _serve(
+        self,
+        request: Request,
+        respond: Responder,
+        body: SamplingFields,
+        *,
+        endpoint: str,
+        prompt_chars: int,
+        make_prompt: Callable[[], list[int]],
+    ) -> None:
+        params = sampling_params(body, self.settings.context_length)
+        timeout = (
+            self.settings.chat_timeout if endpoint == "chat" else self.settings.completion_timeout
+        )
+        deadline = time.time() + timeout
+        await self._admission.admit(request, endpoint, prompt_chars)
+        outcome = Outcome()
+        try:
+            prompt = await anyio.to_thread.run_sync(make_prompt)
+            reply = (chat_reply if endpoint == "chat" else text_reply)(
+                request.request_id, self.settings.model_name, body, len(prompt)
+            )
+            generate = Generate(
+                request_id=request.request_id, prompt=prompt, params=params, deadline=deadline
+            )
+            with anyio.move_on_after(timeout) as deadline_scope:
+                await self._run_watching_client(request, respond, reply, generate, outcome)
+            if deadline_scope.cancelled_caught:
+                outcome.cancelled_by = "deadline"
+                await self._deadline_passed(respond, reply)
+        finally:
+            self._admission.release(request.request_id, _outcome_name(outcome))
+
+    async def _run_watching_client(
+        self,
+        request: Request,
+        respond: Responder,
+        reply: Reply,
+        generate: Generate,
+        outcome: Outcome,
+    ) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                outcome.cancelled_by = "disconnect"
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            await self._generate(respond, reply, generate, outcome)
+            tg.cancel_scope.cancel()
+
+    async def _generate(
+        self, respond: Responder, reply: Reply, generate: Generate, outcome: Outcome
+    ) -> None:
+        for attempt in range(TRANSPARENT_RETRIES + 1):
+            request = generate if attempt == 0 else _retry_of(generate, attempt)
+            await self._attempt(respond, reply, request, outcome)
+            end = outcome.end
+            retry = isinstance(end, Failed) and end.retryable and outcome.tokens_sent == 0
+            if not retry or attempt == TRANSPARENT_RETRIES:
+                break
+            log.info(
+                "retrying transparently after %s", end.kind if isinstance(end, Failed) else "-"
+            )
+        await self._finish(respond, reply, outcome)
+
+    async def _attempt(
+        self, respond: Responder, reply: Reply, generate: Generate, outcome: Outcome
+    ) -> None:
+        outcome.end = None
+        async with self._client().stream(generate) as events:
+            async for event in events:
+                match event:
+                    case TokenChunk(text=text, token_ids=ids):
+                        outcome.tokens_sent += len(ids)
+                        outcome.text += text
+                        if reply.streaming:
+                            await reply.send_delta(respond, text)
+                    case Finished() | Failed():
+                        outcome.end = event
+
+    async def _finish(self, respond: Responder, reply: Reply, outcome: Outcome) -> None:
+        end = outcome.end
+        if isinstance(end, Failed):
+            if respond.started:
+                await reply.send_error(respond, problem_for(end))
+                return
+            raise HTTPProblem(*_problem_args(end))
+        assert isinstance(end, Finished)
+        await reply.send_end(respond, outcome.text, end)
+
+    async def _deadline_passed(self, respond: Responder, reply: Reply) -> None:
+        problem = HTTPProblem(504, "deadline-exceeded", "the request's deadline passed").problem
+        with anyio.CancelScope(shield=True):
+            if respond.started:
+                await reply.send_error(respond, problem)
+            else:
+                await respond.problem(problem)
+
+
+def _problem_args(end: Failed) -> tuple[int, str, str, tuple[tuple[str, str], ...]]:
+    problem = problem_for(end)
+    return problem.status, problem.slug, problem.detail, problem.headers
+
+
+def _retry_of(generate: Generate, attempt: int) -> Generate:
+    return Generate(
+        request_id=f"{generate.request_id}~{attempt}",
+        prompt=generate.prompt,
+        params=generate.params,
+        deadline=generate.deadline,
+    )
+
+
+def _outcome_name(outcome: Outcome) -> str:
+    if outcome.cancelled_by == "disconnect":
+        return "cancelled_disconnect"
+    if outcome.cancelled_by == "deadline":
+        return "cancelled_deadline"
+    return "completed" if isinstance(outcome.end, Finished) else "failed"
+
+
+def sampling_params(body: SamplingFields, context_length: int) -> SamplingParams:
+    """The engine's parameters for an OpenAI request."""
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    try:
+        bias = {int(token): value for token, value in (body.logit_bias or {}).items()}
+    except ValueError:
+        raise HTTPProblem(422, "invalid-field", "logit_bias keys must be token ids") from None
+    return SamplingParams(
+        max_tokens=body.max_completion_tokens or body.max_tokens or context_length,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
+        seed=body.seed,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        logit_bias=bias,
+        stop=stops,
+    )

@@ -1,0 +1,134 @@
+"""Small pure-ASGI helpers: reading a request, sending JSON, problems and SSE.
+
+Handlers receive a :class:`Request` and answer through :class:`Responder`,
+which remembers whether the response has started: before that, an error can
+still become a problem response; after it, only the stream can carry it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from api.problems import HTTPProblem, Problem, encode_problem
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON = "application/json"
+PROBLEM_JSON = "application/problem+json"
+
+
+class Request:
+    """One HTTP request: its scope, a bounded body reader and its request id."""
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+
+    @property
+    def method(self) -> str:
+        """The HTTP method."""
+        return str(self.scope["method"])
+
+    @property
+    def path(self) -> str:
+        """The path, without the query string."""
+        return str(self.scope["path"])
+
+    @property
+    def request_id(self) -> str:
+        """The id the request-id middleware assigned."""
+        return str(self.scope.get("state", {}).get("request_id", "-"))
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower case), if present."""
+        wanted = name.encode("latin-1")
+        for key, value in self.scope.get("headers", []):
+            if key == wanted:
+                return bytes(value).decode("latin-1")
+        return None
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body; 413 once it grows past ``limit`` bytes."""
+        declared = self.header("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPProblem(413, "body-too-large", f"the body is larger than {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            chunk = bytes(message.get("body", b""))
+            size += len(chunk)
+            if size > limit:
+                raise HTTPProblem(413, "body-too-large", f"the body is larger than {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def json_body(self, kind: type[Any], limit: int) -> Any:
+        """Decode a JSON body into ``kind``: 415, 400 or 422 when it is not one."""
+        content_type = (self.header("content-type") or "").split(";")[0].strip().lower()
+        if content_type != JSON:
+            raise HTTPProblem(415, "unsupported-media-type", "send the body as application/json")
+        raw = await self.body(limit)
+        try:
+            msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise HTTPProblem(400, "malformed-json", "the body is not valid JSON") from None
+        try:
+            return msgspec.json.decode(raw, type=kind)
+        except msgspec.ValidationError as exc:
+            raise HTTPProblem(422, "invalid-field", _field_message(str(exc))) from None
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the response was complete."""
+
+
+def _field_message(text: str) -> str:
+    # msgspec says e.g. "Expected `float`, got `str` - at `$.temperature`";
+    # it names the field and never echoes the value, so it is safe to return.
+    return text.replace("`$.", "`").replace("`$`", "the body")
+
+
+class Responder:
+    """Sends one response and remembers whether it has started."""
+
+    def __init__(self, send: Send, request: Request) -> None:
+        self._send = send
+        self.request = request
+        self.started = False
+
+    async def start(self, status: int, content_type: str, extra: list[tuple[str, str]]) -> None:
+        """Send the status line and headers."""
+        headers = [(b"content-type", content_type.encode())]
+        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra]
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def chunk(self, data: bytes, *, more: bool = True) -> None:
+        """Send part of the body."""
+        await self._send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def json(
+        self, status: int, payload: object, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        """Send a complete JSON response."""
+        await self.start(status, JSON, headers or [])
+        await self.chunk(msgspec.json.encode(payload), more=False)
+
+    async def problem(self, problem: Problem) -> None:
+        """Send a complete problem+json response."""
+        body = encode_problem(
+            problem, request_id=self.request.request_id, instance=self.request.path
+        )
+        await self.start(problem.status, PROBLEM_JSON, list(problem.headers))
+        await self.chunk(body, more=False)

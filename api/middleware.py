@@ -1,0 +1,173 @@
+"""Pure-ASGI middleware: request ids, CORS, API keys and error mapping.
+
+Order, outermost first: :class:`RequestIdMiddleware` (every response and log
+line carries the id), :class:`CORSMiddleware`, :class:`ErrorMiddleware` (the
+one place exceptions become problem responses), :class:`AuthMiddleware`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+
+from api.http import ASGIApp, Message, Receive, Request, Responder, Scope, Send
+from api.problems import HTTPProblem, problem_for
+from runtime import describe_failure
+
+log = logging.getLogger("troupe.http")
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+"""The current request's id, for log records."""
+
+_VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to every log record (``-`` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Tag the record; never drops one."""
+        record.request_id = request_id_var.get()
+        return True
+
+
+class RequestIdMiddleware:
+    """Echo a well-formed ``X-Request-ID`` or make one; add it to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Request(scope, receive).header("x-request-id")
+        # A client id is echoed only if it is short and plain: it goes into logs.
+        request_id = given if given and _VALID_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id_var.reset(token)
+
+
+class CORSMiddleware:
+    """Allow the configured origins (``*`` for any); answer preflight requests."""
+
+    def __init__(self, app: ASGIApp, origins: Sequence[str]) -> None:
+        self.app = app
+        self.origins = frozenset(origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection."""
+        origin = Request(scope, receive).header("origin") if scope["type"] == "http" else None
+        if origin is None or not self.origins or not self._allowed(origin):
+            await self.app(scope, receive, send)
+            return
+        allow = [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin")]
+        if scope["method"] == "OPTIONS":
+            headers = [
+                *allow,
+                (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                (b"access-control-allow-headers", b"authorization, content-type, x-request-id"),
+                (b"access-control-max-age", b"600"),
+            ]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *allow]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    def _allowed(self, origin: str) -> bool:
+        return "*" in self.origins or origin in self.origins
+
+
+class ErrorMiddleware:
+    """Turn any exception into a problem response, if the response has not started."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            problem = problem_for(exc)
+            if problem.status >= 500:
+                log.error("request failed: %s", describe_failure(exc))
+            if started:
+                return  # the stream already carried (or lost) the error
+            await Responder(send, Request(scope, receive)).problem(problem)
+
+
+class AuthMiddleware:
+    """Bearer API keys for ``/v1/``, a separate admin key for ``/admin/``; health stays open."""
+
+    def __init__(self, app: ASGIApp, api_keys: Sequence[str], admin_key: str | None) -> None:
+        self.app = app
+        self.api_keys = [key.encode() for key in api_keys]
+        self.admin_key = admin_key.encode() if admin_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection."""
+        if scope["type"] == "http" and scope["method"] != "OPTIONS":
+            path = str(scope["path"])
+            presented = _bearer(Request(scope, receive).header("authorization"))
+            if path.startswith("/admin/"):
+                self._check(presented, [self.admin_key] if self.admin_key else [])
+            elif path.startswith("/v1/") and self.api_keys:
+                self._check(presented, self.api_keys)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _check(presented: bytes | None, keys: Sequence[bytes]) -> None:
+        if not keys:
+            raise HTTPProblem(403, "forbidden", "no admin key is configured on this server")
+        # Compare against every key, always, so timing says nothing about which matched.
+        matched = False
+        for key in keys:
+            matched |= hmac.compare_digest(presented or b"", key)
+        if not matched:
+            raise HTTPProblem(
+                401,
+                "unauthorized",
+                "a valid API key is required (Authorization: Bearer ...)",
+                (("www-authenticate", "Bearer"),),
+            )
+
+
+def _bearer(header: str | None) -> bytes | None:
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip().encode() if scheme.lower() == "bearer" and token.strip() else None

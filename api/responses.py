@@ -1,0 +1,157 @@
+"""OpenAI responses for one request: a JSON body, or server-sent events.
+
+A streamed response starts with its first token (or at the end), never
+before: an error before any text is still answered with a proper status and
+a problem body. After the stream has started, an error is sent as an event
+carrying the request id, then ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+
+from actors.generation.protocol import Finished
+from api.http import Responder
+from api.openai_types import (
+    DONE_EVENT,
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChunkChoice,
+    Completion,
+    Delta,
+    SamplingFields,
+    TextChoice,
+    Usage,
+    encode_event,
+)
+from api.problems import Problem
+
+SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+
+
+@dataclass
+class Reply:
+    """The response of one completion request, in either shape."""
+
+    request_id: str
+    model: str
+    streaming: bool
+    include_usage: bool
+    chat: bool
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def response_id(self) -> str:
+        """The OpenAI-style id of this completion."""
+        return ("chatcmpl-" if self.chat else "cmpl-") + self.request_id
+
+    async def send_delta(self, respond: Responder, text: str) -> None:
+        """Stream ``text`` (starting the event stream on the first call)."""
+        if not text:
+            return
+        await self._ensure_started(respond)
+        await respond.chunk(encode_event(self._chunk(text, None)))
+
+    async def send_end(self, respond: Responder, text: str, end: Finished) -> None:
+        """Finish: the whole body, or the last events of the stream."""
+        usage = Usage(
+            prompt_tokens=end.prompt_tokens,
+            completion_tokens=end.completion_tokens,
+            total_tokens=end.prompt_tokens + end.completion_tokens,
+        )
+        reason = end.reason.value
+        if not self.streaming:
+            await respond.json(200, self._whole(text, reason, usage))
+            return
+        await self._ensure_started(respond)
+        events = encode_event(self._chunk("", reason))
+        if self.include_usage:
+            events += encode_event(self._usage_chunk(usage))
+        await respond.chunk(events + DONE_EVENT, more=False)
+
+    async def send_error(self, respond: Responder, problem: Problem) -> None:
+        """End a started stream with an error event that names the request."""
+        error = {
+            "error": {
+                "message": problem.detail,
+                "type": problem.slug,
+                "code": problem.status,
+                "request_id": self.request_id,
+            }
+        }
+        await respond.chunk(encode_event(error) + DONE_EVENT, more=False)
+
+    async def _ensure_started(self, respond: Responder) -> None:
+        if respond.started:
+            return
+        await respond.start(200, "text/event-stream", SSE_HEADERS)
+        if self.chat:  # OpenAI's first chat chunk announces the role
+            first = ChatCompletionChunk(
+                id=self.response_id,
+                created=self.created,
+                model=self.model,
+                choices=[ChunkChoice(delta=Delta(role="assistant", content=""))],
+            )
+            await respond.chunk(encode_event(first))
+
+    def _chunk(self, text: str, reason: str | None) -> msgspec.Struct:
+        if self.chat:
+            delta = Delta(content=text) if text else Delta()
+            return ChatCompletionChunk(
+                id=self.response_id,
+                created=self.created,
+                model=self.model,
+                choices=[ChunkChoice(delta=delta, finish_reason=reason)],
+            )
+        return Completion(
+            id=self.response_id,
+            created=self.created,
+            model=self.model,
+            choices=[TextChoice(text=text, finish_reason=reason)],
+        )
+
+    def _usage_chunk(self, usage: Usage) -> msgspec.Struct:
+        if self.chat:
+            return ChatCompletionChunk(
+                id=self.response_id, created=self.created, model=self.model, choices=[], usage=usage
+            )
+        return Completion(
+            id=self.response_id, created=self.created, model=self.model, choices=[], usage=usage
+        )
+
+    def _whole(self, text: str, reason: str, usage: Usage) -> msgspec.Struct:
+        if self.chat:
+            return ChatCompletion(
+                id=self.response_id,
+                created=self.created,
+                model=self.model,
+                choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)],
+                usage=usage,
+            )
+        return Completion(
+            id=self.response_id,
+            created=self.created,
+            model=self.model,
+            choices=[TextChoice(text=text, finish_reason=reason)],
+            usage=usage,
+        )
+
+
+def _reply(request_id: str, model: str, body: SamplingFields, *, chat: bool) -> Reply:
+    include = bool(body.stream_options and body.stream_options.include_usage)
+    return Reply(request_id, model, body.stream, include, chat)
+
+
+def chat_reply(request_id: str, model: str, body: SamplingFields, prompt_tokens: int) -> Reply:
+    """The reply shape of a chat completion."""
+    return _reply(request_id, model, body, chat=True)
+
+
+def text_reply(request_id: str, model: str, body: SamplingFields, prompt_tokens: int) -> Reply:
+    """The reply shape of a text completion."""
+    return _reply(request_id, model, body, chat=False)

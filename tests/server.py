@@ -1,0 +1,102 @@
+"""Run ``troupe serve`` as a real subprocess on a free port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """A running server process."""
+
+    process: subprocess.Popen[str]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        """Everything the server printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send ``sig`` and wait for the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+@contextmanager
+def running_server(
+    model_dir: Path, tmp: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """Start ``troupe serve`` with ``args``; stop it (SIGTERM, then SIGKILL) afterwards."""
+    port = free_port()
+    log_path = tmp / f"server-{port}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "api.cli",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        *args,
+    ]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def wait_ready(server: Server) -> None:
+    """Poll readiness until the server answers 200 (startup is a real model load)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise AssertionError(f"the server exited early:\n{server.log()}")
+        try:
+            if httpx.get(server.url + "/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)  # polling a process we do not control; no event to wait on
+    raise AssertionError(f"the server was not ready in time:\n{server.log()}")
