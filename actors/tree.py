@@ -5,9 +5,9 @@ prefix cache and its memory monitor, the per-request stream registry) once,
 and the supervision tree whose actors share them:
 
 ``troupe`` (one_for_one)
+    ``intake``: admission control (queue bounds, rate limits, pressure shedding).
     ``kvcache``: control plane of the prefix cache (stats, pressure, persistence).
     ``generation``: the engine thread and continuous batching.
-    ``intake``: admission control (queue bounds, rate limits, pressure shedding).
 
 one_for_one because neither actor holds state the other depends on: the
 generation engine uses the prefix cache object directly, which survives a
@@ -100,9 +100,10 @@ def build_inference(
     spec = SupervisorSpec(
         "troupe",
         [
+            # Intake starts first and stops last, so late releases still land.
+            intake_child(intake, pressure=lambda: monitor.under_pressure),
             _with_shutdown(kvcache, KVCACHE_SHUTDOWN),
             generation,
-            intake_child(intake, pressure=lambda: monitor.under_pressure),
         ],
         strategy=Strategy.ONE_FOR_ONE,
     )

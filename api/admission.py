@@ -6,7 +6,15 @@ import contextlib
 import hashlib
 import time
 
-from actors.intake.protocol import Admit, Admitted, Outcome, Rejected, Release, ShedReason
+from actors.intake.protocol import (
+    Admit,
+    Admitted,
+    Outcome,
+    Rejected,
+    Release,
+    ShedReason,
+    Tokenized,
+)
 from api.http import Request
 from api.problems import HTTPProblem
 from runtime import ActorRef, ActorSystem, DeliveryError
@@ -22,7 +30,9 @@ class IntakeAdmission:
         self._timeouts = timeouts
         self.ref: ActorRef | None = None
 
-    async def admit(self, request: Request, endpoint: str, prompt_chars: int) -> None:
+    async def admit(
+        self, request: Request, endpoint: str, prompt_chars: int, messages: int = 1
+    ) -> None:
         """Admit the request or raise the problem that refuses it."""
         if self.ref is None:
             raise HTTPProblem(503, "not-ready", "the server is starting", (("retry-after", "1"),))
@@ -32,6 +42,7 @@ class IntakeAdmission:
                 client=client_key(request),
                 endpoint=endpoint,
                 prompt_chars=prompt_chars,
+                messages=messages,
                 deadline=time.time() + self._timeouts.get(endpoint, 600.0),
             ),
             timeout=ADMIT_TIMEOUT,
@@ -50,6 +61,12 @@ class IntakeAdmission:
     def bind(self, system: ActorSystem) -> None:
         """Find the intake actor of the running system."""
         self.ref = system.ref("intake")
+
+    def tokenized(self, request_id: str, prompt_tokens: int) -> None:
+        """Replace intake's estimate with the exact prompt length (best effort)."""
+        if self.ref is not None:
+            with contextlib.suppress(DeliveryError):
+                self.ref.tell_nowait(Tokenized(request_id=request_id, prompt_tokens=prompt_tokens))
 
     def release(self, request_id: str, outcome: str) -> None:
         """Tell intake how the request ended (best effort: never fails the response)."""

@@ -46,8 +46,14 @@ TRANSPARENT_RETRIES = 2
 class Admission(Protocol):
     """Intake, as the completion handlers see it."""
 
-    async def admit(self, request: Request, endpoint: str, prompt_chars: int) -> None:
+    async def admit(
+        self, request: Request, endpoint: str, prompt_chars: int, messages: int
+    ) -> None:
         """Admit the request or raise the ``HTTPProblem`` (429, 503) that refuses it."""
+        ...
+
+    def tokenized(self, request_id: str, prompt_tokens: int) -> None:
+        """Replace intake's estimate with the exact prompt length."""
         ...
 
     def release(self, request_id: str, outcome: str) -> None:
@@ -109,6 +115,7 @@ class Completions:
             endpoint="chat",
             prompt_chars=chars,
             make_prompt=lambda: self._chat_prompt(messages),
+            messages=len(messages),
         )
 
     async def text(self, request: Request, respond: Responder) -> None:
@@ -164,16 +171,18 @@ class Completions:
         endpoint: str,
         prompt_chars: int,
         make_prompt: Callable[[], list[int]],
+        messages: int = 1,
     ) -> None:
         params = sampling_params(body, self.settings.context_length)
         timeout = (
             self.settings.chat_timeout if endpoint == "chat" else self.settings.completion_timeout
         )
         deadline = time.time() + timeout
-        await self._admission.admit(request, endpoint, prompt_chars)
+        await self._admission.admit(request, endpoint, prompt_chars, messages)
         outcome = Outcome()
         try:
             prompt = await anyio.to_thread.run_sync(make_prompt)
+            self._admission.tokenized(request.request_id, len(prompt))
             reply = (chat_reply if endpoint == "chat" else text_reply)(
                 request.request_id, self.settings.model_name, body, len(prompt)
             )

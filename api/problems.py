@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from actors.generation.protocol import Failed, FailureKind
-from runtime import ActorStopped, AskTimeout, MailboxFull
+from runtime import ActorDied, ActorStopped, AskTimeout, MailboxFull
 
 PROBLEM_TYPE = "https://mlx-troupe.dev/problems/"
 """Base of the ``type`` URIs; the suffix is the problem's slug."""
@@ -96,7 +96,7 @@ def problem_for(error: BaseException | Failed) -> Problem:
             return Problem(
                 429, "overloaded", "the server is overloaded; retry later", (("retry-after", "1"),)
             )
-        case ActorStopped():
+        case ActorStopped() | ActorDied():
             return Problem(
                 503,
                 "unavailable",

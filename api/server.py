@@ -19,6 +19,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from actors.generation.engine import EngineConfig
+from actors.intake.actor import IntakeSettings
 from actors.kvcache.actor import KVCacheSettings
 from actors.kvcache.pressure import PressureConfig
 from actors.model.embedded import default_model_dir
@@ -53,6 +54,12 @@ def inference_settings(settings: Settings) -> InferenceSettings:
         cache_max_bytes=settings.cache_max_bytes,
         pressure=marks,
         kvcache=KVCacheSettings(directory=settings.cache_dir),
+        intake=IntakeSettings(
+            queue_max_requests=settings.queue_max_requests,
+            queue_max_prompt_tokens=settings.queue_max_prompt_tokens,
+            rate_limit_per_second=settings.rate_limit_per_second,
+            rate_limit_burst=settings.rate_limit_burst,
+        ),
     )
 
 
