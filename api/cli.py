@@ -114,7 +114,14 @@ def serve_command(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     from api.server import serve  # noqa: PLC0415 - MLX loads only for serving
 
-    return serve(settings)
+    code = serve(settings)
+    # Everything is stopped and joined by now. Skip the interpreter's teardown:
+    # MLX's native threads occasionally abort it ("terminate called without an
+    # active exception"), which would turn a clean exit 0 into SIGABRT.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def configure_logging(level: str) -> None:

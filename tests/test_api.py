@@ -203,7 +203,14 @@ def test_sixty_four_concurrent_streams_are_all_served(server: Server) -> None:
 def test_sigterm_drains_in_flight_and_refuses_new_work(model_dir: Path, tmp_path: Path) -> None:
     with running_server(model_dir, tmp_path, "--drain-timeout", "60") as srv:
         model = model_name(srv)
-        body = {"model": model, "prompt": "Long answer", "max_tokens": 400, "stream": True}
+        body = {
+            "model": model,
+            "prompt": "Long answer",
+            "max_tokens": 400,
+            "stream": True,
+            "temperature": 0,
+            "logit_bias": {str(token): -100 for token in range(7)},  # no EOS: runs to the end
+        }
         with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=120) as stream:
             lines = stream.iter_lines()
             first = next(line for line in lines if line)
