@@ -26,52 +26,22 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from runtime.actor import ActorCell
+from runtime.control import (
+    ChildExited,
+    Control,
+    PendingRestart,
+    RestartDue,
+    StopRequested,
+    control_queue,
+)
 from runtime.lifecycle import Crashed, Escalated, Restarted, Started, Stopped
 from runtime.node import ExitInfo, ExitKind, Node, OnExit, Services, StartFailure, log
 from runtime.spec import ChildSpec, Restart, Strategy, SupervisorSpec
 from runtime.status import NodeState, SupervisorStatus
-
-
-@dataclass(frozen=True)
-class _ChildExited:
-    node: Node
-    incarnation: int
-    exit: ExitInfo
-
-
-@dataclass(frozen=True)
-class _RestartDue:
-    token: int
-
-
-@dataclass(frozen=True)
-class _StopRequested:
-    pass
-
-
-_Control = _ChildExited | _RestartDue | _StopRequested
-
-
-@dataclass
-class _PendingRestart:
-    nodes: list[Node]
-    delay: float
-    deadline: float
-    scope: anyio.CancelScope
-
-
-def _control_queue() -> tuple[
-    MemoryObjectSendStream[_Control], MemoryObjectReceiveStream[_Control]
-]:
-    # Unbounded on purpose: it only ever holds one exit per child incarnation,
-    # one event per restart timer and stop requests, and posting must never wait.
-    return anyio.create_memory_object_stream[_Control](math.inf)
 
 
 def build_node(spec: ChildSpec | SupervisorSpec, path: str, services: Services) -> Node:
@@ -95,14 +65,14 @@ class Supervisor(Node):
             build_node(child, f"{path}/{child.id}", services) for child in spec.children
         ]
         self._restart_log: deque[float] = deque()
-        self._pending: dict[int, _PendingRestart] = {}
+        self._pending: dict[int, PendingRestart] = {}
         self._tokens = 0
         self._unprocessed = 0
         # Nodes are built inside the running event loop (ActorSystem.__aenter__),
         # so anyio primitives can be created here.
         self._changed = anyio.Event()
         self._finished = anyio.Event()
-        self._send, self._receive = _control_queue()
+        self._send, self._receive = control_queue()
         self._send.close()  # replaced by a fresh queue at every start
         self._receive.close()
 
@@ -112,7 +82,7 @@ class Supervisor(Node):
         """Start the children in order, then run the control loop in the background."""
         self.incarnation += 1
         self.state = NodeState.STARTING
-        self._send, self._receive = _control_queue()
+        self._send, self._receive = control_queue()
         self._finished = anyio.Event()
         self._restart_log.clear()
         failure = await self._start_children()
@@ -133,7 +103,7 @@ class Supervisor(Node):
         if self.active is None or self._finished.is_set():
             return ExitInfo(ExitKind.SHUTDOWN, "not running")
         self.state = NodeState.STOPPING
-        self._post(_StopRequested())
+        self._post(StopRequested())
         limit = math.inf if self.spec.shutdown is None else self.spec.shutdown
         with anyio.move_on_after(limit):
             await self._finished.wait()
@@ -196,7 +166,7 @@ class Supervisor(Node):
 
     def _exit_callback(self, node: Node) -> OnExit:
         def on_exit(incarnation: int, exit_info: ExitInfo) -> None:
-            self._post(_ChildExited(node, incarnation, exit_info))
+            self._post(ChildExited(node, incarnation, exit_info))
 
         return on_exit
 
@@ -211,7 +181,7 @@ class Supervisor(Node):
 
     # -- the control loop ------------------------------------------------------
 
-    def _post(self, event: _Control) -> None:
+    def _post(self, event: Control) -> None:
         try:
             self._send.send_nowait(event)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -237,17 +207,17 @@ class Supervisor(Node):
             self._notify()
             on_exit(incarnation, exit_info)
 
-    async def _dispatch(self, event: _Control) -> ExitInfo | None:
+    async def _dispatch(self, event: Control) -> ExitInfo | None:
         match event:
-            case _StopRequested():
+            case StopRequested():
                 return ExitInfo(ExitKind.SHUTDOWN, "stopped")
-            case _ChildExited(node=node, incarnation=number, exit=exit_info):
+            case ChildExited(node=node, incarnation=number, exit=exit_info):
                 if node.active != number:
                     return None  # stopped by us, or an abandoned incarnation finishing late
                 consecutive = node.note_failure(self.spec.backoff.reset_after)
                 node.mark_exited(exit_info)
                 return await self._handle_exit(node, exit_info, consecutive)
-            case _RestartDue(token=token):
+            case RestartDue(token=token):
                 pending = self._pending.pop(token, None)
                 if pending is not None:
                     await self._restart_nodes(pending.nodes, pending.delay)
@@ -333,15 +303,15 @@ class Supervisor(Node):
         """Restart ``group`` after ``delay`` seconds."""
         self._tokens += 1
         deadline = self.services.clock.monotonic() + delay
-        pending = _PendingRestart(group, delay, deadline, anyio.CancelScope())
+        pending = PendingRestart(group, delay, deadline, anyio.CancelScope())
         self._pending[self._tokens] = pending
         log.info("%s: restarting %s in %.3fs", self.path, [n.id for n in group], delay)
         self.services.spawn_group().start_soon(self._timer, self._tokens, pending)
 
-    async def _timer(self, token: int, pending: _PendingRestart) -> None:
+    async def _timer(self, token: int, pending: PendingRestart) -> None:
         with pending.scope:
             await self.services.clock.sleep_until(pending.deadline)
-            self._post(_RestartDue(token))
+            self._post(RestartDue(token))
 
     async def _restart_nodes(self, group: list[Node], delay: float) -> None:
         """Start ``group`` in order; a failure is handled as that child's crash."""
@@ -354,7 +324,7 @@ class Supervisor(Node):
                 # intensity and the strategy picks what to restart again.
                 member.active = member.incarnation
                 self._post(
-                    _ChildExited(
+                    ChildExited(
                         member,
                         member.incarnation,
                         ExitInfo(ExitKind.CRASH, f"restart failed: {failure.reason}"),
