@@ -75,15 +75,19 @@ async def _serve(settings: Settings) -> int:
     )
     app = TroupeApp(settings, inference, admission)
     config = Config()
-    config.bind = [f"{settings.host}:{settings.port}"]
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6 literal
+    config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.drain_timeout
     config.accesslog = None
+    # hypercorn's own logger, without the extra stderr handler it would add:
+    # records go through ours (one line each, tagged with the request id).
+    config.errorlog = logging.getLogger("hypercorn.error")
     stop = anyio.Event()
     outcome = {"code": 0}
     async with anyio.create_task_group() as tg:
         tg.start_soon(_on_signal, app, settings, stop)
         tg.start_soon(_on_escalation, app, stop, outcome)
-        print(f"mlx-troupe: serving {app.model_name} on http://{settings.host}:{settings.port}")
+        print(f"mlx-troupe: serving {app.model_name} on http://{host}:{settings.port}")
         sys.stdout.flush()
         # hypercorn types ASGI apps with its own TypedDicts; ours is the same protocol.
         asgi: Any = build_asgi(app)

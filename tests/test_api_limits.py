@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -143,3 +144,22 @@ def test_api_keys_guard_v1_and_admin_while_health_stays_open(
         assert_problem(behind, 404)  # past the key check: no such admin route yet
         assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
         assert "key-one" not in srv.log() and "admin-secret" not in srv.log()
+
+
+def test_a_non_streaming_client_that_gives_up_frees_its_slot(tight: Server) -> None:
+    gave_up = threading.Event()
+
+    def impatient() -> None:
+        with contextlib.suppress(httpx.ReadTimeout):
+            httpx.post(tight.url + "/v1/chat/completions", json=long_chat(tight, 1900), timeout=2.0)
+        gave_up.set()
+
+    caller = threading.Thread(target=impatient)
+    caller.start()
+    wait_until_engine_holds(tight, 1)
+    assert gave_up.wait(30)
+    started = time.monotonic()
+    wait_until_engine_holds(tight, 0)
+    # 1,900 tokens take several seconds here; the slot is free long before that.
+    assert time.monotonic() - started < 3.0
+    caller.join(10)
