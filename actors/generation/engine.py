@@ -5,9 +5,10 @@ driven from any event loop (or none). The generation actor feeds it commands
 through thread-safe methods and receives events through the ``emit`` callback,
 called on the engine thread with every event of one step.
 
-Scheduling policy: admitted requests wait in a FIFO until fewer than
-``max_running`` are in the batch; one whose deadline has passed by then is
-dropped before any prefill. In the batch (mlx-lm's ``BatchGenerator``) each
+Scheduling policy: admitted requests wait in a FIFO until the batch has both
+a decode slot (fewer than ``completion_batch_size`` sequences) and a prefill
+slot (fewer than ``prefill_batch_size`` still prefilling); one whose deadline
+has passed by then is dropped before any prefill. In the batch (mlx-lm's ``BatchGenerator``) each
 step first decodes one token for every running sequence, then prefills at most
 ``prefill_step_size`` tokens of waiting prompts (up to ``prefill_batch_size``
 prompts at a time). A long prompt therefore delays the running streams by one
@@ -206,13 +207,25 @@ class Engine:
                     self._waiting.append(command)
 
     def _fill_batch(self) -> None:
-        """Move waiting requests into the batch while there is room."""
-        while self._waiting and len(self._requests) < self.config.completion_batch_size:
+        """Move waiting requests into the batch while there is room.
+
+        Room means a decode slot and a prefill slot: a request handed to the
+        batch generator early would wait in its own queue, where no deadline
+        is checked.
+        """
+        while (
+            self._waiting
+            and len(self._requests) < self.config.completion_batch_size
+            and self._prefilling() < self.config.prefill_batch_size
+        ):
             request = self._waiting.popleft()
             if request.deadline is not None and time.time() >= request.deadline:
                 self._emit([_expired(request)])
             else:
                 self._admit(request)
+
+    def _prefilling(self) -> int:
+        return sum(1 for request in self._requests.values() if request.completion_tokens == 0)
 
     def _admit(self, request: Generate) -> None:
         if request.request_id in self._by_id:
