@@ -13,17 +13,17 @@ buffers) runs in a worker thread, never on the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
 
 import anyio
+import msgspec
 
 from actors.kvcache.persistence import load_cache, save_cache
 from actors.kvcache.pressure import MemoryMonitor, PressureOutcome
 from actors.kvcache.protocol import (
-    BreakerStats,
-    BreakerTransition,
     CacheCleared,
     CacheLoaded,
     CacheSaved,
@@ -182,45 +182,17 @@ class KVCacheActor(Actor):
         )
 
     def _stats(self) -> CacheStats:
-        stats = self.cache.statistics()
-        breaker = stats.breaker
         pressure = self.monitor.statistics() if self.monitor is not None else None
-        return CacheStats(
-            entries=stats.entries,
-            nbytes=stats.nbytes,
-            max_entries=stats.max_entries,
-            max_bytes=stats.max_bytes,
-            queries=stats.queries,
-            hits=stats.hits,
-            misses=stats.misses,
-            hit_tokens=stats.hit_tokens,
-            inserts=stats.inserts,
-            evictions=stats.evictions,
-            evicted_bytes=stats.evicted_bytes,
-            superseded=stats.superseded,
-            refused_inserts=stats.refused_inserts,
-            bypassed=stats.bypassed,
-            faults=stats.faults,
-            checksum_failures=stats.checksum_failures,
-            pending_faults=stats.pending_faults,
-            breaker=BreakerStats(
-                state=breaker.state,
-                enabled=breaker.enabled,
-                consecutive_faults=breaker.consecutive_faults,
-                consecutive_successes=breaker.consecutive_successes,
-                total_faults=breaker.total_faults,
-                transitions=breaker.transitions,
-                opened_at=breaker.opened_at,
-                cooldown=breaker.cooldown,
-            ),
-            recent_transitions=[
-                BreakerTransition(source=t.source, target=t.target, at=t.at, reason=t.reason)
-                for t in self.cache.breaker.transitions()
-            ],
-            under_pressure=pressure.under_pressure if pressure is not None else False,
-            pressure_checks=pressure.checks if pressure is not None else 0,
-            memory_usage=pressure.last_usage if pressure is not None else None,
-        )
+        # The message mirrors the store's statistics field for field; converting
+        # keeps the two from drifting apart.
+        fields = dataclasses.asdict(self.cache.statistics())
+        fields["recent_transitions"] = [
+            dataclasses.asdict(t) for t in self.cache.breaker.transitions()
+        ]
+        fields["under_pressure"] = pressure.under_pressure if pressure is not None else False
+        fields["pressure_checks"] = pressure.checks if pressure is not None else 0
+        fields["memory_usage"] = pressure.last_usage if pressure is not None else None
+        return msgspec.convert(fields, CacheStats)
 
 
 def _report(outcome: PressureOutcome, monitor: MemoryMonitor) -> PressureReport:
