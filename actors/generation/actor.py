@@ -89,6 +89,7 @@ class GenerationActor(Actor):
             lambda reason: self._post(_EngineDied(reason)),
             prefix_store=self._prefix_store,
             config=self._config,
+            exclusive=self._host.engine_lock,
         )
         self._engine.start()
         self.ctx.start_soon(self._pump)

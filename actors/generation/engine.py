@@ -106,11 +106,13 @@ class Engine:
         *,
         prefix_store: PrefixStore | None = None,
         config: EngineConfig | None = None,
+        exclusive: threading.Lock | None = None,
     ) -> None:
         self._loaded = loaded
         self._emit = emit
         self._on_crash = on_crash
         self._prefix_store = prefix_store
+        self._exclusive = exclusive or threading.Lock()
         self._special = special_tokens(loaded)
         self.config = config or EngineConfig()
         self._commands: queue.SimpleQueue[Generate | _Cancel | _Arm | _Stop] = queue.SimpleQueue()
@@ -162,6 +164,12 @@ class Engine:
     # -- the engine thread -------------------------------------------------------
 
     def _run(self) -> None:
+        # One engine per model at a time: an engine abandoned by a stop that ran
+        # past its timeout finishes its step before its successor starts.
+        with self._exclusive:
+            self._serve()
+
+    def _serve(self) -> None:
         try:
             self._generator = self._new_generator()
             while self._apply_commands(block=not self._requests and not self._waiting):

@@ -24,6 +24,9 @@ class ModelHost(Generic[M]):
         self._model: M | None = None
         self.loads = 0
         """How many times weights were loaded (stays 1 across engine restarts)."""
+        self.engine_lock = threading.Lock()
+        """Held by the engine thread that is using the weights; a restarted
+        engine waits for an abandoned one instead of running beside it."""
 
     def get(self) -> M:
         """The model, loading it if this is the first call (thread-safe, blocking)."""
