@@ -38,6 +38,7 @@ from runtime.control import (
     StopRequested,
     control_queue,
 )
+from runtime.errors import describe_failure
 from runtime.lifecycle import Crashed, Escalated, Restarted, Started, Stopped
 from runtime.node import ExitInfo, ExitKind, Node, OnExit, Services, StartFailure, log
 from runtime.spec import ChildSpec, Restart, Strategy, SupervisorSpec
@@ -200,6 +201,12 @@ class Supervisor(Node):
                 if outcome is not None:
                     exit_info = outcome
                     break
+        except Exception as exc:
+            # A bug in the supervisor itself: its parent must see a crash, not a
+            # clean shutdown, so that it restarts this subtree or escalates.
+            exit_info = ExitInfo(ExitKind.CRASH, describe_failure(exc))
+            self.exiting = True
+            log.error("supervisor %s failed: %s", self.path, exit_info.reason)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._wind_down(exit_info)
