@@ -1,0 +1,367 @@
+"""The metrics actor: request events and lifecycle events in, snapshots and Prometheus out.
+
+Everything it counts lives in a :class:`MetricsState` built once by the
+composition root, so a crash of the actor loses no totals. The actor follows
+the system's lifecycle events through a subscription factory it is given
+(``system.subscribe``), so the runtime needs no knowledge of metrics. Figures
+owned by others (the prefix cache, the engine's load, memory) are read at
+query time through :class:`MetricsSources`.
+
+Wiring, in the composition root::
+
+    state = MetricsState(clock, config={"model": name})
+    spec = metrics_child(state, system_subscribe, sources=MetricsSources(
+        cache=lambda: cache_figures(prefix_cache.statistics())))
+
+``system_subscribe`` must be callable before the system exists, e.g. a lambda
+that reads the system from a variable set once it is built.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+
+from actors.metrics.protocol import (
+    CATEGORIES,
+    ActorsSnapshot,
+    CacheSnapshot,
+    DropCounter,
+    GetMetricsSnapshot,
+    LatencySnapshot,
+    MemorySnapshot,
+    MetricsSnapshot,
+    Percentiles,
+    PrometheusText,
+    RenderPrometheus,
+    RequestCancelled,
+    RequestCompleted,
+    RequestShed,
+    RequestsSnapshot,
+    ThroughputSnapshot,
+    cap_samples,
+)
+from actors.metrics.registry import CacheFigures, Load, MemoryFigures, MetricsRegistry, read_memory
+from actors.metrics.windows import RollingRate, SlidingWindow
+from runtime.actor import Actor
+from runtime.clock import Clock
+from runtime.events import Subscription
+from runtime.lifecycle import Event, Restarted
+from runtime.mailbox import MailboxConfig, Overflow
+from runtime.messages import Message
+from runtime.node import ExitKind
+from runtime.spec import ChildSpec
+
+if TYPE_CHECKING:
+    from actors.kvcache.store import CacheStatistics
+
+T = TypeVar("T")
+
+HTTP_ERROR = 400
+"""Statuses from here on count as errors (client or server)."""
+
+DEFAULT_MAILBOX = 8192
+"""Room for bursts: every finished request tells one event, and a full mailbox drops."""
+
+
+def cache_figures(stats: CacheStatistics) -> CacheFigures:
+    """What the metrics read of the prefix cache's statistics."""
+    return CacheFigures(
+        queries=stats.queries,
+        hits=stats.hits,
+        hit_tokens=stats.hit_tokens,
+        evictions=stats.evictions,
+        nbytes=stats.nbytes,
+        entries=stats.entries,
+        breaker_state=str(stats.breaker.state.value),
+    )
+
+
+@dataclass(frozen=True)
+class MetricsSources:
+    """Figures read at query time; each must be quick and must not block.
+
+    A source that raises or returns ``None`` leaves its figures unset.
+    """
+
+    cache: Callable[[], CacheFigures | None] | None = None
+    load: Callable[[], Load | None] | None = None
+    memory: Callable[[MemoryFigures | None], MemoryFigures] = read_memory
+
+
+def _safely(read: Callable[[], T | None] | None) -> T | None:
+    if read is None:
+        return None
+    try:
+        return read()
+    except Exception:  # a broken source must not take the metrics down
+        return None
+
+
+@dataclass
+class _Totals:
+    completed: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    shed: Counter[str] = field(default_factory=Counter)
+    cancelled: Counter[str] = field(default_factory=Counter)
+    restarts: Counter[str] = field(default_factory=Counter)
+
+
+class MetricsState:
+    """Counters, windows and the Prometheus registry; outlives every incarnation."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        config: Mapping[str, str] | None = None,
+        dropped: DropCounter | None = None,
+        window_size: int = 1024,
+        window_age: float = 300.0,
+        rate_window: float = 300.0,
+    ) -> None:
+        """Create empty metrics.
+
+        Args:
+            clock: The system's clock (windows and rates read its monotonic time).
+            config: The effective configuration for ``troupe_config_info``; no secrets.
+            dropped: The counter producers pass to ``record``; ``None``: a new one.
+            window_size: Observations each latency window keeps at most.
+            window_age: Seconds an observation stays in a latency window.
+            rate_window: Seconds the rates are averaged over.
+        """
+        self.clock = clock
+        self.dropped = dropped or DropCounter()
+        self.registry = MetricsRegistry(self.dropped, config)
+        now = clock.monotonic
+
+        def window() -> SlidingWindow:
+            return SlidingWindow(now, size=window_size, max_age=window_age)
+
+        self.ttft, self.inter_token, self.e2e, self.queue = (window() for _ in range(4))
+        self.request_rate = RollingRate(now, window=rate_window)
+        self.prompt_rate = RollingRate(now, window=rate_window)
+        self.generated_rate = RollingRate(now, window=rate_window)
+        self.totals = _Totals()
+        self.memory: MemoryFigures | None = None
+        self.cache: CacheFigures | None = None
+        self.load: Load | None = None
+
+    def observe(self, event: RequestCompleted | RequestShed | RequestCancelled) -> None:
+        """Account for one request event."""
+        totals = self.totals
+        match event:
+            case RequestCompleted():
+                gaps = cap_samples(event.inter_token_s)
+                self.registry.observe_completed(event, gaps)
+                totals.completed += 1
+                if event.status >= HTTP_ERROR:
+                    totals.errors += 1
+                totals.prompt_tokens += max(0, event.prompt_tokens)
+                totals.generated_tokens += max(0, event.completion_tokens)
+                self.e2e.add(event.duration_s)
+                if event.ttft_s is not None:
+                    self.ttft.add(event.ttft_s)
+                if event.queue_s is not None:
+                    self.queue.add(event.queue_s)
+                self.inter_token.extend(gaps)
+                self.request_rate.add()
+                self.prompt_rate.add(event.prompt_tokens)
+                self.generated_rate.add(event.completion_tokens)
+            case RequestShed(reason=reason):
+                totals.shed[self.registry.observe_shed(reason)] += 1
+            case RequestCancelled(reason=reason):
+                totals.cancelled[self.registry.observe_cancelled(reason)] += 1
+
+    def observe_lifecycle(self, event: Event) -> None:
+        """Follow a lifecycle event of the supervision tree."""
+        self.registry.observe_lifecycle(event)
+        if isinstance(event, Restarted):
+            self.totals.restarts[event.path] += 1
+
+    def refresh(self, sources: MetricsSources) -> None:
+        """Read the figures owned by others, now; failures leave them unset."""
+        previous = self.memory
+        self.memory = _safely(lambda: sources.memory(previous)) or MemoryFigures()
+        self.cache = _safely(sources.cache)
+        self.load = _safely(sources.load)
+        self.registry.set_memory(self.memory)
+        self.registry.set_cache(self.cache)
+        self.registry.set_load(self.load)
+
+    def snapshot(self, categories: Sequence[str]) -> MetricsSnapshot:
+        """The asked categories (all when empty); unknown names are listed, not fatal."""
+        wanted = set(categories or CATEGORIES)
+        return MetricsSnapshot(
+            at=self.clock.wall(),
+            latency=self._latency() if "latency" in wanted else None,
+            throughput=self._throughput() if "throughput" in wanted else None,
+            cache=self._cache() if "cache" in wanted else None,
+            memory=self._memory() if "memory" in wanted else None,
+            requests=self._requests() if "requests" in wanted else None,
+            actors=self._actors() if "actors" in wanted else None,
+            unknown_categories=sorted(wanted - set(CATEGORIES)),
+        )
+
+    def _latency(self) -> LatencySnapshot:
+        def summary(window: SlidingWindow) -> Percentiles:
+            p50, p95, p99 = window.percentiles(50, 95, 99)
+            return Percentiles(count=len(window), p50=p50, p95=p95, p99=p99)
+
+        return LatencySnapshot(
+            ttft=summary(self.ttft),
+            inter_token=summary(self.inter_token),
+            end_to_end=summary(self.e2e),
+            queue=summary(self.queue),
+        )
+
+    def _throughput(self) -> ThroughputSnapshot:
+        return ThroughputSnapshot(
+            window_s=self.request_rate.window,
+            requests_per_s=self.request_rate.rate(),
+            prompt_tokens_per_s=self.prompt_rate.rate(),
+            generated_tokens_per_s=self.generated_rate.rate(),
+        )
+
+    def _cache(self) -> CacheSnapshot:
+        cache = self.cache or CacheFigures(0, 0, 0, 0, 0, 0, None)
+        return CacheSnapshot(
+            queries=cache.queries,
+            hits=cache.hits,
+            hit_rate=cache.hits / cache.queries if cache.queries else 0.0,
+            hit_tokens=cache.hit_tokens,
+            evictions=cache.evictions,
+            bytes=cache.nbytes,
+            entries=cache.entries,
+            breaker_state=cache.breaker_state,
+        )
+
+    def _memory(self) -> MemorySnapshot:
+        memory = self.memory or MemoryFigures()
+        return MemorySnapshot(
+            rss_bytes=memory.rss,
+            peak_rss_bytes=memory.peak_rss,
+            mlx_active_bytes=memory.mlx_active,
+            mlx_peak_bytes=memory.mlx_peak,
+            mlx_cache_bytes=memory.mlx_cache,
+        )
+
+    def _requests(self) -> RequestsSnapshot:
+        totals = self.totals
+        return RequestsSnapshot(
+            completed=totals.completed,
+            errors=totals.errors,
+            prompt_tokens=totals.prompt_tokens,
+            generated_tokens=totals.generated_tokens,
+            running=None if self.load is None else self.load.running,
+            waiting=None if self.load is None else self.load.waiting,
+            shed=dict(totals.shed),
+            cancelled=dict(totals.cancelled),
+            dropped_events=self.dropped.value,
+        )
+
+    def _actors(self) -> ActorsSnapshot:
+        return ActorsSnapshot(
+            states=self.registry.actor_states, restarts=dict(self.totals.restarts)
+        )
+
+
+class MetricsActor(Actor):
+    """Counts request and lifecycle events; answers snapshots and Prometheus renders."""
+
+    def __init__(
+        self,
+        state: MetricsState,
+        subscribe: Callable[[], Subscription[Event]] | None = None,
+        sources: MetricsSources | None = None,
+    ) -> None:
+        """Create an incarnation.
+
+        Args:
+            state: The durable state, built once by the composition root.
+            subscribe: Opens a lifecycle-event subscription (``system.subscribe``);
+                ``None``: actor states and restarts are not followed.
+            sources: Figures read at query time; ``None``: memory only.
+        """
+        self.state = state
+        self._subscribe = subscribe
+        self._sources = sources or MetricsSources()
+        self._subscription: Subscription[Event] | None = None
+
+    async def on_start(self) -> None:
+        """Subscribe to lifecycle events and follow them in a task of this incarnation."""
+        if self._subscribe is not None:
+            self._subscription = self._subscribe()
+            self.ctx.start_soon(self._follow, self._subscription, name=f"{self.ctx.path}:events")
+
+    async def _follow(self, subscription: Subscription[Event]) -> None:
+        try:
+            async for event in subscription:
+                self.state.observe_lifecycle(event)
+        except anyio.ClosedResourceError:  # on_stop closed it: this incarnation is ending
+            return
+
+    def _catch_up(self) -> None:
+        """Apply every buffered lifecycle event, so an answer reflects all published so far."""
+        if self._subscription is None:
+            return
+        while True:
+            try:
+                event = self._subscription.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            self.state.observe_lifecycle(event)
+
+    async def handle(self, message: Message) -> Message | None:
+        """Count an event, or answer a query with figures read now."""
+        match message:
+            case RequestCompleted() | RequestShed() | RequestCancelled():
+                self.state.observe(message)
+            case GetMetricsSnapshot(categories=categories):
+                self._catch_up()
+                self.state.refresh(self._sources)
+                return self.state.snapshot(categories)
+            case RenderPrometheus():
+                self._catch_up()
+                self.state.refresh(self._sources)
+                return PrometheusText(text=self.state.registry.render())
+        # Anything else is ignored: a stray message must not crash the metrics.
+        return None
+
+    async def on_stop(self, exit_kind: ExitKind) -> None:
+        """Unsubscribe, so the bus stops buffering events for a dead incarnation."""
+        if self._subscription is not None:
+            await self._subscription.aclose()
+
+
+def metrics_child(
+    state: MetricsState,
+    subscribe: Callable[[], Subscription[Event]] | None = None,
+    *,
+    sources: MetricsSources | None = None,
+    child_id: str = "metrics",
+    capacity: int = DEFAULT_MAILBOX,
+) -> ChildSpec:
+    """The child spec of a metrics actor whose every incarnation shares ``state``.
+
+    Args:
+        state: The durable state, built once by the composition root.
+        subscribe: Opens a lifecycle-event subscription, e.g. ``lambda: system.subscribe()``.
+        sources: Figures read at query time.
+        child_id: The actor's id (producers look up ``metrics``).
+        capacity: Mailbox size; overflow is rejected so producers drop, never wait.
+
+    Returns:
+        A permanent child with the default 5 s shutdown.
+    """
+    return ChildSpec(
+        child_id,
+        lambda: MetricsActor(state, subscribe, sources),
+        mailbox=MailboxConfig(capacity=capacity, overflow=Overflow.REJECT),
+    )

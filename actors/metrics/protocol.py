@@ -1,0 +1,238 @@
+"""Messages of the metrics actor, and the never-blocking way to send its events.
+
+Other actors and the HTTP layer report what happened with :func:`record`,
+which uses ``tell_nowait``: reporting a metric must never slow down or fail a
+request. When the metrics mailbox is full (or the actor is down) the event is
+dropped and counted in a :class:`DropCounter`, which the metrics actor exports
+as ``troupe_metric_events_dropped_total``.
+
+=======================  ==================  =========
+message                  answer              send with
+=======================  ==================  =========
+``RequestCompleted``     none                record
+``RequestShed``          none                record
+``RequestCancelled``     none                record
+``GetMetricsSnapshot``   ``MetricsSnapshot``  ask
+``RenderPrometheus``     ``PrometheusText``  ask
+=======================  ==================  =========
+
+Snapshot categories: ``latency``, ``throughput``, ``cache``, ``memory``,
+``requests`` and ``actors``; an empty list asks for all of them. With no
+traffic yet, rates and ``hit_rate`` are ``0.0`` and percentiles are ``None``
+(not ``0.0``, which would read as an impossibly fast request).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated
+
+import msgspec
+
+from runtime.actor import ActorRef
+from runtime.errors import ActorStopped, MailboxFull
+from runtime.messages import Message
+
+MAX_INTER_TOKEN_SAMPLES = 64
+"""Inter-token gaps one request may carry, so one long answer cannot flood the windows."""
+
+CATEGORIES = ("latency", "throughput", "cache", "memory", "requests", "actors")
+"""Every snapshot category, in the order a snapshot lists them."""
+
+InterTokenSamples = Annotated[list[float], msgspec.Meta(max_length=MAX_INTER_TOKEN_SAMPLES)]
+
+
+def cap_samples(samples: list[float], limit: int = MAX_INTER_TOKEN_SAMPLES) -> list[float]:
+    """Keep at most ``limit`` samples, evenly spread over the whole request.
+
+    Evenly spaced rather than the first ``limit``, so that a slowdown late in
+    a long generation still shows in the percentiles.
+
+    Args:
+        samples: Inter-token gaps in seconds, in generation order.
+        limit: The most samples to keep (at least 1).
+
+    Returns:
+        ``samples`` itself when short enough, otherwise a spread-out subset.
+    """
+    if len(samples) <= limit:
+        return samples
+    step = len(samples) / limit
+    return [samples[int(i * step)] for i in range(limit)]
+
+
+class RequestCompleted(Message, frozen=True, kw_only=True):
+    """A request ended with an HTTP answer (any status)."""
+
+    endpoint: str
+    """The route, e.g. ``chat`` or ``completions``: a bounded label, never a raw path."""
+    status: int
+    model: str
+    duration_s: float
+    """End to end, from arrival to the last byte."""
+    ttft_s: float | None = None
+    inter_token_s: InterTokenSamples = msgspec.field(default_factory=list)
+    """Gaps between streamed tokens; build it with :func:`cap_samples`."""
+    queue_s: float | None = None
+    """Time between admission and the start of prefill."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
+class RequestShed(Message, frozen=True, kw_only=True):
+    """A request was turned away before generation (``reason``: a ``ShedReason`` value)."""
+
+    reason: str
+
+
+class RequestCancelled(Message, frozen=True, kw_only=True):
+    """An admitted request was cancelled (``disconnect``, ``deadline`` ...)."""
+
+    reason: str
+
+
+class GetMetricsSnapshot(Message, frozen=True, kw_only=True):
+    """Ask for a JSON-friendly snapshot; an empty ``categories`` means all of them."""
+
+    categories: list[str] = msgspec.field(default_factory=list)
+
+
+class RenderPrometheus(Message, frozen=True, kw_only=True):
+    """Ask for the Prometheus text exposition of every family."""
+
+
+class PrometheusText(Message, frozen=True, kw_only=True):
+    """The answer to :class:`RenderPrometheus` (content type ``text/plain; version=0.0.4``)."""
+
+    text: str
+
+
+class Percentiles(msgspec.Struct, frozen=True, kw_only=True):
+    """Percentiles of one sliding window, in seconds; ``None`` while it is empty."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class LatencySnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Recent latencies (bounded by size and age)."""
+
+    ttft: Percentiles
+    inter_token: Percentiles
+    end_to_end: Percentiles
+    queue: Percentiles
+
+
+class ThroughputSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Rates over the rolling window (five minutes by default)."""
+
+    window_s: float
+    requests_per_s: float
+    prompt_tokens_per_s: float
+    generated_tokens_per_s: float
+
+
+class CacheSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """The prefix cache as last read; all zero when no cache is wired."""
+
+    queries: int
+    hits: int
+    hit_rate: float
+    """``hits / queries``, ``0.0`` before the first query."""
+    hit_tokens: int
+    evictions: int
+    bytes: int
+    entries: int
+    breaker_state: str | None
+    """``closed``, ``half_open``, ``open``, or ``None`` when unknown."""
+
+
+class MemorySnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Memory read at query time, in bytes; ``None`` where it could not be read."""
+
+    rss_bytes: int | None
+    peak_rss_bytes: int | None
+    mlx_active_bytes: int | None
+    mlx_peak_bytes: int | None
+    mlx_cache_bytes: int | None
+
+
+class RequestsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Request totals since the state was created (across restarts)."""
+
+    completed: int
+    errors: int
+    """Completed with a status of 400 or more."""
+    prompt_tokens: int
+    generated_tokens: int
+    running: int | None
+    waiting: int | None
+    shed: dict[str, int]
+    cancelled: dict[str, int]
+    dropped_events: int
+
+
+class ActorsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-actor state and restart counts, keyed by path, from lifecycle events."""
+
+    states: dict[str, str]
+    restarts: dict[str, int]
+
+
+class MetricsSnapshot(Message, frozen=True, kw_only=True):
+    """The answer to :class:`GetMetricsSnapshot`; categories not asked for are ``None``."""
+
+    at: float
+    """Wall-clock time of the snapshot, seconds since the epoch."""
+    latency: LatencySnapshot | None = None
+    throughput: ThroughputSnapshot | None = None
+    cache: CacheSnapshot | None = None
+    memory: MemorySnapshot | None = None
+    requests: RequestsSnapshot | None = None
+    actors: ActorsSnapshot | None = None
+    unknown_categories: list[str] = msgspec.field(default_factory=list)
+
+
+class DropCounter:
+    """A thread-safe count of metric events that could not be delivered.
+
+    Thread-safe because the generation engine reports from its own thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value = 0
+
+    def add(self, n: int = 1) -> None:
+        """Count ``n`` more dropped events."""
+        with self._lock:
+            self._value += n
+
+    @property
+    def value(self) -> int:
+        """Events dropped so far."""
+        with self._lock:
+            return self._value
+
+
+def record(ref: ActorRef, event: Message, dropped: DropCounter) -> bool:
+    """Send ``event`` to the metrics actor without ever waiting.
+
+    Args:
+        ref: The metrics actor.
+        event: A ``RequestCompleted``, ``RequestShed`` or ``RequestCancelled``.
+        dropped: Counts the event when it cannot be delivered.
+
+    Returns:
+        Whether the event was enqueued.
+    """
+    try:
+        ref.tell_nowait(event)
+    except (MailboxFull, ActorStopped):
+        # Metrics are best effort: a lost sample must never fail the request.
+        dropped.add()
+        return False
+    return True

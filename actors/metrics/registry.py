@@ -1,0 +1,320 @@
+"""The Prometheus families of mlx-troupe, on a registry of their own.
+
+A private :class:`prometheus_client.CollectorRegistry` (never the global one)
+keeps tests and several systems in one process apart. Families driven by
+events (requests, latencies, tokens, sheds, restarts) are ordinary
+counters and histograms; figures read from elsewhere (the prefix cache, the
+engine's load, memory, dropped events, actor states) are yielded by a custom
+collector from the values last stored with the ``set_*`` methods, because a
+Prometheus counter can only be incremented, never set to another total.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import mlx.core as mx
+import psutil
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from actors.metrics.protocol import DropCounter, RequestCompleted
+from runtime.lifecycle import Crashed, Escalated, Event, Restarted, Started, Stopped
+
+try:
+    import resource
+except ImportError:  # Windows: no peak RSS from the kernel
+    resource = None  # type: ignore[assignment]  # reason: optional platform module
+
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
+"""Seconds: fine steps for Apple GPUs (milliseconds a token), long tail for CPUs."""
+
+BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
+ACTOR_STATES = ("running", "crashed", "stopped", "escalated")
+MAX_LABEL_VALUES = 32
+"""Distinct values one free-form label (a reason, an endpoint) may take; more read ``other``."""
+
+_SECRET_WORDS = ("key", "secret")
+_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+@dataclass(frozen=True)
+class CacheFigures:
+    """What the metrics need of ``actors.kvcache.store.CacheStatistics``."""
+
+    queries: int
+    hits: int
+    hit_tokens: int
+    evictions: int
+    nbytes: int
+    entries: int
+    breaker_state: str | None
+    """``closed``, ``half_open`` or ``open``."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """Requests the generation engine is running and holding back."""
+
+    running: int
+    waiting: int
+
+
+@dataclass(frozen=True)
+class MemoryFigures:
+    """Memory in bytes; ``None`` where it could not be read."""
+
+    rss: int | None = None
+    peak_rss: int | None = None
+    mlx_active: int | None = None
+    mlx_peak: int | None = None
+    mlx_cache: int | None = None
+
+
+def safe_config(config: Mapping[str, str]) -> dict[str, str]:
+    """The configuration as ``troupe_config_info`` labels, secrets left out.
+
+    Callers must pass no secrets; keys naming a key or a secret are dropped
+    anyway, and the rest are made valid label names.
+    """
+    labels: dict[str, str] = {}
+    for key, value in config.items():
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            continue
+        name = _LABEL_CHARS.sub("_", key).lstrip("_") or "unnamed"
+        if name[0].isdigit():
+            name = f"k_{name}"
+        labels[name] = str(value)
+    return labels
+
+
+class _Labels:
+    """Caps the distinct values of one label, so a misbehaving caller cannot explode it."""
+
+    def __init__(self, limit: int = MAX_LABEL_VALUES) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit:
+            return "other"
+        self._seen.add(value)
+        return value
+
+
+class _Figures(Collector):
+    """Yields the stored figures each time the registry is collected."""
+
+    def __init__(self, dropped: DropCounter) -> None:
+        self.dropped = dropped
+        self.cache: CacheFigures | None = None
+        self.load: Load | None = None
+        self.memory = MemoryFigures()
+        self.states: dict[str, str] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._cache()
+        yield from self._load()
+        yield from self._memory()
+        dropped = CounterMetricFamily(
+            "troupe_metric_events_dropped", "Metric events lost to a full metrics mailbox."
+        )
+        dropped.add_metric([], self.dropped.value)
+        yield dropped
+        states = GaugeMetricFamily(
+            "troupe_actor_state", "1 for each actor's current state.", labels=["actor", "state"]
+        )
+        for path, current in sorted(self.states.items()):
+            for state in ACTOR_STATES:
+                states.add_metric([path, state], 1.0 if state == current else 0.0)
+        yield states
+
+    def _cache(self) -> Iterator[Metric]:
+        cache = self.cache or CacheFigures(0, 0, 0, 0, 0, 0, None)
+        for name, doc, value in (
+            ("queries", "Prefix-cache lookups.", cache.queries),
+            ("hits", "Prefix-cache lookups that found a prefix.", cache.hits),
+            ("hit_tokens", "Prompt tokens served from the prefix cache.", cache.hit_tokens),
+            ("evictions", "Prefix-cache entries evicted.", cache.evictions),
+        ):
+            yield CounterMetricFamily(f"troupe_cache_{name}", doc, value=value)
+        yield GaugeMetricFamily("troupe_cache_bytes", "Prefix-cache size.", value=cache.nbytes)
+        yield GaugeMetricFamily("troupe_cache_entries", "Cache entries.", value=cache.entries)
+        breaker = GaugeMetricFamily(
+            "troupe_cache_breaker_state", "Cache breaker: 0 closed, 1 half_open, 2 open."
+        )
+        if cache.breaker_state in BREAKER_CODES:
+            breaker.add_metric([], BREAKER_CODES[cache.breaker_state])
+        yield breaker
+
+    def _load(self) -> Iterator[Metric]:
+        running = GaugeMetricFamily("troupe_requests_running", "Requests being generated.")
+        waiting = GaugeMetricFamily("troupe_requests_waiting", "Requests waiting for a slot.")
+        if self.load is not None:
+            running.add_metric([], self.load.running)
+            waiting.add_metric([], self.load.waiting)
+        yield running
+        yield waiting
+
+    def _memory(self) -> Iterator[Metric]:
+        memory = self.memory
+        for name, doc, value in (
+            ("process_resident_memory_bytes", "Resident set size.", memory.rss),
+            ("process_resident_memory_peak_bytes", "Peak resident set size.", memory.peak_rss),
+            ("mlx_active_memory_bytes", "MLX memory in live arrays.", memory.mlx_active),
+            ("mlx_peak_memory_bytes", "Peak MLX memory.", memory.mlx_peak),
+            ("mlx_cache_memory_bytes", "MLX allocator cache.", memory.mlx_cache),
+        ):
+            family = GaugeMetricFamily(f"troupe_{name}", doc)
+            if value is not None:
+                family.add_metric([], value)
+            yield family
+
+
+class MetricsRegistry:
+    """Every ``troupe_`` family, on a private registry."""
+
+    def __init__(self, dropped: DropCounter, config: Mapping[str, str] | None = None) -> None:
+        """Create the families.
+
+        Args:
+            dropped: The counter producers pass to :func:`~actors.metrics.protocol.record`.
+            config: The effective configuration as strings; must hold no secrets.
+        """
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self._figures = _Figures(dropped)
+        registry.register(self._figures)
+        self._endpoints = _Labels()
+        self._reasons = _Labels()
+        self.requests = Counter(
+            "troupe_requests", "Requests answered.", ["endpoint", "status"], registry=registry
+        )
+        self.ttft = self._histogram("time_to_first_token_seconds", "Time to the first token.")
+        self.inter_token = self._histogram("inter_token_latency_seconds", "Gaps between tokens.")
+        self.e2e = self._histogram("request_duration_seconds", "End-to-end request latency.")
+        self.queue = self._histogram("queue_time_seconds", "Time from admission to prefill.")
+        self.prompt_tokens = Counter("troupe_prompt_tokens", "Prompt tokens.", registry=registry)
+        self.generated_tokens = Counter(
+            "troupe_generation_tokens", "Generated tokens.", registry=registry
+        )
+        self.shed = Counter("troupe_requests_shed", "Requests shed.", ["reason"], registry=registry)
+        self.cancelled = Counter(
+            "troupe_requests_cancelled", "Requests cancelled.", ["reason"], registry=registry
+        )
+        self.restarts = Counter(
+            "troupe_actor_restarts", "Actor restarts.", ["actor"], registry=registry
+        )
+        self.config = Info("troupe_config", "The effective configuration.", registry=registry)
+        self.config.info(safe_config(config or {}))
+
+    def _histogram(self, name: str, doc: str) -> Histogram:
+        return Histogram(f"troupe_{name}", doc, buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def observe_completed(self, event: RequestCompleted, inter_token: list[float]) -> None:
+        """Count a finished request and observe its latencies."""
+        self.requests.labels(self._endpoints(event.endpoint), str(event.status)).inc()
+        self.e2e.observe(max(0.0, event.duration_s))
+        if event.ttft_s is not None:
+            self.ttft.observe(max(0.0, event.ttft_s))
+        if event.queue_s is not None:
+            self.queue.observe(max(0.0, event.queue_s))
+        for gap in inter_token:
+            self.inter_token.observe(max(0.0, gap))
+        self.prompt_tokens.inc(max(0, event.prompt_tokens))
+        self.generated_tokens.inc(max(0, event.completion_tokens))
+
+    def observe_shed(self, reason: str) -> str:
+        """Count a shed request; return the label used (``other`` past the cap)."""
+        label = self._reasons(reason)
+        self.shed.labels(label).inc()
+        return label
+
+    def observe_cancelled(self, reason: str) -> str:
+        """Count a cancelled request; return the label used (``other`` past the cap)."""
+        label = self._reasons(reason)
+        self.cancelled.labels(label).inc()
+        return label
+
+    def observe_lifecycle(self, event: Event) -> None:
+        """Follow an actor's state and count its restarts."""
+        match event:
+            case Started() | Restarted():
+                self._figures.states[event.path] = "running"
+                if isinstance(event, Restarted):
+                    self.restarts.labels(event.path).inc()
+            case Crashed():
+                self._figures.states[event.path] = "crashed"
+            case Stopped():
+                self._figures.states[event.path] = "stopped"
+            case Escalated():
+                self._figures.states[event.path] = "escalated"
+
+    @property
+    def actor_states(self) -> dict[str, str]:
+        """The last known state of every actor that published an event, by path."""
+        return dict(self._figures.states)
+
+    def set_cache(self, cache: CacheFigures | None) -> None:
+        """Store the prefix cache's figures (``None``: unknown, all zero)."""
+        self._figures.cache = cache
+
+    def set_load(self, load: Load | None) -> None:
+        """Store the engine's running and waiting requests (``None``: unknown, not set)."""
+        self._figures.load = load
+
+    def set_memory(self, memory: MemoryFigures) -> None:
+        """Store the memory figures read at query time."""
+        self._figures.memory = memory
+
+    def render(self) -> str:
+        """The text exposition format (``text/plain; version=0.0.4``)."""
+        return generate_latest(self.registry).decode("utf-8")
+
+
+def _rss() -> int | None:
+    try:
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # memory figures are optional, never fatal
+        return None
+
+
+def _max_rss() -> int | None:
+    """The kernel's peak RSS, in bytes (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    try:
+        peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    except Exception:  # no resource module (Windows), or no figure
+        return None
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _mlx(name: str) -> int | None:
+    try:
+        return int(getattr(mx, name)())
+    except Exception:  # an older MLX, or no device: leave it unset
+        return None
+
+
+def read_memory(previous: MemoryFigures | None = None) -> MemoryFigures:
+    """Read memory now; each figure is ``None`` where its source fails.
+
+    The peak RSS is the largest of the kernel's figure, the RSS seen now and
+    the peak read ``previous``-ly, so it never goes down.
+    """
+    rss = _rss()
+    peaks = [p for p in (rss, _max_rss(), previous.peak_rss if previous else None) if p is not None]
+    return MemoryFigures(
+        rss=rss,
+        peak_rss=max(peaks) if peaks else None,
+        mlx_active=_mlx("get_active_memory"),
+        mlx_peak=_mlx("get_peak_memory"),
+        mlx_cache=_mlx("get_cache_memory"),
+    )

@@ -1,0 +1,423 @@
+"""The metrics actor: windows, the Prometheus registry, snapshots, drops and lifecycle events."""
+
+from __future__ import annotations
+
+import threading
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors.metrics import (
+    CacheFigures,
+    DropCounter,
+    GetMetricsSnapshot,
+    Load,
+    MemoryFigures,
+    MetricsSnapshot,
+    MetricsSources,
+    MetricsState,
+    PrometheusText,
+    RenderPrometheus,
+    RequestCancelled,
+    RequestCompleted,
+    RequestShed,
+    RollingRate,
+    SlidingWindow,
+    cap_samples,
+    metrics_child,
+    percentile,
+    record,
+)
+from actors.metrics.registry import safe_config
+from runtime import (
+    NO_BACKOFF,
+    Actor,
+    ActorDied,
+    ActorSystem,
+    ChildSpec,
+    ManualClock,
+    Message,
+    SupervisorSpec,
+    decode,
+    encode,
+)
+from runtime.events import Subscription
+from runtime.lifecycle import Event
+
+pytestmark = pytest.mark.timeout(60)
+
+FAMILIES = set(
+    """
+    troupe_requests troupe_time_to_first_token_seconds troupe_inter_token_latency_seconds
+    troupe_request_duration_seconds troupe_queue_time_seconds troupe_prompt_tokens
+    troupe_generation_tokens troupe_requests_running troupe_requests_waiting
+    troupe_requests_shed troupe_requests_cancelled troupe_cache_queries troupe_cache_hits
+    troupe_cache_hit_tokens troupe_cache_evictions troupe_cache_bytes troupe_cache_entries
+    troupe_cache_breaker_state troupe_actor_restarts troupe_actor_state
+    troupe_process_resident_memory_bytes troupe_process_resident_memory_peak_bytes
+    troupe_mlx_active_memory_bytes troupe_mlx_peak_memory_bytes troupe_mlx_cache_memory_bytes
+    troupe_metric_events_dropped troupe_config_info
+    """.split()  # noqa: SIM905 - a word list reads better than 27 quoted lines
+)
+
+CACHE = CacheFigures(
+    queries=10,
+    hits=4,
+    hit_tokens=96,
+    evictions=1,
+    nbytes=2048,
+    entries=3,
+    breaker_state="half_open",
+)
+SOURCES = MetricsSources(cache=lambda: CACHE, load=lambda: Load(running=2, waiting=5))
+
+
+class Tick:
+    """A hand-driven monotonic clock for the pure windows."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def completed(duration: float = 1.0, **overrides: object) -> RequestCompleted:
+    fields: dict[str, object] = {
+        "endpoint": "chat",
+        "status": 200,
+        "model": "tiny",
+        "duration_s": duration,
+        "ttft_s": 0.05,
+        "inter_token_s": [0.01, 0.02],
+        "queue_s": 0.001,
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+        "finish_reason": "stop",
+    }
+    fields.update(overrides)
+    return RequestCompleted(**fields)  # type: ignore[arg-type]  # reason: test overrides
+
+
+def families(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    return {
+        family.name: [(sample.labels, sample.value) for sample in family.samples]
+        for family in text_string_to_metric_families(text)
+    }
+
+
+# --- windows -------------------------------------------------------------------------------
+
+
+def test_percentiles_use_the_nearest_rank() -> None:
+    window = SlidingWindow(Tick(), size=200)
+    window.extend([float(v) for v in range(100, 0, -1)])
+    assert window.percentiles(50, 95, 99) == [50.0, 95.0, 99.0]
+    assert percentile([3.0], 99) == 3.0
+    assert SlidingWindow(Tick()).percentiles(50, 99) == [None, None]
+
+
+def test_a_window_forgets_by_size_and_by_age() -> None:
+    tick = Tick()
+    window = SlidingWindow(tick, size=3, max_age=10.0)
+    window.extend([1.0, 2.0, 3.0, 4.0, float("nan")])
+    assert window.values() == [2.0, 3.0, 4.0]
+    tick.now = 5.0
+    window.add(5.0)
+    tick.now = 10.5  # the first three are now older than ten seconds
+    assert window.values() == [5.0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    size=st.integers(min_value=1, max_value=50),
+    steps=st.lists(
+        st.tuples(st.floats(0, 20), st.floats(-1e6, 1e6, allow_nan=False)), max_size=200
+    ),
+)
+def test_window_percentiles_stay_within_its_values(
+    size: int, steps: list[tuple[float, float]]
+) -> None:
+    tick = Tick()
+    window = SlidingWindow(tick, size=size, max_age=30.0)
+    for dt, value in steps:
+        tick.now += dt
+        window.add(value)
+        assert len(window) <= size
+        values = window.values()
+        p50, p95, p99 = window.percentiles(50, 95, 99)
+        if not values:
+            assert p50 is p95 is p99 is None
+            continue
+        assert p50 is not None and p95 is not None and p99 is not None
+        assert min(values) <= p50 <= p95 <= p99 <= max(values)
+
+
+@settings(max_examples=100, deadline=None)
+@given(steps=st.lists(st.tuples(st.floats(0, 50), st.floats(0, 1e4)), max_size=200))
+def test_a_rolling_rate_keeps_a_bounded_number_of_buckets(
+    steps: list[tuple[float, float]],
+) -> None:
+    tick = Tick()
+    rate = RollingRate(tick, window=300.0, resolution=1.0)
+    for dt, amount in steps:
+        tick.now += dt
+        rate.add(amount)
+        assert rate.buckets <= 301
+        assert rate.rate() >= 0.0
+
+
+def test_a_rolling_rate_averages_over_five_minutes() -> None:
+    tick = Tick()
+    rate = RollingRate(tick)
+    assert rate.rate() == 0.0
+    tick.now = 300.0
+    for _ in range(30):
+        rate.add()
+    assert rate.rate() == pytest.approx(30 / 300)
+    tick.now = 601.0
+    assert rate.rate() == 0.0
+    assert rate.total == 30
+
+
+def test_inter_token_samples_are_capped_and_spread() -> None:
+    gaps = [float(i) for i in range(1000)]
+    kept = cap_samples(gaps)
+    assert len(kept) == 64
+    assert kept[0] == 0.0 and kept[-1] > 900.0
+    assert cap_samples([1.0, 2.0]) == [1.0, 2.0]
+
+
+# --- state, registry, snapshots --------------------------------------------------------------
+
+
+def test_a_zero_traffic_snapshot_reads_zero_rates_and_no_percentiles() -> None:
+    state = MetricsState(ManualClock())
+    state.refresh(MetricsSources(memory=lambda previous: MemoryFigures()))
+    snapshot = state.snapshot([])
+    assert snapshot.cache is not None and snapshot.cache.hit_rate == 0.0
+    assert snapshot.cache.breaker_state is None
+    assert snapshot.latency is not None
+    assert snapshot.latency.ttft.count == 0 and snapshot.latency.ttft.p99 is None
+    assert snapshot.throughput is not None and snapshot.throughput.requests_per_s == 0.0
+    assert snapshot.memory is not None and snapshot.memory.rss_bytes is None
+    assert snapshot.requests is not None and snapshot.requests.running is None
+    assert snapshot.actors is not None and snapshot.actors.restarts == {}
+
+
+def test_snapshot_categories_filter_what_is_returned() -> None:
+    state = MetricsState(ManualClock())
+    state.refresh(SOURCES)
+    cache_only = state.snapshot(["cache", "bogus"])
+    assert cache_only.cache is not None and cache_only.cache.hit_rate == pytest.approx(0.4)
+    assert cache_only.cache.breaker_state == "half_open"
+    assert cache_only.latency is None and cache_only.memory is None
+    assert cache_only.throughput is None
+    assert cache_only.unknown_categories == ["bogus"]
+    memory = state.snapshot(["memory"]).memory
+    assert memory is not None and memory.rss_bytes is not None and memory.rss_bytes > 0
+    assert memory.peak_rss_bytes is not None and memory.peak_rss_bytes >= memory.rss_bytes
+
+
+def test_snapshot_latency_and_throughput_follow_the_events() -> None:
+    clock = ManualClock()
+    state = MetricsState(clock)
+    clock.advance(300.0)  # older than the rate window: rates divide by five minutes
+    for i in range(1, 101):
+        state.observe(completed(float(i)))
+    snapshot = state.snapshot(["latency", "throughput"])
+    assert snapshot.latency is not None and snapshot.throughput is not None
+    end_to_end = snapshot.latency.end_to_end
+    assert (end_to_end.count, end_to_end.p50, end_to_end.p95, end_to_end.p99) == (
+        100,
+        50.0,
+        95.0,
+        99.0,
+    )
+    assert snapshot.latency.inter_token.count == 200
+    assert snapshot.throughput.requests_per_s == pytest.approx(100 / 300)
+    assert snapshot.throughput.generated_tokens_per_s == pytest.approx(400 / 300)
+    clock.advance(301.0)
+    later = state.snapshot(["latency", "throughput"])
+    assert later.latency is not None and later.latency.end_to_end.p50 is None
+    assert later.throughput is not None and later.throughput.requests_per_s == 0.0
+
+
+def test_the_prometheus_text_parses_and_holds_every_family() -> None:
+    state = MetricsState(ManualClock(), config={"model": "tiny", "api_key": "sk-x", "Secret": "s"})
+    state.observe(completed(0.5))
+    state.observe(completed(2.0, status=500, ttft_s=None))
+    state.observe(RequestShed(reason="queue_full"))
+    state.observe(RequestCancelled(reason="disconnect"))
+    state.refresh(SOURCES)
+    parsed = families(state.registry.render())
+    missing = FAMILIES - parsed.keys()
+    assert not missing, missing
+    assert ({"endpoint": "chat", "status": "500"}, 1.0) in parsed["troupe_requests"]
+    assert parsed["troupe_cache_breaker_state"] == [({}, 1.0)]
+    assert parsed["troupe_requests_waiting"] == [({}, 5.0)]
+    assert parsed["troupe_generation_tokens"] == [({}, 8.0)]
+    assert parsed["troupe_config_info"] == [({"model": "tiny"}, 1.0)]
+    assert ({"reason": "queue_full"}, 1.0) in parsed["troupe_requests_shed"]
+
+
+def test_failing_sources_leave_figures_unset() -> None:
+    def broken() -> CacheFigures:
+        raise RuntimeError("cache gone")
+
+    def no_memory(previous: MemoryFigures | None) -> MemoryFigures:
+        raise OSError("no /proc")
+
+    state = MetricsState(ManualClock())
+    state.refresh(MetricsSources(cache=broken, memory=no_memory))
+    parsed = families(state.registry.render())
+    assert parsed["troupe_process_resident_memory_bytes"] == []
+    assert parsed["troupe_cache_breaker_state"] == []
+    assert parsed["troupe_cache_queries"] == [({}, 0.0)]
+
+
+def test_the_config_info_leaves_out_secrets_and_fixes_label_names() -> None:
+    labels = safe_config({"model.path": "/m", "API_KEY": "x", "client_secret": "y", "9x": "z"})
+    assert labels == {"model_path": "/m", "k_9x": "z"}
+
+
+def test_free_form_labels_are_capped() -> None:
+    state = MetricsState(ManualClock())
+    for i in range(100):
+        state.observe(RequestShed(reason=f"r{i}"))
+    assert len(state.totals.shed) == 33
+    assert state.totals.shed["other"] == 68
+
+
+def test_the_drop_counter_is_thread_safe() -> None:
+    dropped = DropCounter()
+
+    def hammer() -> None:
+        for _ in range(1000):
+            dropped.add()
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert dropped.value == 8000
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        completed(),
+        RequestShed(reason="pressure"),
+        RequestCancelled(reason="deadline"),
+        GetMetricsSnapshot(categories=["cache"]),
+        RenderPrometheus(),
+        PrometheusText(text="# x"),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_metrics_messages_round_trip(message: Message) -> None:
+    assert decode(encode(message), type(message)) == message
+
+
+def test_a_full_snapshot_round_trips() -> None:
+    state = MetricsState(ManualClock())
+    state.observe(completed())
+    state.refresh(SOURCES)
+    snapshot = state.snapshot([])
+    assert decode(encode(snapshot), MetricsSnapshot) == snapshot
+
+
+# --- the actor in a system -------------------------------------------------------------------
+
+
+class Boom(Message, frozen=True, kw_only=True):
+    """Make the probe crash."""
+
+
+class Probe(Actor):
+    async def handle(self, message: Message) -> Message | None:
+        raise RuntimeError("probe crashed on purpose")
+
+
+def system_with(
+    state: MetricsState, *, capacity: int = 8192, sources: MetricsSources = SOURCES
+) -> ActorSystem:
+    holder: list[ActorSystem] = []
+
+    def subscribe() -> Subscription[Event]:
+        # The system does not exist yet when the spec is built; it will when this runs.
+        return holder[0].subscribe()
+
+    tree = SupervisorSpec(
+        "root",
+        [
+            metrics_child(state, subscribe, sources=sources, capacity=capacity),
+            ChildSpec("probe", Probe),
+        ],
+        backoff=NO_BACKOFF,
+    )
+    system = ActorSystem(tree, clock=state.clock)
+    holder.append(system)
+    return system
+
+
+@pytest.mark.anyio
+async def test_the_actor_answers_snapshots_and_renders() -> None:
+    state = MetricsState(ManualClock())
+    async with system_with(state) as system:
+        metrics = system.ref("metrics")
+        for i in range(1, 11):
+            assert record(metrics, completed(float(i)), state.dropped)
+        snapshot = await metrics.ask(
+            GetMetricsSnapshot(categories=["latency", "cache"]), timeout=5.0, expect=MetricsSnapshot
+        )
+        assert snapshot.latency is not None and snapshot.latency.end_to_end.p50 == 5.0
+        assert snapshot.cache is not None and snapshot.cache.hits == 4
+        assert snapshot.requests is None
+        text = await metrics.ask(RenderPrometheus(), timeout=5.0, expect=PrometheusText)
+        assert not FAMILIES - families(text.text).keys()
+
+
+@pytest.mark.anyio
+async def test_a_full_mailbox_drops_and_counts_instead_of_blocking() -> None:
+    state = MetricsState(ManualClock())
+    async with system_with(state, capacity=2) as system:
+        metrics = system.ref("metrics")
+        # No await in between: the actor cannot make room, and record never waits.
+        accepted = sum(record(metrics, completed(), state.dropped) for _ in range(10))
+        assert 2 <= accepted <= 3  # the mailbox, plus one handed straight to a waiting actor
+        assert state.dropped.value == 10 - accepted
+        await anyio.wait_all_tasks_blocked()  # the actor has emptied its mailbox
+        snapshot = await metrics.ask(GetMetricsSnapshot(), timeout=5.0, expect=MetricsSnapshot)
+        assert snapshot.requests is not None
+        assert snapshot.requests.completed == accepted
+        assert snapshot.requests.dropped_events == 10 - accepted
+    assert not record(metrics, completed(), state.dropped)  # stopped: counted too
+    assert state.dropped.value == 11 - accepted
+
+
+@pytest.mark.anyio
+async def test_lifecycle_events_update_restart_counters() -> None:
+    state = MetricsState(ManualClock())
+    async with system_with(state) as system:
+        for _ in range(2):
+            # An ask returns once the crash has happened; then wait for the restart.
+            with pytest.raises(ActorDied):
+                await system.ref("probe").ask(Boom(), timeout=5.0)
+            await system.wait_idle()
+        snapshot = await system.ref("metrics").ask(
+            GetMetricsSnapshot(categories=["actors"]), timeout=5.0, expect=MetricsSnapshot
+        )
+        assert snapshot.actors is not None
+        assert snapshot.actors.restarts == {"root/probe": 2}
+        assert snapshot.actors.states["root/probe"] == "running"
+        text = await system.ref("metrics").ask(
+            RenderPrometheus(), timeout=5.0, expect=PrometheusText
+        )
+    parsed = families(text.text)
+    assert ({"actor": "root/probe"}, 2.0) in parsed["troupe_actor_restarts"]
+    assert ({"actor": "root/probe", "state": "running"}, 1.0) in parsed["troupe_actor_state"]
