@@ -8,12 +8,13 @@ and the supervision tree whose actors share them:
     ``intake``: admission control (queue bounds, rate limits, pressure shedding).
     ``kvcache``: control plane of the prefix cache (stats, pressure, persistence).
     ``generation``: the engine thread and continuous batching.
+    ``metrics``: Prometheus and JSON figures from events that never block senders.
 
 one_for_one because neither actor holds state the other depends on: the
 generation engine uses the prefix cache object directly, which survives a
 kv-cache restart, and a generation restart leaves the cache warm. Intake
 keeps its bookkeeping in a state object that survives its restarts too.
-Metrics joins this tree with the issue that builds it.
+Metrics keeps its counters in a state object the same way.
 """
 
 from __future__ import annotations
@@ -30,14 +31,19 @@ from actors.intake.actor import IntakeSettings, IntakeState, intake_child
 from actors.kvcache.actor import KVCacheSettings, kvcache_child
 from actors.kvcache.pressure import MemoryMonitor, PressureConfig
 from actors.kvcache.store import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, PrefixCache
+from actors.metrics.actor import MetricsSources, MetricsState, cache_figures, metrics_child
 from actors.model.loader import LoadedModel
 from runtime import ActorSystem, ChildSpec, Clock, Strategy, SupervisorSpec, SystemClock
 from runtime.breaker import BreakerConfig, CircuitBreaker
+from runtime.events import EventBus
+from runtime.lifecycle import Event
 from runtime.streams import StreamRegistry
 
 GENERATION_SHUTDOWN = 30.0
 """Seconds the generation actor gets to stop: joining the engine thread waits
 for the step in progress, which on a CPU can take a while for long prompts."""
+METRICS_EVENTS = 1024
+"""Lifecycle events the metrics actor may fall behind by before some are dropped."""
 KVCACHE_SHUTDOWN = 60.0
 """Seconds the kv-cache actor gets to stop: a save of a large cache runs in a
 worker thread that cannot be cancelled."""
@@ -55,6 +61,8 @@ class InferenceSettings:
     """Memory marks; ``None``: 85 % and 75 % of physical memory."""
     kvcache: KVCacheSettings = field(default_factory=KVCacheSettings)
     intake: IntakeSettings = field(default_factory=IntakeSettings)
+    public_config: dict[str, str] = field(default_factory=dict)
+    """Settings to publish as the config info metric (the caller leaves out secrets)."""
 
 
 @dataclass
@@ -66,6 +74,9 @@ class Inference:
     prefix_cache: PrefixCache
     monitor: MemoryMonitor
     intake: IntakeState
+    metrics: MetricsState
+    events: EventBus[Event]
+    """The lifecycle bus; start the system with it (``ActorSystem(spec, events=...)``)."""
     spec: SupervisorSpec
 
     def client(self, system: ActorSystem) -> GenerationClient:
@@ -97,6 +108,9 @@ def build_inference(
         shutdown=GENERATION_SHUTDOWN,
     )
     intake = IntakeState(settings.intake)
+    events = EventBus[Event]()
+    metrics = MetricsState(clock, config=settings.public_config)
+    sources = MetricsSources(cache=lambda: cache_figures(cache.statistics()))
     spec = SupervisorSpec(
         "troupe",
         [
@@ -104,10 +118,11 @@ def build_inference(
             intake_child(intake, pressure=lambda: monitor.under_pressure),
             _with_shutdown(kvcache, KVCACHE_SHUTDOWN),
             generation,
+            metrics_child(metrics, lambda: events.subscribe(METRICS_EVENTS), sources=sources),
         ],
         strategy=Strategy.ONE_FOR_ONE,
     )
-    return Inference(host, streams, cache, monitor, intake, spec)
+    return Inference(host, streams, cache, monitor, intake, metrics, events, spec)
 
 
 def _with_shutdown(spec: ChildSpec, shutdown: float) -> ChildSpec:

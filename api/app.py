@@ -26,6 +26,7 @@ from api.completions import Admission, Completions, CompletionSettings
 from api.config import Settings
 from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
 from api.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
+from api.observe import Observer, metrics_endpoint, prometheus_endpoint
 from api.openai_types import ModelCard, ModelList
 from api.problems import HTTPProblem
 from runtime import ActorSystem, ChildStartError, TroupeError, describe_failure
@@ -62,6 +63,7 @@ class TroupeApp:
         self.in_flight = 0
         self.idle = anyio.Event()
         self.created = int(time.time())
+        self.observer = Observer(inference.metrics.dropped)
         self.completions = Completions(
             CompletionSettings(
                 model_name=self.model_name,
@@ -73,6 +75,7 @@ class TroupeApp:
             lambda: inference.client(self._system()),
             admission,
             lambda: inference.host.get().tokenizer,
+            self.observer,
         )
         self.routes: dict[str, dict[str, Handler]] = {
             "/health/live": {"GET": self.live},
@@ -80,6 +83,8 @@ class TroupeApp:
             "/health": {"GET": self.health},
             "/v1/models": {"GET": self.models},
             "/v1/supervisor": {"GET": self.supervisor},
+            "/metrics": {"GET": self.prometheus},
+            "/v1/metrics": {"GET": self.metrics},
             "/v1/chat/completions": {"POST": self._counted(self.completions.chat)},
             "/v1/completions": {"POST": self._counted(self.completions.text)},
         }
@@ -104,9 +109,10 @@ class TroupeApp:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
         try:
-            async with ActorSystem(self.inference.spec) as system:
+            async with ActorSystem(self.inference.spec, events=self.inference.events) as system:
                 self.system = system
                 self.admission.bind(system)
+                self.observer.bind(system)
                 loaded = await anyio.to_thread.run_sync(self.inference.host.get)
                 self.completions.settings = dataclasses.replace(
                     self.completions.settings, context_length=loaded.context_length
@@ -199,6 +205,14 @@ class TroupeApp:
         )
         status = 200 if overall != "unhealthy" else 503
         await respond.json(status, {"status": overall, "actors": actors, "cache_breaker": breaker})
+
+    async def prometheus(self, request: Request, respond: Responder) -> None:
+        """``GET /metrics``: Prometheus text from the metrics actor."""
+        await prometheus_endpoint(self.system, respond)
+
+    async def metrics(self, request: Request, respond: Responder) -> None:
+        """``GET /v1/metrics``: JSON (or Prometheus) figures, filtered by category."""
+        await metrics_endpoint(self.system, request, respond)
 
     async def models(self, request: Request, respond: Responder) -> None:
         """The one model this server serves."""

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
@@ -28,7 +29,9 @@ from actors.generation.protocol import (
     SamplingParams,
     TokenChunk,
 )
+from actors.metrics.protocol import RequestCompleted
 from api.http import Request, Responder
+from api.observe import Observer, Timing
 from api.openai_types import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -74,6 +77,7 @@ class Outcome:
     tokens_sent: int = 0
     cancelled_by: str = ""
     """``disconnect`` or ``deadline`` when the request was cut short."""
+    timing: Timing = field(default_factory=Timing)
 
 
 @dataclass(frozen=True)
@@ -96,11 +100,13 @@ class Completions:
         client: Callable[[], GenerationClient],
         admission: Admission,
         tokenizer: Callable[[], Any],
+        observer: Observer,
     ) -> None:
         self.settings = settings
         self._client = client
         self._admission = admission
         self._tokenizer = tokenizer
+        self._observer = observer
 
     async def chat(self, request: Request, respond: Responder) -> None:
         """``POST /v1/chat/completions``."""
@@ -178,7 +184,11 @@ class Completions:
             self.settings.chat_timeout if endpoint == "chat" else self.settings.completion_timeout
         )
         deadline = time.time() + timeout
-        await self._admission.admit(request, endpoint, prompt_chars, messages)
+        try:
+            await self._admission.admit(request, endpoint, prompt_chars, messages)
+        except HTTPProblem as refused:
+            self._observer.shed(refused.problem.slug.replace("-", "_"))
+            raise
         outcome = Outcome()
         try:
             prompt = await anyio.to_thread.run_sync(make_prompt)
@@ -186,8 +196,12 @@ class Completions:
             reply = (chat_reply if endpoint == "chat" else text_reply)(
                 request.request_id, self.settings.model_name, body, len(prompt)
             )
+            # Clients choose X-Request-ID and may reuse one; the engine's id must be unique.
             generate = Generate(
-                request_id=request.request_id, prompt=prompt, params=params, deadline=deadline
+                request_id=f"{request.request_id}.{uuid.uuid4().hex[:8]}",
+                prompt=prompt,
+                params=params,
+                deadline=deadline,
             )
             with anyio.move_on_after(timeout) as deadline_scope:
                 await self._run_watching_client(request, respond, reply, generate, outcome)
@@ -196,6 +210,26 @@ class Completions:
                 await self._deadline_passed(respond, reply)
         finally:
             self._admission.release(request.request_id, _outcome_name(outcome))
+            self._report(endpoint, outcome)
+
+    def _report(self, endpoint: str, outcome: Outcome) -> None:
+        timing = outcome.timing
+        end = outcome.end
+        if outcome.cancelled_by:
+            self._observer.cancelled(outcome.cancelled_by)
+        self._observer.completed(
+            RequestCompleted(
+                endpoint=endpoint,
+                status=_status_of(outcome),
+                model=self.settings.model_name,
+                duration_s=time.monotonic() - timing.start,
+                ttft_s=None if timing.first is None else timing.first - timing.start,
+                inter_token_s=timing.gaps(),
+                prompt_tokens=end.prompt_tokens if isinstance(end, Finished) else 0,
+                completion_tokens=end.completion_tokens if isinstance(end, Finished) else 0,
+                finish_reason=end.reason.value if isinstance(end, Finished) else None,
+            )
+        )
 
     async def _run_watching_client(
         self,
@@ -240,6 +274,7 @@ class Completions:
             async for event in events:
                 match event:
                     case TokenChunk(text=text, token_ids=ids):
+                        outcome.timing.token()
                         outcome.tokens_sent += len(ids)
                         outcome.text += text
                         if reply.streaming:
@@ -278,6 +313,18 @@ def _retry_of(generate: Generate, attempt: int) -> Generate:
         params=generate.params,
         deadline=generate.deadline,
     )
+
+
+def _status_of(outcome: Outcome) -> int:
+    """The status the request ended with (499: the client went away first)."""
+    if outcome.cancelled_by == "disconnect":
+        return 499
+    if outcome.cancelled_by == "deadline":
+        return 504
+    end = outcome.end
+    if isinstance(end, Finished):
+        return 200
+    return problem_for(end).status if isinstance(end, Failed) else 500
 
 
 def _outcome_name(outcome: Outcome) -> str:

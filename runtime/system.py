@@ -46,12 +46,18 @@ class ActorSystem:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        events: EventBus[Event] | None = None,
     ) -> None:
+        """Prepare (not start) a system around ``root``.
+
+        ``events`` lets the composition root create the lifecycle bus first, so
+        that actors of the tree (a metrics actor) can subscribe as they start.
+        """
         self.spec = root
         self.services = Services(
             clock=clock or SystemClock(),
             rng=rng or random.Random(),
-            events=EventBus[Event](),
+            events=events or EventBus[Event](),
             dead_letters=DeadLetters(),
         )
         self._root: Supervisor | None = None
