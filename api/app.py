@@ -22,6 +22,7 @@ import msgspec
 
 from actors.generation.protocol import EngineStats, GetEngineStats
 from actors.tree import Inference
+from api.audit_routes import AuditLog
 from api.completions import Admission, Completions, CompletionSettings
 from api.config import Settings
 from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
@@ -84,6 +85,8 @@ class TroupeApp:
             "/v1/models": {"GET": self.models},
             "/v1/supervisor": {"GET": self.supervisor},
             "/metrics": {"GET": self.prometheus},
+            "/admin/audit-logs": {"GET": self.audit_logs},
+            "/admin/audit-logs/stats": {"GET": self.audit_stats},
             "/v1/metrics": {"GET": self.metrics},
             "/v1/chat/completions": {"POST": self._counted(self.completions.chat)},
             "/v1/completions": {"POST": self._counted(self.completions.text)},
@@ -113,6 +116,7 @@ class TroupeApp:
                 self.system = system
                 self.admission.bind(system)
                 self.observer.bind(system)
+                self._open_audit()
                 loaded = await anyio.to_thread.run_sync(self.inference.host.get)
                 self.completions.settings = dataclasses.replace(
                     self.completions.settings, context_length=loaded.context_length
@@ -121,12 +125,37 @@ class TroupeApp:
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown
                 self.draining = True
+                await self._close_audit()
         except ChildStartError as exc:
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
         except Exception as exc:
             log.error("the actor system failed: %s", describe_failure(exc))
         await send({"type": "lifespan.shutdown.complete"})
+
+    def _open_audit(self) -> None:
+        if self.settings.audit_path:
+            self.completions.audit = AuditLog(
+                self.settings.audit_path, self.settings.audit_retention_days
+            )
+
+    async def _close_audit(self) -> None:
+        audit, self.completions.audit = self.completions.audit, None
+        if audit is not None:  # writes what is queued: every drained request has its row
+            await anyio.to_thread.run_sync(audit.close)
+
+    async def audit_logs(self, request: Request, respond: Responder) -> None:
+        """``GET /admin/audit-logs`` (admin key)."""
+        await self._audit().logs(request, respond)
+
+    async def audit_stats(self, request: Request, respond: Responder) -> None:
+        """``GET /admin/audit-logs/stats`` (admin key)."""
+        await self._audit().stats(request, respond)
+
+    def _audit(self) -> AuditLog:
+        if self.completions.audit is None:
+            raise HTTPProblem(404, "not-found", "this server keeps no audit log (--audit-path)")
+        return self.completions.audit
 
     def _system(self) -> ActorSystem:
         if self.system is None or not self.system.running:

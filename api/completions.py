@@ -30,6 +30,7 @@ from actors.generation.protocol import (
     TokenChunk,
 )
 from actors.metrics.protocol import RequestCompleted
+from api.audit_routes import AuditLog
 from api.http import Request, Responder
 from api.observe import Observer, Timing
 from api.openai_types import (
@@ -107,6 +108,8 @@ class Completions:
         self._admission = admission
         self._tokenizer = tokenizer
         self._observer = observer
+        self.audit: AuditLog | None = None
+        """Set while the server runs with an audit log."""
 
     async def chat(self, request: Request, respond: Responder) -> None:
         """``POST /v1/chat/completions``."""
@@ -210,26 +213,40 @@ class Completions:
                 await self._deadline_passed(respond, reply)
         finally:
             self._admission.release(request.request_id, _outcome_name(outcome))
-            self._report(endpoint, outcome)
+            self._report(request, endpoint, outcome)
 
-    def _report(self, endpoint: str, outcome: Outcome) -> None:
+    def _report(self, request: Request, endpoint: str, outcome: Outcome) -> None:
+        """Tell the metrics actor, and the audit log if there is one, how it ended."""
         timing = outcome.timing
         end = outcome.end
+        finished = end if isinstance(end, Finished) else None
+        event = RequestCompleted(
+            endpoint=endpoint,
+            status=_status_of(outcome),
+            model=self.settings.model_name,
+            duration_s=time.monotonic() - timing.start,
+            ttft_s=None if timing.first is None else timing.first - timing.start,
+            inter_token_s=timing.gaps(),
+            prompt_tokens=finished.prompt_tokens if finished else 0,
+            completion_tokens=finished.completion_tokens if finished else 0,
+            finish_reason=finished.reason.value if finished else outcome.cancelled_by or None,
+        )
         if outcome.cancelled_by:
             self._observer.cancelled(outcome.cancelled_by)
-        self._observer.completed(
-            RequestCompleted(
+        self._observer.completed(event)
+        if self.audit is not None:
+            self.audit.record(
+                request,
+                model=event.model,
                 endpoint=endpoint,
-                status=_status_of(outcome),
-                model=self.settings.model_name,
-                duration_s=time.monotonic() - timing.start,
-                ttft_s=None if timing.first is None else timing.first - timing.start,
-                inter_token_s=timing.gaps(),
-                prompt_tokens=end.prompt_tokens if isinstance(end, Finished) else 0,
-                completion_tokens=end.completion_tokens if isinstance(end, Finished) else 0,
-                finish_reason=end.reason.value if isinstance(end, Finished) else None,
+                status=event.status,
+                duration_s=event.duration_s,
+                ttft_s=event.ttft_s,
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                finish_reason=event.finish_reason,
+                error_type=end.kind.value if isinstance(end, Failed) else None,
             )
-        )
 
     async def _run_watching_client(
         self,
@@ -244,8 +261,11 @@ class Completions:
             async def watch() -> None:
                 while (await request.receive())["type"] != "http.disconnect":
                     pass
-                outcome.cancelled_by = "disconnect"
-                tg.cancel_scope.cancel()
+                # The server also reports a disconnect once the response is
+                # complete; only one before the generation ended cuts it short.
+                if outcome.end is None:
+                    outcome.cancelled_by = "disconnect"
+                    tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
             await self._generate(respond, reply, generate, outcome)
@@ -285,10 +305,13 @@ class Completions:
     async def _finish(self, respond: Responder, reply: Reply, outcome: Outcome) -> None:
         end = outcome.end
         if isinstance(end, Failed):
+            # Answered here, not raised: this runs inside the disconnect
+            # watcher's task group, which would wrap an exception in a group.
             if respond.started:
                 await reply.send_error(respond, problem_for(end))
-                return
-            raise HTTPProblem(*_problem_args(end))
+            else:
+                await respond.problem(problem_for(end))
+            return
         assert isinstance(end, Finished)
         await reply.send_end(respond, outcome.text, end)
 
@@ -299,11 +322,6 @@ class Completions:
                 await reply.send_error(respond, problem)
             else:
                 await respond.problem(problem)
-
-
-def _problem_args(end: Failed) -> tuple[int, str, str, tuple[tuple[str, str], ...]]:
-    problem = problem_for(end)
-    return problem.status, problem.slug, problem.detail, problem.headers
 
 
 def _retry_of(generate: Generate, attempt: int) -> Generate:

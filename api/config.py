@@ -89,6 +89,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Fraction of physical memory the shedding aims for (below the high mark)."""
     log_level: LogLevel = "info"
     """Least severe log records written."""
+    audit_path: str | None = None
+    """SQLite file of the metadata-only audit log (one row per request, never
+    content); unset: no audit log. Read back at ``/admin/audit-logs``."""
+    audit_retention_days: float = 30.0
+    """Days audit rows are kept before the periodic cleanup deletes them."""
     allow_remote_faults: bool = False
     """Allow fault injection while listening beyond loopback (it is refused otherwise)."""
 

@@ -48,6 +48,7 @@ _RANGES: Final[tuple[tuple[str, Callable[[float], bool], str], ...]] = (
     ("cache_max_bytes", lambda v: v >= 0, "0 or more"),
     ("memory_high_water", lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)"),
     ("memory_low_water", lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)"),
+    ("audit_retention_days", lambda v: 0 < v < math.inf, "a positive number of days"),
 )
 
 

@@ -122,7 +122,7 @@ class ErrorMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
-            problem = problem_for(exc)
+            problem = problem_for(_sole(exc))
             if problem.status == 500:  # a bug: 503s and 504s are expected answers
                 log.error("request failed: %s", describe_failure(exc))
             if started:
@@ -164,6 +164,13 @@ class AuthMiddleware:
                 "a valid API key is required (Authorization: Bearer ...)",
                 (("www-authenticate", "Bearer"),),
             )
+
+
+def _sole(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member groups, else ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _bearer(header: str | None) -> bytes | None:
