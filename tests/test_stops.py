@@ -64,3 +64,9 @@ def test_no_stops_passes_everything_through() -> None:
     matcher = StopMatcher(["", ""])
     assert matcher.feed("abc") == "abc"
     assert matcher.flush() == ""
+
+
+def test_a_longer_stop_starting_earlier_wins_over_a_shorter_one_found_first() -> None:
+    # Found by hypothesis: "a" matches at 1, but "bab\n" starts at 0 and completes later.
+    assert run(["bab", "\n"], ["a", "bab\n"]) == ""
+    assert run(["bab"], ["a", "bab\n"]) == "b"  # it never completed: "a" stands

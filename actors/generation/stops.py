@@ -23,31 +23,40 @@ class StopMatcher:
         if self.stopped:
             return ""
         buffer = self._held + text
-        if not self._stops:
-            self._held = ""
-            return buffer
         cut = _earliest(buffer, self._stops)
+        # A longer stop may start before the match found, and complete later:
+        # hold everything from where it would start until that is decided.
+        pending = self._pending_start(buffer, len(buffer) if cut is None else cut)
+        if pending is not None:
+            self._held = buffer[pending:]
+            return buffer[:pending]
+        self._held = ""
         if cut is not None:
             self.stopped = True
-            self._held = ""
             return buffer[:cut]
-        keep = self._held_back(buffer)
-        self._held = buffer[len(buffer) - keep :]
-        return buffer[: len(buffer) - keep]
+        return buffer
 
     def flush(self) -> str:
-        """At the end of generation: release what was held back (it was no stop)."""
+        """At the end of generation: release what was held back, up to any stop in it."""
         held, self._held = self._held, ""
-        return "" if self.stopped else held
+        if self.stopped:
+            return ""
+        cut = _earliest(held, self._stops)
+        if cut is not None:
+            self.stopped = True
+            return held[:cut]
+        return held
 
-    def _held_back(self, buffer: str) -> int:
-        """Length of the longest tail of ``buffer`` that starts some stop string."""
-        longest = min(len(buffer), max(len(stop) for stop in self._stops) - 1)
-        for size in range(longest, 0, -1):
-            tail = buffer[-size:]
-            if any(stop.startswith(tail) for stop in self._stops):
-                return size
-        return 0
+    def _pending_start(self, buffer: str, before: int) -> int | None:
+        """The first index before ``before`` where an unfinished stop string may begin."""
+        if not self._stops:
+            return None
+        longest = max(len(stop) for stop in self._stops)
+        for start in range(max(0, len(buffer) - longest + 1), min(before, len(buffer))):
+            tail = buffer[start:]
+            if any(len(stop) > len(tail) and stop.startswith(tail) for stop in self._stops):
+                return start
+        return None
 
 
 def _earliest(buffer: str, stops: Sequence[str]) -> int | None:
