@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from actors.generation.actor import GenerationActor
 from actors.generation.client import GenerationClient
 from actors.generation.engine import EngineConfig
+from actors.generation.faults import FaultPlan, RecoveryTimer
 from actors.generation.host import ModelHost
 from actors.generation.protocol import StreamEvent
 from actors.intake.actor import IntakeSettings, IntakeState, intake_child
@@ -33,7 +34,15 @@ from actors.kvcache.pressure import MemoryMonitor, PressureConfig
 from actors.kvcache.store import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, PrefixCache
 from actors.metrics.actor import MetricsSources, MetricsState, cache_figures, metrics_child
 from actors.model.loader import LoadedModel
-from runtime import ActorSystem, ChildSpec, Clock, Strategy, SupervisorSpec, SystemClock
+from runtime import (
+    ActorSystem,
+    Backoff,
+    ChildSpec,
+    Clock,
+    Strategy,
+    SupervisorSpec,
+    SystemClock,
+)
 from runtime.breaker import BreakerConfig, CircuitBreaker
 from runtime.events import EventBus
 from runtime.lifecycle import Event
@@ -63,6 +72,12 @@ class InferenceSettings:
     intake: IntakeSettings = field(default_factory=IntakeSettings)
     public_config: dict[str, str] = field(default_factory=dict)
     """Settings to publish as the config info metric (the caller leaves out secrets)."""
+    restart_intensity: int = 5
+    """Restarts of the tree's children allowed within ``restart_period`` (OTP's intensity)."""
+    restart_period: float = 10.0
+    """The sliding window of ``restart_intensity``, seconds."""
+    backoff: Backoff = field(default_factory=Backoff)
+    """Delays between consecutive restarts of one child."""
 
 
 @dataclass
@@ -78,6 +93,10 @@ class Inference:
     events: EventBus[Event]
     """The lifecycle bus; start the system with it (``ActorSystem(spec, events=...)``)."""
     spec: SupervisorSpec
+    faults: FaultPlan
+    """Engine faults armed by drills; they survive engine restarts."""
+    recovery: RecoveryTimer
+    """Crash-to-next-token times of the engine."""
 
     def client(self, system: ActorSystem) -> GenerationClient:
         """A client of the generation actor of a system started from :attr:`spec`."""
@@ -102,9 +121,17 @@ def build_inference(
     )
     monitor = MemoryMonitor(cache, settings.pressure or PressureConfig.for_machine())
     kvcache = kvcache_child(cache, monitor=monitor, settings=settings.kvcache)
+    faults, recovery = FaultPlan(), RecoveryTimer()
     generation = ChildSpec(
         "generation",
-        lambda: GenerationActor(host, streams, prefix_store=cache, config=settings.engine),
+        lambda: GenerationActor(
+            host,
+            streams,
+            prefix_store=cache,
+            config=settings.engine,
+            faults=faults,
+            recovery=recovery,
+        ),
         shutdown=GENERATION_SHUTDOWN,
     )
     intake = IntakeState(settings.intake)
@@ -121,8 +148,11 @@ def build_inference(
             metrics_child(metrics, lambda: events.subscribe(METRICS_EVENTS), sources=sources),
         ],
         strategy=Strategy.ONE_FOR_ONE,
+        intensity=settings.restart_intensity,
+        period=settings.restart_period,
+        backoff=settings.backoff,
     )
-    return Inference(host, streams, cache, monitor, intake, metrics, events, spec)
+    return Inference(host, streams, cache, monitor, intake, metrics, events, spec, faults, recovery)
 
 
 def _with_shutdown(spec: ChildSpec, shutdown: float) -> ChildSpec:

@@ -25,13 +25,14 @@ from actors.tree import Inference
 from api.audit_routes import AuditLog
 from api.completions import Admission, Completions, CompletionSettings
 from api.config import Settings
+from api.faults import FaultSwitch
 from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
 from api.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
 from api.observe import Observer, metrics_endpoint, prometheus_endpoint
 from api.openai_types import ModelCard, ModelList
 from api.problems import HTTPProblem
 from runtime import ActorSystem, ChildStartError, TroupeError, describe_failure
-from runtime.status import ActorStatus, NodeState, SupervisorStatus
+from runtime.status import ActorStatus, NodeState
 
 log = logging.getLogger("troupe.server")
 
@@ -72,12 +73,14 @@ class TroupeApp:
                 max_body_bytes=settings.max_body_bytes,
                 chat_timeout=settings.chat_timeout,
                 completion_timeout=settings.completion_timeout,
+                max_tokens_limit=settings.max_tokens_limit,
             ),
             lambda: inference.client(self._system()),
             admission,
             lambda: inference.host.get().tokenizer,
             self.observer,
         )
+        self.faults = FaultSwitch(settings.fault_injection)
         self.routes: dict[str, dict[str, Handler]] = {
             "/health/live": {"GET": self.live},
             "/health/ready": {"GET": self.ready},
@@ -87,6 +90,7 @@ class TroupeApp:
             "/metrics": {"GET": self.prometheus},
             "/admin/audit-logs": {"GET": self.audit_logs},
             "/admin/audit-logs/stats": {"GET": self.audit_stats},
+            "/admin/faults": {"POST": self.inject_fault, "DELETE": self.clear_faults},
             "/v1/metrics": {"GET": self.metrics},
             "/v1/chat/completions": {"POST": self._counted(self.completions.chat)},
             "/v1/completions": {"POST": self._counted(self.completions.text)},
@@ -157,6 +161,14 @@ class TroupeApp:
             raise HTTPProblem(404, "not-found", "this server keeps no audit log (--audit-path)")
         return self.completions.audit
 
+    async def inject_fault(self, request: Request, respond: Responder) -> None:
+        """``POST /admin/faults`` (admin key, ``--fault-injection``)."""
+        await self.faults.inject(self._system(), request, respond)
+
+    async def clear_faults(self, request: Request, respond: Responder) -> None:
+        """``DELETE /admin/faults`` (admin key, ``--fault-injection``)."""
+        await self.faults.clear(self._system(), request, respond)
+
     def _system(self) -> ActorSystem:
         if self.system is None or not self.system.running:
             raise HTTPProblem(503, "not-ready", "the server is not ready", (("retry-after", "1"),))
@@ -222,7 +234,7 @@ class TroupeApp:
         """Each actor's health and the server's overall state."""
         if self.system is None:
             raise HTTPProblem(503, "not-ready", "the server is starting", (("retry-after", "1"),))
-        actors = {node.name: _actor_health(node) for node in _workers(self.system.status().root)}
+        actors = {node.name: _actor_health(node) for node in self.system.status().root.workers()}
         breaker = self.inference.prefix_cache.statistics().breaker.state
         if breaker != "closed" and actors.get("kvcache") == "healthy":
             actors["kvcache"] = "degraded"
@@ -272,13 +284,6 @@ class TroupeApp:
                 )
                 return {"running": stats.running, "waiting": stats.waiting}
         return None
-
-
-def _workers(node: SupervisorStatus) -> list[ActorStatus]:
-    found: list[ActorStatus] = []
-    for child in node.children:
-        found.extend(_workers(child) if isinstance(child, SupervisorStatus) else [child])
-    return found
 
 
 def _actor_health(node: ActorStatus) -> str:

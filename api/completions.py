@@ -90,6 +90,8 @@ class CompletionSettings:
     max_body_bytes: int
     chat_timeout: float
     completion_timeout: float
+    max_tokens_limit: int | None = None
+    """Most tokens a request may ask for; ``None``: the context length."""
 
 
 class Completions:
@@ -164,6 +166,15 @@ class Completions:
                 404, "model-not-found", f"this server serves {self.settings.model_name!r}"
             )
 
+    def _check_max_tokens(self, body: SamplingFields) -> None:
+        limit = self.settings.max_tokens_limit
+        asked = body.max_completion_tokens or body.max_tokens
+        if limit is not None and asked is not None and asked > limit:
+            field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+            raise HTTPProblem(
+                422, "invalid-field", f"`{field}` is above this server's limit of {limit}"
+            )
+
     def _chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
         tokens = self._tokenizer().apply_chat_template(messages, add_generation_prompt=True)
         return [int(token) for token in tokens]
@@ -182,7 +193,10 @@ class Completions:
         make_prompt: Callable[[], list[int]],
         messages: int = 1,
     ) -> None:
-        params = sampling_params(body, self.settings.context_length)
+        params = sampling_params(
+            body, self.settings.max_tokens_limit or self.settings.context_length
+        )
+        self._check_max_tokens(body)
         timeout = (
             self.settings.chat_timeout if endpoint == "chat" else self.settings.completion_timeout
         )
@@ -353,15 +367,15 @@ def _outcome_name(outcome: Outcome) -> str:
     return "completed" if isinstance(outcome.end, Finished) else "failed"
 
 
-def sampling_params(body: SamplingFields, context_length: int) -> SamplingParams:
-    """The engine's parameters for an OpenAI request."""
+def sampling_params(body: SamplingFields, default_max_tokens: int) -> SamplingParams:
+    """The engine's parameters for an OpenAI request (``default_max_tokens`` if it names none)."""
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     try:
         bias = {int(token): value for token, value in (body.logit_bias or {}).items()}
     except ValueError:
         raise HTTPProblem(422, "invalid-field", "logit_bias keys must be token ids") from None
     return SamplingParams(
-        max_tokens=body.max_completion_tokens or body.max_tokens or context_length,
+        max_tokens=body.max_completion_tokens or body.max_tokens or default_max_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=body.top_k or 0,

@@ -94,8 +94,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     content); unset: no audit log. Read back at ``/admin/audit-logs``."""
     audit_retention_days: float = 30.0
     """Days audit rows are kept before the periodic cleanup deletes them."""
+    max_tokens_limit: int | None = None
+    """Most tokens one request may generate; a request asking for more gets 422,
+    one that names no limit gets this one; unset: the model's context length."""
+    restart_intensity: int = 5
+    """Actor restarts allowed within restart_period; one more stops the server
+    (exit status 1), as OTP's supervisor intensity."""
+    restart_period: float = 10.0
+    """The sliding window of restart_intensity, seconds."""
+    restart_backoff_max: float = 10.0
+    """Longest wait before restarting an actor that keeps crashing, seconds
+    (waits grow from 0.1 s, doubling)."""
+    cache_breaker: bool = True
+    """Turn the prefix cache off by itself after repeated faults (false: keep using it)."""
+    cache_breaker_faults: int = 5
+    """Consecutive prefix-cache faults that turn the cache off."""
+    cache_breaker_cooldown: float = 30.0
+    """Seconds the cache stays off before one request probes it."""
+    cache_breaker_successes: int = 10
+    """Consecutive successful probes that turn the cache back on."""
+    fault_injection: bool = False
+    """Enable ``/admin/faults`` for drills (crash the engine, fail the cache,
+    simulate memory pressure, slow an actor); refused beyond loopback unless
+    allow_remote_faults is set."""
     allow_remote_faults: bool = False
-    """Allow fault injection while listening beyond loopback (it is refused otherwise)."""
+    """Allow fault_injection while listening beyond loopback."""
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks; the keys must not.

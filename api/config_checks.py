@@ -49,6 +49,12 @@ _RANGES: Final[tuple[tuple[str, Callable[[float], bool], str], ...]] = (
     ("memory_high_water", lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)"),
     ("memory_low_water", lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)"),
     ("audit_retention_days", lambda v: 0 < v < math.inf, "a positive number of days"),
+    ("restart_intensity", lambda v: v >= 0, "0 or more"),
+    ("restart_period", lambda v: 0 < v < math.inf, "a positive number of seconds"),
+    ("restart_backoff_max", lambda v: 0 <= v < math.inf, "0 or more seconds"),
+    ("cache_breaker_faults", lambda v: v >= 1, "at least 1"),
+    ("cache_breaker_cooldown", lambda v: 0 <= v < math.inf, "0 or more seconds"),
+    ("cache_breaker_successes", lambda v: v >= 1, "at least 1"),
 )
 
 
@@ -91,6 +97,9 @@ def load_and_check(
 
 def _check_ranges(settings: Settings) -> list[Problem]:
     problems = []
+    limit = settings.max_tokens_limit
+    if limit is not None and limit < 1:
+        problems.append(error("max_tokens_limit", f"must be at least 1, got {limit}"))
     for name, valid, expected in _RANGES:
         value = getattr(settings, name)
         if math.isnan(value) or not valid(value):
@@ -176,14 +185,29 @@ def _check_contradictions(settings: Settings) -> list[Problem]:
     if settings.rate_limit_per_second > 0 and settings.rate_limit_burst < 1:
         message = f"must be at least 1 with a rate limit on, got {settings.rate_limit_burst}"
         problems.append(error("rate_limit_burst", message))
-    if settings.allow_remote_faults and is_loopback(settings.host):
-        message = f"has no effect: on {settings.host!r} (loopback) faults are always allowed"
-        problems.append(warning("allow_remote_faults", message))
+    problems += _check_faults(settings)
     for origin in settings.cors_origins:
         if origin != "*" and not _is_origin(origin):
             message = f"{origin!r} is not an origin: use scheme://host[:port] (no path) or *"
             problems.append(error("cors_origins", message))
     return problems
+
+
+def _check_faults(settings: Settings) -> list[Problem]:
+    """Fault injection can take the server down: never by accident, never remotely by default."""
+    loopback = is_loopback(settings.host)
+    if settings.fault_injection and not loopback and not settings.allow_remote_faults:
+        message = (
+            f"is refused while listening on {settings.host!r}, beyond loopback: anyone "
+            "reaching it could crash the server (set allow_remote_faults to insist)"
+        )
+        return [error("fault_injection", message)]
+    if settings.allow_remote_faults and not settings.fault_injection:
+        return [warning("allow_remote_faults", "has no effect: fault_injection is off")]
+    if settings.allow_remote_faults and loopback:
+        message = f"has no effect: {settings.host!r} is loopback, where faults need no permit"
+        return [warning("allow_remote_faults", message)]
+    return []
 
 
 def _is_origin(text: str) -> bool:

@@ -73,8 +73,8 @@ class Request:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def json_body(self, kind: type[Any], limit: int) -> Any:
-        """Decode a JSON body into ``kind``: 415, 400 or 422 when it is not one."""
+    async def json_body(self, kind: Any, limit: int) -> Any:
+        """Decode a JSON body into ``kind`` (a type or a union): 415, 400 or 422 if it is not."""
         content_type = (self.header("content-type") or "").split(";")[0].strip().lower()
         if content_type != JSON:
             raise HTTPProblem(415, "unsupported-media-type", "send the body as application/json")

@@ -26,9 +26,10 @@ from actors.model.embedded import default_model_dir
 from actors.model.loader import LoadedModel, load_model
 from actors.tree import InferenceSettings, build_inference
 from api.admission import IntakeAdmission
-from api.app import TroupeApp, build_asgi
+from api.app import TroupeApp, build_asgi, served_name
 from api.config import Settings
-from runtime import SupervisorEscalated
+from runtime import Backoff, SupervisorEscalated
+from runtime.breaker import BreakerConfig
 
 log = logging.getLogger("troupe.server")
 
@@ -48,12 +49,25 @@ def model_loader(settings: Settings) -> Callable[[], LoadedModel]:
 def inference_settings(settings: Settings) -> InferenceSettings:
     """The inference tree's settings from the server's."""
     marks = PressureConfig.for_machine(settings.memory_high_water, settings.memory_low_water)
+    breaker = BreakerConfig(
+        enabled=settings.cache_breaker,
+        failure_threshold=settings.cache_breaker_faults,
+        cooldown=settings.cache_breaker_cooldown,
+        max_cooldown=max(BreakerConfig.max_cooldown, settings.cache_breaker_cooldown),
+        success_threshold=settings.cache_breaker_successes,
+    )
+    cap = settings.restart_backoff_max
     return InferenceSettings(
         engine=EngineConfig(completion_batch_size=settings.max_running),
         cache_max_entries=settings.cache_max_entries,
         cache_max_bytes=settings.cache_max_bytes,
+        breaker=breaker,
         pressure=marks,
-        kvcache=KVCacheSettings(directory=settings.cache_dir),
+        # The model's name tags persisted entries: files of another model are dropped.
+        kvcache=KVCacheSettings(directory=settings.cache_dir, model=served_name(settings)),
+        restart_intensity=settings.restart_intensity,
+        restart_period=settings.restart_period,
+        backoff=Backoff(initial=min(Backoff.initial, cap), cap=cap),
         intake=IntakeSettings(
             queue_max_requests=settings.queue_max_requests,
             queue_max_prompt_tokens=settings.queue_max_prompt_tokens,

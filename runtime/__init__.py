@@ -19,6 +19,7 @@ from runtime.events import EventBus, Subscription
 from runtime.mailbox import MailboxConfig, Overflow
 from runtime.messages import Message, decode, encode, message_types
 from runtime.node import ExitKind
+from runtime.slowdown import SlowDown, SlowedDown
 from runtime.spec import NO_BACKOFF, Backoff, ChildSpec, Restart, Strategy, SupervisorSpec
 from runtime.status import ActorStatus, NodeState, SupervisorStatus, SystemStatus
 from runtime.system import ActorSystem
@@ -49,6 +50,8 @@ __all__ = [
     "NodeState",
     "Overflow",
     "Restart",
+    "SlowDown",
+    "SlowedDown",
     "Strategy",
     "Subscription",
     "SupervisorEscalated",

@@ -42,6 +42,7 @@ from runtime.errors import (
 from runtime.mailbox import Envelope, Mailbox, Reply
 from runtime.messages import Message
 from runtime.node import ExitInfo, ExitKind, Node, OnExit, Services, StartFailure, log
+from runtime.slowdown import SlowDown, Slowdown
 from runtime.spec import ChildSpec
 from runtime.status import ActorStatus, NodeState
 
@@ -207,6 +208,8 @@ class ActorCell(Node):
         self.mailbox = Mailbox(spec.id, spec.mailbox, services.dead_letters)
         self.ref = ActorRef(self)
         self._current: _Incarnation | None = None
+        self.slowdown = Slowdown()
+        """Delays injected by :class:`~runtime.slowdown.SlowDown`; they outlive incarnations."""
 
     async def start(self, on_exit: OnExit) -> StartFailure | None:
         """Start a fresh actor and wait until its ``on_start`` has returned."""
@@ -297,7 +300,13 @@ class ActorCell(Node):
             if reply is not None and reply.abandoned:
                 self.mailbox.expire(envelope)
                 continue
-            incarnation.inflight = envelope
+            if isinstance(envelope.message, SlowDown):
+                answered = self.slowdown.set(envelope.message)
+                if reply is not None:
+                    reply.resolve(answered)
+                continue
+            incarnation.inflight = envelope  # a stop during the delay fails it, never loses it
+            await self.slowdown.wait(self.services.clock)
             try:
                 answer = await actor.handle(envelope.message)
             except ExitActor as request:

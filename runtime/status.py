@@ -72,6 +72,13 @@ class SupervisorStatus(Message, frozen=True, kw_only=True):
                 return found
         return None
 
+    def workers(self) -> list[ActorStatus]:
+        """Every worker actor of this subtree, depth first in start order."""
+        found: list[ActorStatus] = []
+        for child in self.children:
+            found.extend(child.workers() if isinstance(child, SupervisorStatus) else [child])
+        return found
+
 
 class SystemStatus(Message, frozen=True, kw_only=True):
     """The whole tree plus system-wide counters."""

@@ -296,11 +296,23 @@ def test_contradictory_settings_are_reported() -> None:
         "error    memory_low_water: must be below memory_high_water (0.8 >= 0.7)",
         "error    rate_limit_burst: must be at least 1 with a rate limit on, got 0",
         "warning  api_keys: lists the same key more than once",
-        "warning  allow_remote_faults: has no effect: on '127.0.0.1' (loopback) faults are "
-        "always allowed",
+        "warning  allow_remote_faults: has no effect: fault_injection is off",
     ]
     assert len([line for line in lines if "cors_origins" in line]) == 2
     assert SECRET not in "\n".join(lines)
+
+
+def test_fault_injection_is_off_by_default_and_refused_beyond_loopback() -> None:
+    assert Settings().fault_injection is False
+    assert check_settings(Settings(fault_injection=True), probe_port=False) == []
+    remote = Settings(host="0.0.0.0", api_keys=["k"], fault_injection=True)
+    problems = check_settings(remote, probe_port=False)
+    assert [(p.severity, p.setting) for p in problems] == [(Severity.ERROR, "fault_injection")]
+    allowed = msgspec.structs.replace(remote, allow_remote_faults=True)
+    assert check_settings(allowed, probe_port=False) == []
+    local = Settings(fault_injection=True, allow_remote_faults=True)
+    [pointless] = check_settings(local, probe_port=False)
+    assert (pointless.severity, pointless.setting) == (Severity.WARNING, "allow_remote_faults")
 
 
 def test_listening_beyond_loopback_without_keys_is_a_warning() -> None:

@@ -24,11 +24,14 @@ import anyio
 import anyio.to_thread
 
 from actors.generation.engine import Engine, EngineConfig
+from actors.generation.faults import FaultPlan, RecoveryTimer
 from actors.generation.host import ModelHost
 from actors.generation.ports import ModelLike, PrefixStore
 from actors.generation.protocol import (
     Accepted,
     Cancel,
+    ClearEngineFaults,
+    EngineFaultsCleared,
     EngineStats,
     Failed,
     FailureKind,
@@ -63,8 +66,13 @@ class GenerationActor(Actor):
         *,
         prefix_store: PrefixStore | None = None,
         config: EngineConfig | None = None,
+        faults: FaultPlan | None = None,
+        recovery: RecoveryTimer | None = None,
     ) -> None:
         self._host = host
+        # Both outlive this incarnation when the composition root shares them.
+        self._faults = faults or FaultPlan()
+        self._recovery = recovery or RecoveryTimer()
         self._streams = streams
         self._prefix_store = prefix_store
         self._config = config or EngineConfig()
@@ -90,6 +98,8 @@ class GenerationActor(Actor):
             prefix_store=self._prefix_store,
             config=self._config,
             exclusive=self._host.engine_lock,
+            faults=self._faults,
+            recovery=self._recovery,
         )
         self._engine.start()
         self.ctx.start_soon(self._pump)
@@ -116,9 +126,11 @@ class GenerationActor(Actor):
                 return None
             case GetEngineStats():
                 return self._stats(engine)
-            case InjectEngineFault(kind=kind, after_tokens=after_tokens):
-                engine.arm_fault(kind, after_tokens)
+            case InjectEngineFault(kind=kind, after_tokens=after_tokens, times=times):
+                self._faults.arm(kind, max(1, after_tokens), max(1, times))
                 return None
+            case ClearEngineFaults():
+                return EngineFaultsCleared(pending=self._faults.clear())
         raise TypeError(f"generation actor got an unexpected {type(message).__name__}")
 
     async def on_stop(self, exit_kind: ExitKind) -> None:
@@ -207,4 +219,6 @@ class GenerationActor(Actor):
             generated_tokens=engine.generated_tokens,
             cached_tokens=engine.cached_tokens,
             weights_loads=self._host.loads,
+            faults_pending=self._faults.pending(),
+            recovery_seconds=self._recovery.samples(),
         )

@@ -31,6 +31,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 
+from actors.generation.faults import FaultPlan, RecoveryTimer
 from actors.generation.ports import ModelLike, PrefixStore
 from actors.generation.protocol import (
     EngineFault,
@@ -65,12 +66,6 @@ class InjectedFault(RuntimeError):
     """Raised inside the engine by fault injection (tests, the fault switch)."""
 
 
-@dataclass
-class _Fault:
-    kind: EngineFault
-    after_tokens: int
-
-
 class _Stop:
     pass
 
@@ -78,11 +73,6 @@ class _Stop:
 @dataclass(frozen=True)
 class _Cancel:
     request_id: str
-
-
-@dataclass(frozen=True)
-class _Arm:
-    fault: _Fault
 
 
 def is_allocation_failure(exc: BaseException) -> bool:
@@ -107,6 +97,8 @@ class Engine:
         prefix_store: PrefixStore | None = None,
         config: EngineConfig | None = None,
         exclusive: threading.Lock | None = None,
+        faults: FaultPlan | None = None,
+        recovery: RecoveryTimer | None = None,
     ) -> None:
         self._loaded = loaded
         self._emit = emit
@@ -115,11 +107,12 @@ class Engine:
         self._exclusive = exclusive or threading.Lock()
         self._special = special_tokens(loaded)
         self.config = config or EngineConfig()
-        self._commands: queue.SimpleQueue[Generate | _Cancel | _Arm | _Stop] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[Generate | _Cancel | _Stop] = queue.SimpleQueue()
         self._requests: dict[int, ActiveRequest] = {}
         self._waiting: deque[Generate] = deque()
         self._by_id: dict[str, int] = {}
-        self._faults: list[_Fault] = []
+        self.faults = faults or FaultPlan()
+        self._recovery = recovery or RecoveryTimer()
         self._thread = threading.Thread(target=self._run, name="troupe-engine", daemon=True)
         # mlx-lm's BatchGenerator is untyped; the engine is its only user.
         self._generator: Any = None
@@ -141,10 +134,6 @@ class Engine:
     def cancel(self, request_id: str) -> None:
         """Remove a request before the next decode step (unknown ids are ignored)."""
         self._commands.put(_Cancel(request_id))
-
-    def arm_fault(self, kind: EngineFault, after_tokens: int) -> None:
-        """Make the engine fail once ``after_tokens`` more tokens are made."""
-        self._commands.put(_Arm(_Fault(kind, after_tokens)))
 
     def stop(self) -> None:
         """Ask the thread to finish; in-flight requests are failed as shutting down."""
@@ -170,6 +159,7 @@ class Engine:
             self._serve()
 
     def _serve(self) -> None:
+        self.faults.reset_countdowns()
         try:
             self._generator = self._new_generator()
             while self._apply_commands(block=not self._requests and not self._waiting):
@@ -178,6 +168,7 @@ class Engine:
                     self._step_guarded()
             self._fail_all(FailureKind.SHUTTING_DOWN, "the server is shutting down", True)
         except BaseException as exc:
+            self._recovery.crashed()
             reason = describe_failure(exc)
             log.error("engine crashed: %s", reason)
             self._fail_all(FailureKind.ENGINE_CRASHED, "the engine restarted; retry", True)
@@ -209,8 +200,6 @@ class Engine:
                     return False
                 case _Cancel(request_id=request_id):
                     self._cancel(request_id)
-                case _Arm(fault=fault):
-                    self._faults.append(fault)
                 case Generate():
                     self._waiting.append(command)
 
@@ -301,6 +290,7 @@ class Engine:
             self._check_faults()
             events.extend(self._advance(response, request))
         if events:
+            self._recovery.token_served()
             self._emit(events)
 
     def _advance(self, response: Any, request: ActiveRequest) -> list[StreamEvent]:
@@ -321,12 +311,10 @@ class Engine:
             self._prefix_store.insert(list(tokens), cache)
 
     def _check_faults(self) -> None:
-        for fault in list(self._faults):
-            fault.after_tokens -= 1
-            if fault.after_tokens <= 0:
-                self._faults.remove(fault)
-                if fault.kind is EngineFault.OOM:
-                    raise MemoryError("injected allocation failure")
+        match self.faults.on_token():
+            case EngineFault.OOM:
+                raise MemoryError("injected allocation failure")
+            case EngineFault.CRASH:
                 raise InjectedFault("injected engine fault")
 
     def _recover_from_allocation_failure(self, exc: BaseException) -> None:

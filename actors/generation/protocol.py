@@ -135,6 +135,10 @@ class EngineStats(Message, frozen=True, kw_only=True):
     cached_tokens: int
     weights_loads: int
     """How often weights were loaded: stays 1 across engine restarts."""
+    faults_pending: int = 0
+    """Injected engine faults still to fire."""
+    recovery_seconds: list[float] = msgspec.field(default_factory=list)
+    """Recent crash-to-next-token intervals (seconds, oldest first)."""
 
 
 class EngineFault(enum.StrEnum):
@@ -147,7 +151,22 @@ class EngineFault(enum.StrEnum):
 
 
 class InjectEngineFault(Message, frozen=True, kw_only=True):
-    """Fault injection: make the engine fail after ``after_tokens`` more tokens."""
+    """Fault injection: make the engine fail after ``after_tokens`` more tokens.
+
+    With ``times`` > 1 the fault fires again after every ``after_tokens``
+    tokens, across engine restarts, until it has fired ``times`` times.
+    """
 
     kind: EngineFault
     after_tokens: int = 1
+    times: int = 1
+
+
+class ClearEngineFaults(Message, frozen=True, kw_only=True):
+    """Disarm every injected engine fault; answered with :class:`EngineFaultsCleared`."""
+
+
+class EngineFaultsCleared(Message, frozen=True, kw_only=True):
+    """How many firings were still pending when the faults were disarmed."""
+
+    pending: int

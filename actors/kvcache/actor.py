@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import anyio
 import msgspec
 
-from actors.kvcache.persistence import load_cache, save_cache
+from actors.kvcache.persistence import corrupt_files, load_cache, save_cache
 from actors.kvcache.pressure import MemoryMonitor, PressureOutcome
 from actors.kvcache.protocol import (
     CacheCleared,
@@ -30,17 +30,21 @@ from actors.kvcache.protocol import (
     CacheStats,
     CheckPressure,
     ClearCache,
+    CorruptPersisted,
     FaultsInjected,
     GetCacheStats,
     InjectCacheFaults,
     LoadCache,
+    PersistedCorrupted,
     PressureReport,
     SaveCache,
+    SimulatePressure,
 )
 from actors.kvcache.store import PrefixCache
 from runtime.actor import Actor
 from runtime.errors import DeliveryError, describe_failure
 from runtime.messages import Message
+from runtime.node import ExitKind
 from runtime.spec import ChildSpec
 
 log = logging.getLogger("troupe.kvcache")
@@ -58,6 +62,9 @@ class KVCacheSettings:
     """Load persisted entries when an incarnation starts with an empty cache."""
     check_interval: float | None = 5.0
     """Seconds between periodic pressure checks; ``None`` checks only on request."""
+    save_on_stop: bool = True
+    """Save the cache when the actor is shut down (not after a crash: the
+    cache may be what failed), so a restarted server starts warm."""
 
     def __post_init__(self) -> None:
         if self.check_interval is not None and self.check_interval <= 0:
@@ -115,9 +122,37 @@ class KVCacheActor(Actor):
                 answer = await self._load()
             case InjectCacheFaults(count=count):
                 answer = FaultsInjected(pending=self.cache.inject_faults(max(0, count)))
+            case SimulatePressure(excess_bytes=excess):
+                answer = await self._simulate_pressure(excess)
+            case CorruptPersisted(count=count, truncate=truncate):
+                answer = await self._corrupt(count, truncate=truncate)
             case _:
                 answer = await super().handle(message)
         return answer
+
+    async def on_stop(self, exit_kind: ExitKind) -> None:
+        """Persist the cache on a clean shutdown (runs in a worker thread)."""
+        if exit_kind is ExitKind.SHUTDOWN and self.settings.save_on_stop:
+            try:
+                saved = await self._save()
+            except OSError as exc:  # a full or read-only disk: the next start is cold
+                log.warning("kv-cache not saved: %s", describe_failure(exc))
+            else:
+                if saved.enabled:
+                    log.info("kv-cache saved %d entries (%d failed)", saved.written, saved.failed)
+
+    async def _simulate_pressure(self, excess: int | None) -> PressureReport:
+        if self.monitor is not None:
+            self.monitor.simulate(excess)
+        return await self._check_pressure()
+
+    async def _corrupt(self, count: int, *, truncate: bool) -> PersistedCorrupted:
+        directory = self.settings.directory
+        if directory is None:
+            return PersistedCorrupted(enabled=False, corrupted=0)
+        await self._save()
+        damage = functools.partial(corrupt_files, directory, count, truncate=truncate)
+        return PersistedCorrupted(enabled=True, corrupted=await anyio.to_thread.run_sync(damage))
 
     async def _pressure_timer(self, interval: float) -> None:
         """Queue a pressure check every ``interval`` seconds of the system clock.

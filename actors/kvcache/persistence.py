@@ -127,6 +127,34 @@ def load_cache(
     return LoadResult(loaded, dropped, skipped)
 
 
+def corrupt_files(directory: str | os.PathLike[str], count: int, *, truncate: bool) -> int:
+    """Drill: damage up to ``count`` persisted files; return how many were damaged.
+
+    Tampering flips bytes in the middle of a file (where the arrays are), so
+    the file still parses and only the content digest can catch it;
+    truncating cuts the file in half, as a crash mid-copy would.
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        return 0
+    files = sorted(
+        path
+        for path in folder.iterdir()
+        if path.name.endswith(SUFFIX) and not path.name.startswith(_TEMP_PREFIX)
+    )
+    for path in files[: max(0, count)]:
+        size = path.stat().st_size
+        if truncate:
+            os.truncate(path, size // 2)
+            continue
+        with path.open("r+b") as file:
+            file.seek(size - max(1, size // 4))
+            chunk = file.read(16)
+            file.seek(-len(chunk), os.SEEK_CUR)
+            file.write(bytes(b ^ 0xFF for b in chunk))
+    return min(len(files), max(0, count))
+
+
 def entry_file_name(tokens: list[int], model: str = "") -> str:
     """The file name of an entry: a digest, so that names never reveal token ids."""
     digest = hashlib.blake2b(token_key(tokens), digest_size=16, person=b"troupe-kv-file")

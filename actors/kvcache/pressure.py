@@ -130,16 +130,39 @@ class MemoryMonitor:
         self._checks = 0
         self._reliefs = 0
         self._last_usage: int | None = None
+        self._simulated_excess: int | None = None
 
     @property
     def under_pressure(self) -> bool:
         """Whether the last checks saw pressure that has not yet gone below the low mark."""
         return self._under_pressure
 
+    def simulate(self, excess: int | None) -> None:
+        """Drill: read usage ``excess`` bytes above the high-water mark; ``None`` ends it.
+
+        Relief under simulation evicts as a real excess would (to the low-water
+        mark, which a fixed reading never reaches, so the cache empties), and
+        the flag stays up until a check after the simulation ends reads real
+        usage below the low-water mark.
+        """
+        with self._lock:
+            self._simulated_excess = excess
+
+    @property
+    def simulating(self) -> bool:
+        """Whether a pressure drill is on."""
+        return self._simulated_excess is not None
+
+    def _reading(self) -> MemoryReading:
+        excess = self._simulated_excess
+        if excess is None:
+            return self._read()
+        return MemoryReading(rss=self.config.high_water + excess, mlx_active=None, mlx_cache=None)
+
     def check(self) -> PressureOutcome:
         """Read memory, relieve pressure if above the high mark, update the flag."""
         with self._lock:
-            reading = self._read()
+            reading = self._reading()
             usage = reading.usage
             self._checks += 1
             self._last_usage = usage
@@ -164,7 +187,7 @@ class MemoryMonitor:
         evicted = self.cache.evict_to_bytes(self.cache.nbytes - excess)
         # Evicted arrays return to MLX's buffer cache, not to the system, until cleared.
         self._clear_mlx_cache()
-        after = self._read()
+        after = self._reading()
         if not self._under_pressure:
             log.warning(
                 "memory pressure: evicted %d kv-cache entries (%d bytes)",

@@ -11,6 +11,8 @@ request                reply
 ``SaveCache``          ``CacheSaved``
 ``LoadCache``          ``CacheLoaded``
 ``InjectCacheFaults``  ``FaultsInjected``
+``SimulatePressure``   ``PressureReport``
+``CorruptPersisted``   ``PersistedCorrupted``
 =====================  ==================
 
 Times are monotonic seconds of the actor system's clock unless named ``wall``.
@@ -145,3 +147,27 @@ class FaultsInjected(Message, frozen=True, kw_only=True):
     """How many injected faults are now pending."""
 
     pending: int
+
+
+class SimulatePressure(Message, frozen=True, kw_only=True):
+    """Drill: read memory ``excess_bytes`` above the high-water mark, then check now.
+
+    ``None`` ends the drill; the check that follows reads real memory again.
+    """
+
+    excess_bytes: int | None
+
+
+class CorruptPersisted(Message, frozen=True, kw_only=True):
+    """Drill: save the cache, then damage ``count`` of its files (tamper or truncate)."""
+
+    count: int = 1
+    truncate: bool = False
+    """Cut files in half instead of flipping bytes inside them."""
+
+
+class PersistedCorrupted(Message, frozen=True, kw_only=True):
+    """How many persisted files were damaged (0 without a cache directory)."""
+
+    enabled: bool
+    corrupted: int

@@ -1,0 +1,120 @@
+"""Engine faults for drills and tests, and how long the engine takes to recover.
+
+Both objects are built once by the composition root and shared by every
+incarnation of the generation actor, so they outlive engine restarts:
+
+* :class:`FaultPlan` holds armed faults. A fault armed to fire ``times``
+  times keeps firing across restarts (each restarted engine counts its own
+  ``after_tokens`` again), which is how a drill makes the engine crash ten
+  times, or loop until the supervisor gives up.
+* :class:`RecoveryTimer` measures each crash-to-next-token interval: the
+  downtime a client of a crashing engine actually sees.
+
+This module never imports anyio: its methods are called on the engine thread
+and read from the event loop, under a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from actors.generation.protocol import EngineFault
+
+RECOVERY_SAMPLES = 256
+"""Recovery times kept (the most recent ones)."""
+
+
+@dataclass
+class _Armed:
+    kind: EngineFault
+    after_tokens: int
+    remaining: int
+    """Firings left."""
+    countdown: int
+    """Tokens left before the next firing."""
+
+
+class FaultPlan:
+    """Faults the engine raises after a number of generated tokens."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: list[_Armed] = []
+        self.fired = 0
+        """Faults raised so far, all kinds."""
+
+    def arm(self, kind: EngineFault, after_tokens: int, times: int = 1) -> None:
+        """Fire ``kind`` ``times`` times, each after ``after_tokens`` more tokens."""
+        if after_tokens < 1 or times < 1:
+            raise ValueError("a fault needs after_tokens >= 1 and times >= 1")
+        with self._lock:
+            self._armed.append(_Armed(kind, after_tokens, times, after_tokens))
+
+    def clear(self) -> int:
+        """Disarm everything; return how many firings were still pending."""
+        with self._lock:
+            pending = sum(fault.remaining for fault in self._armed)
+            self._armed.clear()
+            return pending
+
+    def pending(self) -> int:
+        """Firings still to come."""
+        with self._lock:
+            return sum(fault.remaining for fault in self._armed)
+
+    def on_token(self) -> EngineFault | None:
+        """Count one generated token; the fault due now, if any (engine thread)."""
+        if not self._armed:  # the common case, read without the lock
+            return None
+        with self._lock:
+            for fault in self._armed:
+                fault.countdown -= 1
+            due = next((fault for fault in self._armed if fault.countdown <= 0), None)
+            if due is None:
+                return None
+            due.remaining -= 1
+            due.countdown = due.after_tokens
+            if due.remaining == 0:
+                self._armed.remove(due)
+            self.fired += 1
+            return due.kind
+
+    def reset_countdowns(self) -> None:
+        """A new engine starts counting afresh (the old one's tokens died with it)."""
+        with self._lock:
+            for fault in self._armed:
+                fault.countdown = fault.after_tokens
+
+
+class RecoveryTimer:
+    """Crash-to-next-token intervals of the engine, most recent last."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._crashed_at: float | None = None
+        self._samples: deque[float] = deque(maxlen=RECOVERY_SAMPLES)
+
+    def crashed(self) -> None:
+        """The engine died (the first crash of a burst starts the interval)."""
+        with self._lock:
+            if self._crashed_at is None:
+                self._crashed_at = self._clock()
+
+    def token_served(self) -> None:
+        """A step produced tokens: ends the interval if one is open (engine thread)."""
+        if self._crashed_at is None:  # the common case, read without the lock
+            return
+        with self._lock:
+            if self._crashed_at is not None:
+                self._samples.append(self._clock() - self._crashed_at)
+                self._crashed_at = None
+
+    def samples(self) -> list[float]:
+        """The recorded intervals in seconds, oldest first."""
+        with self._lock:
+            return list(self._samples)
