@@ -4,114 +4,28 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import pytest
 
-from actors.generation.actor import GenerationActor
-from actors.generation.client import GenerationClient
-from actors.generation.engine import EngineConfig
-from actors.generation.host import ModelHost
 from actors.generation.protocol import (
     EngineFault,
-    EngineStats,
     Failed,
     FailureKind,
     Finished,
     FinishReason,
     Generate,
-    GetEngineStats,
     InjectEngineFault,
     SamplingParams,
-    StreamEvent,
     TokenChunk,
 )
 from actors.kvcache.store import PrefixCache
-from runtime import NO_BACKOFF, ActorSystem, ChildSpec, SupervisorSpec
 from runtime.lifecycle import Restarted
-from runtime.streams import StreamRegistry
+from tests.generation_harness import GREEDY, Outcome, harness, record
 from tests.support import worker
 
 pytestmark = pytest.mark.timeout(120)
-
-_ids = itertools.count()
-
-
-@dataclass
-class Outcome:
-    text: str = ""
-    tokens: list[int] = field(default_factory=list)
-    chunks: list[TokenChunk] = field(default_factory=list)
-    end: Finished | Failed | None = None
-
-
-@dataclass
-class Harness:
-    system: ActorSystem
-    client: GenerationClient
-    host: ModelHost[Any]
-    tokenizer: Any
-
-    def prompt(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text))
-
-    async def run(self, prompt: list[int], **params: Any) -> Outcome:
-        request = Generate(
-            request_id=f"r{next(_ids)}", prompt=prompt, params=SamplingParams(**params)
-        )
-        outcome = Outcome()
-        async with self.client.stream(request) as events:
-            async for event in events:
-                record(outcome, event)
-        return outcome
-
-    async def stats(self) -> EngineStats:
-        return await self.system.ref("generation").ask(
-            GetEngineStats(), timeout=10, expect=EngineStats
-        )
-
-
-def record(outcome: Outcome, event: StreamEvent) -> None:
-    match event:
-        case TokenChunk(text=text, token_ids=ids):
-            outcome.text += text
-            outcome.tokens.extend(ids)
-            outcome.chunks.append(event)
-        case Finished() | Failed():
-            assert outcome.end is None, "exactly one terminal event"
-            outcome.end = event
-
-
-@asynccontextmanager
-async def harness(
-    loaded_model: Any, *, prefix_store: PrefixCache | None = None, **config: Any
-) -> AsyncIterator[Harness]:
-    host: ModelHost[Any] = ModelHost(lambda: loaded_model)
-    streams: StreamRegistry[StreamEvent] = StreamRegistry()
-    engine_config = EngineConfig(**config)
-    spec = SupervisorSpec(
-        "root",
-        [
-            ChildSpec(
-                "generation",
-                lambda: GenerationActor(
-                    host, streams, prefix_store=prefix_store, config=engine_config
-                ),
-                shutdown=30.0,
-            )
-        ],
-        backoff=NO_BACKOFF,
-    )
-    async with ActorSystem(spec) as system:
-        client = GenerationClient(system.ref("generation"), streams)
-        yield Harness(system, client, host, loaded_model.tokenizer)
-
-
-GREEDY = {"temperature": 0.0}
 
 
 async def test_same_seed_gives_the_same_tokens_alone_and_batched(loaded_model: Any) -> None:
@@ -250,16 +164,41 @@ async def test_engine_crash_fails_in_flight_requests_and_restarts_without_reload
 
 
 async def test_allocation_failure_fails_only_the_requests_in_flight(loaded_model: Any) -> None:
-    async with harness(loaded_model) as h:
-        prompt = h.prompt("Count the apples")
-        await h.system.ref("generation").tell(
-            InjectEngineFault(kind=EngineFault.OOM, after_tokens=3)
+    cache = PrefixCache(max_entries=8, max_bytes=256 * 1024**2)
+    async with harness(loaded_model, prefix_store=cache, completion_batch_size=1) as h:
+        queued_prompt = h.prompt("Count the apples")
+        warm = await h.run(queued_prompt, max_tokens=8, **GREEDY)
+        assert cache.statistics().entries == 1  # a later lookup of this prompt would hit
+        in_flight = Generate(
+            request_id="in-flight",
+            prompt=h.prompt("Name the rivers"),
+            params=SamplingParams(max_tokens=200, temperature=0.0, logit_bias={h.eos: -100.0}),
         )
-        failed = await h.run(prompt, max_tokens=30, **GREEDY)
+        queued = Generate(
+            request_id="queued",
+            prompt=queued_prompt,
+            params=SamplingParams(max_tokens=8, temperature=0.0),
+        )
+        failed, finished = Outcome(), Outcome()
+        async with h.client.stream(in_flight) as first, h.client.stream(queued) as second:
+            # Both are submitted; one decode slot holds "in-flight", so "queued"
+            # waits. The fault is armed after both submissions and fires two
+            # tokens later, a step after the engine has taken "queued" in.
+            await h.system.ref("generation").tell(
+                InjectEngineFault(kind=EngineFault.OOM, after_tokens=2)
+            )
+            async for event in first:
+                record(failed, event)
+            async for event in second:
+                record(finished, event)
         assert isinstance(failed.end, Failed)
         assert (failed.end.kind, failed.end.retryable) == (FailureKind.OUT_OF_MEMORY, True)
-        after = await h.run(prompt, max_tokens=8, **GREEDY)
-        assert isinstance(after.end, Finished)
+        assert isinstance(finished.end, Finished), "the queued request was not in flight"
+        assert finished.tokens == warm.tokens
+        # The prefix cache was cleared before "queued" looked its prompt up.
+        assert finished.end.cached_tokens == 0
+        stats = cache.statistics()
+        assert (stats.hits, stats.inserts, stats.entries) == (0, 2, 1)
         assert worker(h.system, "generation").restarts_total == 0
 
 

@@ -318,26 +318,37 @@ class Engine:
                 raise InjectedFault("injected engine fault")
 
     def _recover_from_allocation_failure(self, exc: BaseException) -> None:
-        """Free what can be freed and fail only the requests in flight."""
+        """Free what can be freed and fail only the requests in flight.
+
+        Requests still waiting hold no MLX memory and took no part in the
+        failed step: they stay queued and enter the fresh batch.
+        """
         log.warning("engine: allocation failure (%s); clearing caches", describe_failure(exc))
         mx.clear_cache()
         if self._prefix_store is not None:
             self._prefix_store.clear()
-        self._fail_all(FailureKind.OUT_OF_MEMORY, "out of memory; retry later", True)
+        self._fail_in_flight(FailureKind.OUT_OF_MEMORY, "out of memory; retry later", True)
         if self._generator is not None:
             self._generator.close()
         self._generator = self._new_generator()
 
-    def _fail_all(self, kind: FailureKind, detail: str, retryable: bool) -> None:
+    def _fail_in_flight(self, kind: FailureKind, detail: str, retryable: bool) -> None:
+        """Fail the requests in the batch; the waiting ones are left alone."""
         events: list[StreamEvent] = [
             request.fail(kind, detail, retryable) for request in self._requests.values()
         ]
-        events += [
+        self._requests.clear()
+        self._by_id.clear()
+        if events:
+            self._emit(events)
+
+    def _fail_all(self, kind: FailureKind, detail: str, retryable: bool) -> None:
+        """Fail the requests in the batch and the waiting ones (the engine is ending)."""
+        self._fail_in_flight(kind, detail, retryable)
+        events: list[StreamEvent] = [
             Failed(request_id=r.request_id, kind=kind, retryable=retryable, detail=detail)
             for r in self._waiting
         ]
-        self._requests.clear()
-        self._by_id.clear()
         self._waiting.clear()
         if events:
             self._emit(events)
