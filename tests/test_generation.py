@@ -27,6 +27,9 @@ from tests.support import worker
 
 pytestmark = pytest.mark.timeout(120)
 
+LEAVER_TOKENS = 1000
+"""The cancelled request's max_tokens: the tiny model's window (2048) holds it."""
+
 
 async def test_same_seed_gives_the_same_tokens_alone_and_batched(loaded_model: Any) -> None:
     async with harness(loaded_model) as h:
@@ -103,32 +106,40 @@ async def test_cancelling_one_request_leaves_the_others_untouched(loaded_model: 
         prompts = [h.prompt(text) for text in ("First prompt", "Second prompt", "Third one")]
         reference = [await h.run(p, max_tokens=20, **GREEDY) for p in prompts]
         results: dict[int, Outcome] = {}
-        cancelled = anyio.Event()
+        before = (await h.stats()).generated_tokens
 
         async def full(n: int) -> None:
             results[n] = await h.run(prompts[n], max_tokens=20, **GREEDY)
 
         async def leaves_early() -> None:
+            # Far longer than the others, and EOS is ruled out: only the
+            # cancellation can end it before the others are long done.
             request = Generate(
                 request_id="leaver",
                 prompt=prompts[1],
-                params=SamplingParams(max_tokens=20, temperature=0.0),
+                params=SamplingParams(
+                    max_tokens=LEAVER_TOKENS, temperature=0.0, logit_bias={h.eos: -100.0}
+                ),
             )
             async with h.client.stream(request) as events:
                 async for event in events:
                     assert isinstance(event, TokenChunk)
                     break  # the reader goes away after its first chunk
-            cancelled.set()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(full, 0)
             tg.start_soon(leaves_early)
             tg.start_soon(full, 2)
-        assert cancelled.is_set()
         assert results[0].tokens == reference[0].tokens
         assert results[2].tokens == reference[2].tokens
+        # The engine applies commands in order: once a request sent after the
+        # leaver's cancellation has finished, the cancellation was applied.
+        probe = await h.run(prompts[0], max_tokens=1, **GREEDY)
+        assert isinstance(probe.end, Finished)
         stats = await h.stats()
         assert (stats.running, stats.waiting) == (0, 0)
+        leaver_tokens = stats.generated_tokens - before - 2 * 20 - 1
+        assert 1 <= leaver_tokens < LEAVER_TOKENS // 2, leaver_tokens
 
 
 async def test_engine_crash_fails_in_flight_requests_and_restarts_without_reloading(
