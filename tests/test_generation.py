@@ -225,33 +225,6 @@ async def test_prompt_longer_than_the_context_window_is_a_clear_error(loaded_mod
         assert (near.end.reason, near.end.completion_tokens) == (FinishReason.LENGTH, 3)
 
 
-async def test_invalid_sampling_parameters_are_rejected_with_every_problem(
-    loaded_model: Any,
-) -> None:
-    async with harness(loaded_model) as h:
-        outcome = await h.run([1, 2, 3], max_tokens=0, top_p=0.0, logit_bias={10**9: 1.0})
-        assert isinstance(outcome.end, Failed)
-        assert outcome.end.kind is FailureKind.INVALID_REQUEST
-        for fragment in ("max_tokens", "top_p", "logit_bias"):
-            assert fragment in outcome.end.detail
-
-
-async def test_sampling_controls_change_the_output(loaded_model: Any) -> None:
-    async with harness(loaded_model) as h:
-        prompt = h.prompt("Bananas and")
-        greedy = await h.run(prompt, max_tokens=12, **GREEDY)
-        favoured = greedy.tokens[0] + 1
-        biased = await h.run(prompt, max_tokens=12, logit_bias={favoured: 100.0}, **GREEDY)
-        assert biased.tokens[0] == favoured
-        top1 = await h.run(prompt, max_tokens=12, temperature=1.5, top_k=1, seed=3)
-        assert top1.tokens == greedy.tokens  # top_k=1 is greedy whatever the temperature
-        penalised = await h.run(
-            prompt, max_tokens=12, repetition_penalty=1.8, frequency_penalty=1.5, **GREEDY
-        )
-        assert isinstance(penalised.end, Finished)
-        assert len(set(penalised.tokens)) >= len(set(greedy.tokens))
-
-
 async def test_shared_prefix_is_reused_and_gives_the_same_tokens(loaded_model: Any) -> None:
     cache = PrefixCache(max_entries=8, max_bytes=256 * 1024**2)
     async with harness(loaded_model, prefix_store=cache) as h:
