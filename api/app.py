@@ -63,6 +63,8 @@ class TroupeApp:
         self.started = anyio.Event()
         """Set once the actor system is up and the model loaded."""
         self.in_flight = 0
+        self.start_failure: str | None = None
+        """Why startup failed (one sanitized line), if it did."""
         self.idle = anyio.Event()
         self.created = int(time.time())
         self.observer = Observer(inference.metrics.dropped)
@@ -101,7 +103,7 @@ class TroupeApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        request = Request(scope, receive)
+        request = Request(scope, receive, body_timeout=self.settings.body_timeout)
         methods = self.routes.get(request.path)
         if methods is None:
             raise HTTPProblem(404, "not-found", f"no route {request.path}")
@@ -132,6 +134,7 @@ class TroupeApp:
                 await self._close_audit()
         except ChildStartError as exc:
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            self.start_failure = str(exc)
             return
         except Exception as exc:
             log.error("the actor system failed: %s", describe_failure(exc))
@@ -270,8 +273,11 @@ class TroupeApp:
         payload["engine"] = await self._engine_counts()
         await respond.json(200, payload)
 
-    async def _engine_counts(self) -> dict[str, int] | None:
-        """Running and waiting sequences; ``None`` if the engine does not answer at once.
+    async def _engine_counts(self) -> dict[str, Any] | None:
+        """The engine's figures; ``None`` if it does not answer at once.
+
+        Running and waiting sequences, weight loads, pending drills and recent
+        crash-to-next-token times (seconds).
 
         The generation actor's mailbox is never blocked by inference (the engine
         runs on its own thread), so this answers in microseconds when it is up.
@@ -282,7 +288,13 @@ class TroupeApp:
                 stats = await self.system.ref("generation").ask(
                     GetEngineStats(), timeout=ENGINE_STATS_TIMEOUT, expect=EngineStats
                 )
-                return {"running": stats.running, "waiting": stats.waiting}
+                return {
+                    "running": stats.running,
+                    "waiting": stats.waiting,
+                    "weights_loads": stats.weights_loads,
+                    "faults_pending": stats.faults_pending,
+                    "recovery_seconds": stats.recovery_seconds,
+                }
         return None
 
 

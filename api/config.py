@@ -61,6 +61,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 1 * MIB
     """Largest request body accepted, in bytes."""
     chat_timeout: float = 900.0
+    body_timeout: float = 30.0
+    """Seconds a request body may take to arrive; slower clients get 408."""
     """Seconds a chat completion may take before it is cut off."""
     completion_timeout: float = 600.0
     """Seconds a text completion may take before it is cut off."""

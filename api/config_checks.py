@@ -37,6 +37,7 @@ PRIVILEGED_PORTS: Final = 1024
 # (setting, predicate, what the value must be); each is checked on its own.
 _RANGES: Final[tuple[tuple[str, Callable[[float], bool], str], ...]] = (
     ("max_body_bytes", lambda v: v >= 1, "at least 1"),
+    ("body_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),
     ("chat_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),
     ("completion_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),
     ("drain_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),

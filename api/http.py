@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
 import msgspec
 
 from api.problems import HTTPProblem, Problem, encode_problem
@@ -20,6 +21,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+BODY_TIMEOUT = 30.0
+"""Seconds a request body may take to arrive (a slow-body client is answered 408)."""
 JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
 
@@ -27,9 +30,12 @@ PROBLEM_JSON = "application/problem+json"
 class Request:
     """One HTTP request: its scope, a bounded body reader and its request id."""
 
-    def __init__(self, scope: Scope, receive: Receive) -> None:
+    def __init__(
+        self, scope: Scope, receive: Receive, *, body_timeout: float = BODY_TIMEOUT
+    ) -> None:
         self.scope = scope
         self.receive = receive
+        self.body_timeout = body_timeout
 
     @property
     def method(self) -> str:
@@ -59,6 +65,15 @@ class Request:
         declared = self.header("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise HTTPProblem(413, "body-too-large", f"the body is larger than {limit} bytes")
+        # A client that trickles its body would hold a connection and a queue slot
+        # for as long as it likes (slowloris); the whole body gets a deadline.
+        with anyio.move_on_after(self.body_timeout):
+            return await self._read_body(limit)
+        raise HTTPProblem(
+            408, "body-timeout", f"the body did not arrive within {self.body_timeout:g} s"
+        )
+
+    async def _read_body(self, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:

@@ -14,7 +14,16 @@ import re
 import uuid
 from collections.abc import Sequence
 
-from api.http import ASGIApp, Message, Receive, Request, Responder, Scope, Send
+from api.http import (
+    ASGIApp,
+    ClientDisconnected,
+    Message,
+    Receive,
+    Request,
+    Responder,
+    Scope,
+    Send,
+)
 from api.problems import HTTPProblem, problem_for
 from runtime import describe_failure
 
@@ -122,6 +131,8 @@ class ErrorMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
+            if isinstance(_sole(exc), ClientDisconnected):
+                return  # gone before its body arrived: nobody to answer, nothing went wrong
             problem = problem_for(_sole(exc))
             if problem.status == 500:  # a bug: 503s and 504s are expected answers
                 log.error("request failed: %s", describe_failure(exc))

@@ -8,15 +8,18 @@ escalates, the server stops the same way and exits 1 with the reason.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
+from hypercorn.utils import LifespanFailureError, LifespanTimeoutError
 
 from actors.generation.engine import EngineConfig
 from actors.intake.actor import IntakeSettings
@@ -24,16 +27,25 @@ from actors.kvcache.actor import KVCacheSettings
 from actors.kvcache.pressure import PressureConfig
 from actors.model.embedded import default_model_dir
 from actors.model.loader import LoadedModel, load_model
-from actors.tree import InferenceSettings, build_inference
+from actors.tree import GENERATION_SHUTDOWN, KVCACHE_SHUTDOWN, InferenceSettings, build_inference
 from api.admission import IntakeAdmission
 from api.app import TroupeApp, build_asgi, served_name
 from api.config import Settings
+from api.logs import log_lifecycle
+from api.observe import public_config
 from runtime import Backoff, SupervisorEscalated
 from runtime.breaker import BreakerConfig
 
 log = logging.getLogger("troupe.server")
 
 EXIT_ESCALATED = 1
+LIFECYCLE_LOG_EVENTS = 1024
+"""Lifecycle events the log may fall behind by before some are dropped (and counted)."""
+EXIT_START_FAILED = 1
+STARTUP_TIMEOUT = 24 * 3600.0
+"""Seconds hypercorn waits for the app's startup (the model load): in effect no limit."""
+ACTORS_SHUTDOWN = GENERATION_SHUTDOWN + KVCACHE_SHUTDOWN + 5.0
+"""Seconds the actors may take to stop after the drain (their own limits, plus slack)."""
 
 
 def model_loader(settings: Settings) -> Callable[[], LoadedModel]:
@@ -44,6 +56,24 @@ def model_loader(settings: Settings) -> Callable[[], LoadedModel]:
         return load_model(source)
 
     return load
+
+
+def model_tag(settings: Settings) -> str:
+    """Names the served model in persisted cache entries: its name and a digest of its config.
+
+    Two models with one name (two checkpoints in directories called ``model``)
+    still differ in their ``config.json`` more often than not; entries of a model
+    with another tag are dropped instead of being fed to the wrong weights.
+    """
+    name = served_name(settings)
+    config = Path(settings.model or "").expanduser() / "config.json"
+    if settings.model is None or not config.is_file():
+        return name
+    try:
+        digest = hashlib.sha256(config.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return name
+    return f"{name}@{digest}"
 
 
 def inference_settings(settings: Settings) -> InferenceSettings:
@@ -64,7 +94,8 @@ def inference_settings(settings: Settings) -> InferenceSettings:
         breaker=breaker,
         pressure=marks,
         # The model's name tags persisted entries: files of another model are dropped.
-        kvcache=KVCacheSettings(directory=settings.cache_dir, model=served_name(settings)),
+        kvcache=KVCacheSettings(directory=settings.cache_dir, model=model_tag(settings)),
+        public_config=public_config(settings, served_name(settings)),
         restart_intensity=settings.restart_intensity,
         restart_period=settings.restart_period,
         backoff=Backoff(initial=min(Backoff.initial, cap), cap=cap),
@@ -88,46 +119,94 @@ async def _serve(settings: Settings) -> int:
         {"chat": settings.chat_timeout, "completions": settings.completion_timeout}
     )
     app = TroupeApp(settings, inference, admission)
+    config = _hypercorn_config(settings)
+    stop = anyio.Event()
+    outcome = {"code": 0}
+    async with anyio.create_task_group() as tg:
+        # Subscribed before the system exists, so even the first Started is logged.
+        tg.start_soon(log_lifecycle, inference.events.subscribe(LIFECYCLE_LOG_EVENTS))
+        tg.start_soon(_on_signal, app, settings, stop)
+        tg.start_soon(_on_escalation, app, settings, stop, outcome)
+        tg.start_soon(_announce, app, config.bind[0])
+        # hypercorn types ASGI apps with its own TypedDicts; ours is the same protocol.
+        asgi: Any = build_asgi(app)
+        try:
+            await hypercorn_serve(asgi, config, shutdown_trigger=stop.wait)
+        except Exception as exc:
+            if not _is_lifespan_failure(exc):
+                raise
+            reason = app.start_failure or "startup did not finish"
+            log.error("cannot start: %s", reason, extra={"event": "server_start_failed"})
+            outcome["code"] = EXIT_START_FAILED
+        tg.cancel_scope.cancel()
+    log.info("stopped", extra={"event": "server_stopped", "exit_code": outcome["code"]})
+    return outcome["code"]
+
+
+def _hypercorn_config(settings: Settings) -> Config:
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6 literal
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.drain_timeout
+    # Loading a large model can take many minutes; the app reports its own failures.
+    config.startup_timeout = STARTUP_TIMEOUT
+    # The actors stop after the drain, each within its own shutdown timeout.
+    config.shutdown_timeout = settings.drain_timeout + ACTORS_SHUTDOWN
     config.accesslog = None
     # hypercorn's own logger, without the extra stderr handler it would add:
     # records go through ours (one line each, tagged with the request id).
     config.errorlog = logging.getLogger("hypercorn.error")
-    stop = anyio.Event()
-    outcome = {"code": 0}
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_on_signal, app, settings, stop)
-        tg.start_soon(_on_escalation, app, stop, outcome)
-        print(f"mlx-troupe: serving {app.model_name} on http://{host}:{settings.port}")
-        sys.stdout.flush()
-        # hypercorn types ASGI apps with its own TypedDicts; ours is the same protocol.
-        asgi: Any = build_asgi(app)
-        await hypercorn_serve(asgi, config, shutdown_trigger=stop.wait)
-        tg.cancel_scope.cancel()
-    return outcome["code"]
+    return config
+
+
+async def _announce(app: TroupeApp, bind: str) -> None:
+    """Say where the server listens once it can answer, not before the model loads."""
+    await app.started.wait()
+    url = f"http://{bind}"
+    print(f"mlx-troupe: serving {app.model_name} on {url}")
+    sys.stdout.flush()
+    log.info("serving", extra={"event": "server_started", "model": app.model_name, "url": url})
+
+
+def _is_lifespan_failure(exc: BaseException) -> bool:
+    """Whether hypercorn gave up because the app's startup failed or never finished."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_lifespan_failure(inner) for inner in exc.exceptions)
+    return isinstance(exc, LifespanFailureError | LifespanTimeoutError)
 
 
 async def _on_signal(app: TroupeApp, settings: Settings, stop: anyio.Event) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            log.info("received %s: draining", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            log.info(
+                "received %s: draining",
+                name,
+                extra={"event": "server_draining", "signal": name, "in_flight": app.in_flight},
+            )
             drained = await app.drain(settings.drain_timeout)
             if not drained:
-                log.warning("drain deadline passed with %d requests in flight", app.in_flight)
+                log.warning(
+                    "drain deadline passed with %d requests in flight",
+                    app.in_flight,
+                    extra={"event": "drain_incomplete", "in_flight": app.in_flight},
+                )
             stop.set()
             return
 
 
-async def _on_escalation(app: TroupeApp, stop: anyio.Event, outcome: dict[str, int]) -> None:
+async def _on_escalation(
+    app: TroupeApp, settings: Settings, stop: anyio.Event, outcome: dict[str, int]
+) -> None:
     await app.started.wait()
     assert app.system is not None
     try:
         await app.system.wait()
     except SupervisorEscalated as exc:
-        print(f"mlx-troupe: stopping: {exc}", file=sys.stderr)
+        # The reason is sanitized at its source (the supervisor's own message).
+        log.error("stopping: %s", exc, extra={"event": "server_escalated"})
         outcome["code"] = EXIT_ESCALATED
-        app.draining = True
+        # The actors are gone: requests in flight end with 503 at once. Wait for
+        # them to be answered (readiness reads false meanwhile) before closing.
+        await app.drain(settings.drain_timeout)
         stop.set()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,44 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def loaded_model(model_dir: Path) -> LoadedModel:
     """The session's tiny model loaded through :func:`actors.model.load_model`."""
     return load_model(str(model_dir))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--long``: the reliability scenarios at full scale (soak 20,000 requests, ...)."""
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="run the reliability scenarios at full scale (minutes, not seconds)",
+    )
+
+
+@pytest.fixture(scope="session")
+def long_run(request: pytest.FixtureRequest) -> bool:
+    """Whether ``--long`` was given."""
+    return bool(request.config.getoption("--long"))
+
+
+FIGURES: dict[str, dict[str, object]] = {}
+"""Figures the reliability tests measured, by test name (see ``figures``)."""
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> dict[str, object]:
+    """A test's measured figures: shown after the run, written to ``$TROUPE_FIGURES`` (JSON)."""
+    recorded: dict[str, object] = {}
+    FIGURES[request.node.name] = recorded
+    return recorded
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures the tests recorded; save them when ``TROUPE_FIGURES`` names a file."""
+    shown = {name: values for name, values in FIGURES.items() if values}
+    if not shown:
+        return
+    terminalreporter.section("reliability figures")
+    for name, values in shown.items():
+        terminalreporter.write_line(f"{name}: {json.dumps(values, sort_keys=True)}")
+    target = os.environ.get("TROUPE_FIGURES")
+    if target:
+        Path(target).write_text(json.dumps(shown, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,140 @@
+"""Reliability: prefix-cache faults, damaged cache files, and memory pressure.
+
+Scenario 3: five cache faults open the cache's breaker; requests are served
+uncached, ``/health`` says degraded and ``troupe status`` shows the breaker;
+after the cool-down, successful probes close it again. Scenario 4: damaged
+persisted entries at startup are dropped one by one and the server starts.
+Scenario 5: simulated memory pressure sheds the cache and answers new requests
+with 429 and Retry-After until it falls; nothing crashes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.drills import DRILL_FLAGS, actor, drill, model_name, supervisor
+from tests.server import REPO, Server, running_server
+
+pytestmark = pytest.mark.timeout(240)
+
+PROMPTS = ("The river runs", "A mountain stands", "Three birds sing")
+
+
+def complete(server: Server, prompt: str, max_tokens: int = 4) -> httpx.Response:
+    """A short non-streaming text completion."""
+    body = {"model": model_name(server), "prompt": prompt, "max_tokens": max_tokens}
+    return httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+
+
+def breaker(server: Server) -> str:
+    """The cache breaker's state, as ``/v1/supervisor`` reports it."""
+    state: str = supervisor(server)["cache"]["breaker"]["state"]
+    return state
+
+
+def health(server: Server) -> dict[str, object]:
+    """``GET /health`` (200 unless unhealthy)."""
+    response = httpx.get(server.url + "/health", timeout=10)
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def status_output(server: Server) -> str:
+    """What ``troupe status`` prints for the server."""
+    result = subprocess.run(
+        [sys.executable, "-m", "api.cli", "status", "--url", server.url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_cache_faults_degrade_then_probes_restore_the_cache(
+    model_dir: Path, tmp_path: Path, figures: dict[str, object]
+) -> None:
+    flags = (*DRILL_FLAGS, "--cache-breaker-cooldown", "1", "--cache-breaker-successes", "4")
+    with running_server(model_dir, tmp_path, *flags) as server:
+        assert drill(server, {"kind": "cache_faults", "count": 5})["pending"] == 5
+        served_while_failing = 0
+        while breaker(server) == "closed":
+            assert complete(server, PROMPTS[served_while_failing % 3]).status_code == 200
+            served_while_failing += 1
+            assert served_while_failing <= 5, "five faults must open the breaker"
+        assert breaker(server) == "open"
+        report = health(server)
+        assert report["status"] == "degraded"
+        assert report["actors"] == {**report["actors"], "kvcache": "degraded"}  # type: ignore[dict-item]
+        assert "cache breaker: open" in status_output(server)
+        assert complete(server, "Served without the cache").status_code == 200
+        # After the cool-down one request at a time probes the cache; four
+        # clean operations in a row close the breaker.
+        probes = 0
+        while breaker(server) != "closed":
+            assert complete(server, PROMPTS[probes % 3]).status_code == 200
+            probes += 1
+            assert probes <= 200, "the breaker never closed again"
+        assert health(server)["status"] == "healthy"
+        generation = actor(supervisor(server), "generation")
+    assert generation["restarts_total"] == 0
+    figures.update(requests_while_failing=served_while_failing, requests_until_closed=probes)
+
+
+def test_damaged_cache_files_are_dropped_one_by_one_at_startup(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    cache_dir = tmp_path / "kv"
+    flags = (*DRILL_FLAGS, "--cache-dir", str(cache_dir))
+    with running_server(model_dir, tmp_path, *flags) as server:
+        for prompt in PROMPTS:
+            assert complete(server, prompt).status_code == 200
+        assert supervisor(server)["cache"]["entries"] == len(PROMPTS)
+        # The drill saves the cache and tampers with one file; a kill (no clean
+        # shutdown, so no fresh save) leaves it damaged on disk.
+        assert drill(server, {"kind": "corrupt_cache", "count": 1})["corrupted"] == 1
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(30)
+    files = sorted(cache_dir.glob("*.safetensors"))
+    assert len(files) == len(PROMPTS)
+    os.truncate(files[-1], files[-1].stat().st_size // 2)  # a copy cut short
+    with running_server(model_dir, tmp_path, *flags) as server:
+        assert supervisor(server)["cache"]["entries"] == len(PROMPTS) - 2
+        assert complete(server, PROMPTS[0]).status_code == 200
+        log = server.log()
+    assert "restored 1 entries (2 bad files dropped" in log
+    assert len(list(cache_dir.glob("*.safetensors"))) == len(PROMPTS) - 2 + 1  # + the new one
+
+
+def test_memory_pressure_sheds_the_cache_and_new_requests_until_it_falls(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    with running_server(model_dir, tmp_path, *DRILL_FLAGS) as server:
+        for prompt in PROMPTS:
+            assert complete(server, prompt).status_code == 200
+        assert supervisor(server)["cache"]["entries"] == len(PROMPTS)
+        relieved = drill(server, {"kind": "memory_pressure", "active": True})
+        assert relieved == {"kind": "memory_pressure", "under_pressure": True, "evicted": 3}
+        assert supervisor(server)["cache"]["entries"] == 0
+        for _ in range(3):
+            shed = complete(server, "One more, please")
+            assert shed.status_code == 429, shed.text
+            assert shed.headers["content-type"] == "application/problem+json"
+            assert int(shed.headers["retry-after"]) >= 1
+            assert shed.json()["type"].endswith("/pressure")
+        assert httpx.get(server.url + "/health/live", timeout=10).status_code == 200
+        over = drill(server, {"kind": "memory_pressure", "active": False})
+        assert over["under_pressure"] is False
+        assert complete(server, "One more, please").status_code == 200
+        status = supervisor(server)
+    for name in ("generation", "kvcache", "intake"):
+        assert actor(status, name)["restarts_total"] == 0
