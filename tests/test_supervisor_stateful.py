@@ -13,8 +13,9 @@ from __future__ import annotations
 import random
 
 import anyio
+import anyio.lowlevel
 import pytest
-from hypothesis import Phase, settings
+from hypothesis import Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule, run_state_machine_as_test
 
@@ -117,6 +118,85 @@ class SupervisorMachine(SupervisorHarness):
             assert asked.kind == "ActorDied", (child, asked)
         else:
             self.expect_pong(asked, child)
+
+    @rule(
+        index=st.integers(0, 3),
+        pings=st.lists(st.integers(0, 3), min_size=1, max_size=4),
+        notes=st.lists(st.integers(0, 3), max_size=3),
+        crash_after=st.integers(0, 3),
+    )
+    def crash_amid_concurrent_sends(
+        self, index: int, pings: list[int], notes: list[int], crash_after: int
+    ) -> None:
+        """Asks and tells race an asked crash of the same child, all in one task group.
+
+        Each number is how many scheduling rounds a sender lets pass first, so
+        sends land before the crash, while the child restarts or stops, and
+        after it.
+        """
+        child = self.pick(index)
+        if child.stalled:
+            return  # the crash would wait for the clock: not this rule's business
+        was_running = not self.stopped_for_good(child)
+        timeout = self.timeout_for(child)
+        before = (child.incarnation, child.notes)
+        pongs: list[Outcome] = []
+        told: list[Outcome] = []
+        crashed: list[Outcome] = []
+
+        async def send(rounds: int, message: Message, into: list[Outcome]) -> None:
+            for _ in range(rounds):
+                await anyio.lowlevel.checkpoint()
+            if isinstance(message, SmNote):
+                into.append(self._tell(child.name, message))
+            else:
+                into.append(await self._ask(child.name, message, timeout))
+
+        async def run() -> None:
+            with anyio.fail_after(SETTLE_TIMEOUT):
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(send, crash_after, SmCrash(), crashed)
+                    for rounds in pings:
+                        tasks.start_soon(send, rounds, SmPing(), pongs)
+                    for rounds in notes:
+                        tasks.start_soon(send, rounds, SmNote(), told)
+
+        self.portal.call(run)
+        # Exactly one outcome per send (the invariant also counts every ask).
+        assert (len(crashed), len(pongs), len(told)) == (1, len(pings), len(notes))
+        if not was_running:
+            refused = {o.kind for o in crashed + pongs + told}
+            assert refused == {"ActorStopped"}, (child, crashed, pongs, told)
+            return
+        assert crashed[0].kind == "ActorDied", (child, crashed)
+        self.model.exited(child.name, "crash")
+        self.expect_raced(child, before, pongs, told)
+
+    def expect_raced(
+        self, child: ChildModel, before: tuple[int, int], pongs: list[Outcome], told: list[Outcome]
+    ) -> None:
+        """The sends that raced a crash, once the model has followed the crash."""
+        incarnation, notes = before
+        kept = not self.stopped_for_good(child)
+        # A restarted child keeps its mailbox: every send is delivered. One
+        # stopped for good answers what was ahead of the crash, fails what was
+        # queued behind it (ActorDied) and refuses what came later.
+        allowed = {"answer"} if kept else {"answer", "ActorDied", "ActorStopped"}
+        incarnations = {incarnation, child.incarnation} if kept else {incarnation}
+        for outcome in pongs:
+            assert outcome.kind in allowed, (child, outcome)
+            if outcome.kind != "answer":
+                event(f"raced crash: a ping got {outcome.kind}")
+                continue
+            assert isinstance(outcome.answer, SmPong), (child, outcome)
+            assert outcome.answer.name == child.name
+            assert outcome.answer.incarnation in incarnations, (child, before, outcome)
+            assert notes <= outcome.answer.notes <= notes + len(told), (child, before, outcome)
+            if outcome.answer.incarnation != incarnation:
+                event("raced crash: a ping answered by the next incarnation")
+        assert {o.kind for o in told} <= ({"ok"} if kept else {"ok", "ActorStopped"}), told
+        if kept:
+            child.notes += len(told)  # all handled before any later ping
 
     @rule(index=st.integers(0, 3), count=st.integers(1, 3))
     def tell_notes(self, index: int, count: int) -> None:
