@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 OPENBLAS ?= /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
 PRELOAD  := $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS))
 
-.PHONY: setup serve test lint typecheck pytest bench-runtime bench-generation clean
+.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -35,6 +35,10 @@ pytest: $(STAMP)
 
 # The whole suite: style, types, then the tests. CI runs exactly this.
 test: lint typecheck pytest
+
+# mlx-troupe against mlx_lm.server over HTTP, both with the same BLAS; BENCH_ARGS adds options.
+bench: $(STAMP)
+	$(BIN)/troupe bench $(if $(PRELOAD),--blas $(OPENBLAS),--blas none) $(BENCH_ARGS)
 
 bench-runtime: $(STAMP)
 	$(BIN)/python -m benchmarks.runtime_bench

@@ -4,7 +4,8 @@
 setting, exit status 2 with the full list if any is wrong). ``troupe make-model`` writes the
 embedded random-weight Llama to a directory. ``troupe check-config`` reports
 every problem with the settings without starting anything, and ``troupe
-status`` shows a running server's supervision tree.
+status`` shows a running server's supervision tree. ``troupe bench`` runs the
+serving benchmark against ``mlx_lm.server`` (:mod:`benchmarks.harness`).
 """
 
 from __future__ import annotations
@@ -66,12 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
         "last failure, mailbox and uptime. Exit status 1 if the server cannot be read.",
     )
     add_status_arguments(status)
+    # Listed here for --help; main() hands its arguments to the harness unparsed.
+    commands.add_parser(
+        "bench",
+        help="benchmark serving side by side with mlx_lm.server (troupe bench --help)",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``troupe`` console script."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        # Imported here: the harness and its dependencies load only for benchmarking.
+        from benchmarks.harness.cli import main as bench_main  # noqa: PLC0415
+
+        return bench_main(arguments[1:], prog="troupe bench")
+    args = build_parser().parse_args(arguments)
     if args.command == "serve":
         return serve_command(args)
     if args.command == "make-model":
