@@ -4,11 +4,11 @@ Builds the parts that must outlive actor restarts (the loaded weights, the
 prefix cache and its memory monitor, the per-request stream registry) once,
 and the supervision tree whose actors share them:
 
-``troupe`` (one_for_one)
+``troupe`` (one_for_one), in start order
+    ``metrics``: Prometheus and JSON figures from events that never block senders.
     ``intake``: admission control (queue bounds, rate limits, pressure shedding).
     ``kvcache``: control plane of the prefix cache (stats, pressure, persistence).
     ``generation``: the engine thread and continuous batching.
-    ``metrics``: Prometheus and JSON figures from events that never block senders.
 
 one_for_one because neither actor holds state the other depends on: the
 generation engine uses the prefix cache object directly, which survives a
@@ -33,6 +33,7 @@ from actors.kvcache.actor import KVCacheSettings, kvcache_child
 from actors.kvcache.pressure import MemoryMonitor, PressureConfig
 from actors.kvcache.store import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, PrefixCache
 from actors.metrics.actor import MetricsSources, MetricsState, cache_figures, metrics_child
+from actors.metrics.registry import Load
 from actors.model.loader import LoadedModel
 from runtime import (
     ActorSystem,
@@ -122,30 +123,37 @@ def build_inference(
     monitor = MemoryMonitor(cache, settings.pressure or PressureConfig.for_machine())
     kvcache = kvcache_child(cache, monitor=monitor, settings=settings.kvcache)
     faults, recovery = FaultPlan(), RecoveryTimer()
-    generation = ChildSpec(
-        "generation",
-        lambda: GenerationActor(
+    latest: list[GenerationActor] = []  # the newest incarnation, for the metrics' load figures
+
+    def new_generation() -> GenerationActor:
+        actor = GenerationActor(
             host,
             streams,
             prefix_store=cache,
             config=settings.engine,
             faults=faults,
             recovery=recovery,
-        ),
-        shutdown=GENERATION_SHUTDOWN,
-    )
+        )
+        latest[:] = [actor]
+        return actor
+
+    generation = ChildSpec("generation", new_generation, shutdown=GENERATION_SHUTDOWN)
     intake = IntakeState(settings.intake)
     events = EventBus[Event]()
     metrics = MetricsState(clock, config=settings.public_config)
-    sources = MetricsSources(cache=lambda: cache_figures(cache.statistics()))
+    sources = MetricsSources(
+        cache=lambda: cache_figures(cache.statistics()), load=lambda: _engine_load(latest)
+    )
     spec = SupervisorSpec(
         "troupe",
         [
-            # Intake starts first and stops last, so late releases still land.
+            # Metrics starts first, so it sees every other actor's Started event, and
+            # stops last, so it counts until the end.
+            metrics_child(metrics, lambda: events.subscribe(METRICS_EVENTS), sources=sources),
+            # Intake starts next and stops just before it, so late releases still land.
             intake_child(intake, pressure=lambda: monitor.under_pressure),
             _with_shutdown(kvcache, KVCACHE_SHUTDOWN),
             generation,
-            metrics_child(metrics, lambda: events.subscribe(METRICS_EVENTS), sources=sources),
         ],
         strategy=Strategy.ONE_FOR_ONE,
         intensity=settings.restart_intensity,
@@ -153,6 +161,12 @@ def build_inference(
         backoff=settings.backoff,
     )
     return Inference(host, streams, cache, monitor, intake, metrics, events, spec, faults, recovery)
+
+
+def _engine_load(latest: list[GenerationActor]) -> Load | None:
+    """The engine's running and waiting counts, read directly (never an ask to a busy actor)."""
+    counts = latest[0].load() if latest else None
+    return None if counts is None else Load(running=counts[0], waiting=counts[1])
 
 
 def _with_shutdown(spec: ChildSpec, shutdown: float) -> ChildSpec:

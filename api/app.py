@@ -27,6 +27,7 @@ from api.completions import Admission, Completions, CompletionSettings
 from api.config import Settings
 from api.faults import FaultSwitch
 from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
+from api.logs import AccessLogMiddleware
 from api.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
 from api.observe import Observer, metrics_endpoint, prometheus_endpoint
 from api.openai_types import ModelCard, ModelList
@@ -312,4 +313,5 @@ def build_asgi(app: TroupeApp) -> ASGIApp:
     inner: ASGIApp = AuthMiddleware(app, settings.api_keys, settings.admin_key)
     inner = ErrorMiddleware(inner)
     inner = CORSMiddleware(inner, settings.cors_origins)
+    inner = AccessLogMiddleware(inner)  # inside the id: every request line carries it
     return RequestIdMiddleware(inner)

@@ -22,6 +22,8 @@ from api.config import add_arguments, format_problems, has_errors, overrides_fro
 from api.config_checks import load_and_check
 from api.status_cli import add_status_arguments, status_command
 
+log = logging.getLogger("troupe.cli")
+
 # The names make-model accepts; kept here so that parsing (and --help) never
 # imports MLX. A test checks they match actors.model.PRESETS.
 MODEL_SIZES = ("tiny", "small")
@@ -122,9 +124,15 @@ def serve_command(args: argparse.Namespace) -> int:
         print("troupe serve: the configuration has problems:", file=sys.stderr)
         print(format_problems(problems), file=sys.stderr)
         return USAGE_ERROR
-    if problems:
-        print(format_problems(problems), file=sys.stderr)
-    configure_logging(settings.log_level)
+    from api.logs import configure_logging  # noqa: PLC0415 - keeps --help light
+
+    configure_logging(settings.log_level, settings.log_format)
+    for problem in problems:  # warnings only by now: logged like every other line
+        log.warning(
+            "configuration: %s",
+            problem.message,
+            extra={"event": "config_warning", "setting": problem.setting},
+        )
     from api.server import serve  # noqa: PLC0415 - MLX loads only for serving
 
     code = serve(settings)
@@ -135,18 +143,6 @@ def serve_command(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def configure_logging(level: str) -> None:
-    """One line per record, tagged with the request id; never a traceback."""
-    from api.middleware import RequestIdFilter  # noqa: PLC0415
-
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-    )
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def check_config_command(args: argparse.Namespace) -> int:

@@ -12,10 +12,11 @@ under it) is retried transparently, at most twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,13 +33,14 @@ from actors.generation.protocol import (
 from actors.metrics.protocol import RequestCompleted
 from api.audit_routes import AuditLog
 from api.http import Request, Responder
+from api.logs import annotate
 from api.observe import Observer, Timing
 from api.openai_types import (
     ChatCompletionRequest,
     CompletionRequest,
     SamplingFields,
 )
-from api.problems import HTTPProblem, problem_for
+from api.problems import HTTPProblem, Problem, problem_for
 from api.responses import Reply, chat_reply, text_reply
 from runtime import ActorSystem
 
@@ -71,7 +73,7 @@ class Admission(Protocol):
 
 @dataclass
 class Outcome:
-    """What a request produced, for the response and for intake."""
+    """What a request produced, for the response, intake, metrics, audit and logs."""
 
     text: str = ""
     end: Finished | Failed | None = None
@@ -79,6 +81,16 @@ class Outcome:
     cancelled_by: str = ""
     """``disconnect`` or ``deadline`` when the request was cut short."""
     timing: Timing = field(default_factory=Timing)
+    admitted: bool = False
+    """Intake let it in (refused requests take no part in the latency figures)."""
+    prompt_tokens: int = 0
+    """The prompt's length once tokenized."""
+    refused: Problem | None = None
+    """The problem that answered it, when one was raised (bad input, shed, ...)."""
+
+
+CANCEL_ERRORS = {"disconnect": "client_disconnect", "deadline": "deadline_exceeded"}
+"""The audit's and the log's ``error_type`` of a request cut short, by cause."""
 
 
 @dataclass(frozen=True)
@@ -115,22 +127,28 @@ class Completions:
 
     async def chat(self, request: Request, respond: Responder) -> None:
         """``POST /v1/chat/completions``."""
-        body = await request.json_body(ChatCompletionRequest, self.settings.max_body_bytes)
-        self._check_model(body.model)
-        chars = sum(len(message.text) for message in body.messages)
-        messages = [{"role": m.role, "content": m.text} for m in body.messages]
-        await self._serve(
-            request,
-            respond,
-            body,
-            endpoint="chat",
-            prompt_chars=chars,
-            make_prompt=lambda: self._chat_prompt(messages),
-            messages=len(messages),
-        )
+        async with self._reported(request, "chat") as outcome:
+            body = await request.json_body(ChatCompletionRequest, self.settings.max_body_bytes)
+            self._check_model(body.model)
+            chars = sum(len(message.text) for message in body.messages)
+            messages = [{"role": m.role, "content": m.text} for m in body.messages]
+            await self._serve(
+                request,
+                respond,
+                body,
+                outcome,
+                endpoint="chat",
+                prompt_chars=chars,
+                make_prompt=lambda: self._chat_prompt(messages),
+                messages=len(messages),
+            )
 
     async def text(self, request: Request, respond: Responder) -> None:
         """``POST /v1/completions``."""
+        async with self._reported(request, "completions") as outcome:
+            await self._text(request, respond, outcome)
+
+    async def _text(self, request: Request, respond: Responder, outcome: Outcome) -> None:
         body = await request.json_body(CompletionRequest, self.settings.max_body_bytes)
         self._check_model(body.model)
         prompt = body.prompt
@@ -140,6 +158,7 @@ class Completions:
                 request,
                 respond,
                 body,
+                outcome,
                 endpoint="completions",
                 prompt_chars=len(ids),
                 make_prompt=lambda: ids,
@@ -155,10 +174,25 @@ class Completions:
             request,
             respond,
             body,
+            outcome,
             endpoint="completions",
             prompt_chars=len(text),
             make_prompt=lambda: self._text_prompt(text),
         )
+
+    @contextlib.asynccontextmanager
+    async def _reported(self, request: Request, endpoint: str) -> AsyncIterator[Outcome]:
+        """Report every request to metrics, audit and the log, refused ones included."""
+        outcome = Outcome()
+        try:
+            yield outcome
+        except Exception as exc:
+            # The same mapping the error middleware answers with, so the
+            # reported status is the one the client gets.
+            outcome.refused = problem_for(_innermost(exc))
+            raise
+        finally:
+            self._report(request, endpoint, outcome)
 
     def _check_model(self, model: str) -> None:
         if model != self.settings.model_name:
@@ -187,6 +221,7 @@ class Completions:
         request: Request,
         respond: Responder,
         body: SamplingFields,
+        outcome: Outcome,
         *,
         endpoint: str,
         prompt_chars: int,
@@ -206,9 +241,10 @@ class Completions:
         except HTTPProblem as refused:
             self._observer.shed(refused.problem.slug.replace("-", "_"))
             raise
-        outcome = Outcome()
+        outcome.admitted = True
         try:
             prompt = await anyio.to_thread.run_sync(make_prompt)
+            outcome.prompt_tokens = len(prompt)
             self._admission.tokenized(request.request_id, len(prompt))
             reply = (chat_reply if endpoint == "chat" else text_reply)(
                 request.request_id, self.settings.model_name, body, len(prompt)
@@ -219,6 +255,7 @@ class Completions:
                 prompt=prompt,
                 params=params,
                 deadline=deadline,
+                submitted_at=time.time(),
             )
             with anyio.move_on_after(timeout) as deadline_scope:
                 await self._run_watching_client(request, respond, reply, generate, outcome)
@@ -227,13 +264,14 @@ class Completions:
                 await self._deadline_passed(respond, reply)
         finally:
             self._admission.release(request.request_id, _outcome_name(outcome))
-            self._report(request, endpoint, outcome)
 
     def _report(self, request: Request, endpoint: str, outcome: Outcome) -> None:
-        """Tell the metrics actor, and the audit log if there is one, how it ended."""
+        """Tell the metrics actor, the audit log if there is one, and the log how it ended.
+
+        Metadata only: token counts, timings, statuses; never the text.
+        """
         timing = outcome.timing
-        end = outcome.end
-        finished = end if isinstance(end, Finished) else None
+        finished = outcome.end if isinstance(outcome.end, Finished) else None
         event = RequestCompleted(
             endpoint=endpoint,
             status=_status_of(outcome),
@@ -241,10 +279,13 @@ class Completions:
             duration_s=time.monotonic() - timing.start,
             ttft_s=None if timing.first is None else timing.first - timing.start,
             inter_token_s=timing.gaps(),
-            prompt_tokens=finished.prompt_tokens if finished else 0,
-            completion_tokens=finished.completion_tokens if finished else 0,
-            finish_reason=finished.reason.value if finished else outcome.cancelled_by or None,
+            queue_s=finished.queued_s if finished else None,
+            prompt_tokens=finished.prompt_tokens if finished else outcome.prompt_tokens,
+            completion_tokens=finished.completion_tokens if finished else outcome.tokens_sent,
+            finish_reason=_finish_reason(outcome),
+            admitted=outcome.admitted,
         )
+        error_type = _error_type(outcome)
         if outcome.cancelled_by:
             self._observer.cancelled(outcome.cancelled_by)
         self._observer.completed(event)
@@ -259,8 +300,20 @@ class Completions:
                 prompt_tokens=event.prompt_tokens,
                 completion_tokens=event.completion_tokens,
                 finish_reason=event.finish_reason,
-                error_type=end.kind.value if isinstance(end, Failed) else None,
+                error_type=error_type,
             )
+        annotate(
+            request.scope,
+            endpoint=endpoint,
+            model=event.model,
+            status=event.status,
+            finish_reason=event.finish_reason,
+            ttft_ms=None if event.ttft_s is None else round(event.ttft_s * 1000.0, 3),
+            prompt_tokens=event.prompt_tokens,
+            completion_tokens=event.completion_tokens,
+            cached_tokens=finished.cached_tokens if finished else 0,
+            error_type=error_type,
+        )
 
     async def _run_watching_client(
         self,
@@ -295,8 +348,11 @@ class Completions:
             retry = isinstance(end, Failed) and end.retryable and outcome.tokens_sent == 0
             if not retry or attempt == TRANSPARENT_RETRIES:
                 break
+            kind = end.kind.value if isinstance(end, Failed) else None
             log.info(
-                "retrying transparently after %s", end.kind if isinstance(end, Failed) else "-"
+                "retrying transparently after %s",
+                kind,
+                extra={"event": "retry", "error_type": kind, "attempt": attempt + 1},
             )
         await self._finish(respond, reply, outcome)
 
@@ -344,11 +400,14 @@ def _retry_of(generate: Generate, attempt: int) -> Generate:
         prompt=generate.prompt,
         params=generate.params,
         deadline=generate.deadline,
+        submitted_at=time.time(),  # the wait before this attempt, not the failed one's
     )
 
 
 def _status_of(outcome: Outcome) -> int:
     """The status the request ended with (499: the client went away first)."""
+    if outcome.refused is not None:
+        return outcome.refused.status
     if outcome.cancelled_by == "disconnect":
         return 499
     if outcome.cancelled_by == "deadline":
@@ -357,6 +416,29 @@ def _status_of(outcome: Outcome) -> int:
     if isinstance(end, Finished):
         return 200
     return problem_for(end).status if isinstance(end, Failed) else 500
+
+
+def _finish_reason(outcome: Outcome) -> str | None:
+    if isinstance(outcome.end, Finished):
+        return outcome.end.reason.value
+    return "cancelled" if outcome.cancelled_by else None
+
+
+def _error_type(outcome: Outcome) -> str | None:
+    """A short class of what went wrong (never a message): a failure kind or a problem slug."""
+    if outcome.refused is not None:
+        return outcome.refused.slug.replace("-", "_")
+    if outcome.cancelled_by:
+        return CANCEL_ERRORS.get(outcome.cancelled_by, "cancelled")
+    return outcome.end.kind.value if isinstance(outcome.end, Failed) else None
+
+
+def _innermost(exc: Exception) -> BaseException:
+    """The one exception inside (nested) single-member groups, else ``exc`` itself."""
+    inner: BaseException = exc
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner
 
 
 def _outcome_name(outcome: Outcome) -> str:

@@ -37,6 +37,7 @@ CONFIG_ENV: Final = "TROUPE_CONFIG"
 SECRET_SETTINGS: Final = frozenset({"api_keys", "admin_key"})
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+LogFormat = Literal["json", "text"]
 ModelSize = Literal["tiny", "small"]
 
 
@@ -91,6 +92,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Fraction of physical memory the shedding aims for (below the high mark)."""
     log_level: LogLevel = "info"
     """Least severe log records written."""
+    log_format: LogFormat = "json"
+    """Log lines on stderr: ``json`` (one object per line, for log collectors) or
+    ``text`` (for people); either way tagged with the request id, never content."""
     audit_path: str | None = None
     """SQLite file of the metadata-only audit log (one row per request, never
     content); unset: no audit log. Read back at ``/admin/audit-logs``."""

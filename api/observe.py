@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs
+
+import msgspec
 
 from actors.metrics.protocol import (
     CATEGORIES,
@@ -23,9 +26,13 @@ from actors.metrics.protocol import (
     cap_samples,
     record,
 )
+from api.config import SECRET_SETTINGS, Settings
 from api.http import Request, Responder
 from api.problems import HTTPProblem
 from runtime import ActorRef, ActorSystem, Message
+
+PATH_SETTINGS = frozenset({"model", "cache_dir", "audit_path"})
+"""Settings holding file paths, which responses never show (only whether they are set)."""
 
 METRICS_TIMEOUT = 5.0
 """Seconds a metrics query may take; the metrics actor never waits on inference."""
@@ -81,6 +88,37 @@ class Observer:
         self._send(RequestCancelled(reason=reason))
 
 
+def public_config(settings: Settings, model_name: str) -> dict[str, str]:
+    """The effective settings for ``troupe_config_info``: no secrets, no file paths.
+
+    Args:
+        settings: The server's settings.
+        model_name: The served model's name (in place of its path).
+
+    Returns:
+        Setting name to value as text; ``model`` is the served name, and
+        ``audit_log`` and ``cache_persistence`` say ``on`` or ``off``.
+    """
+    hidden = SECRET_SETTINGS | PATH_SETTINGS
+    config = {
+        name: _as_label(getattr(settings, name))
+        for name in settings.__struct_fields__
+        if name not in hidden
+    }
+    config["model"] = model_name
+    config["audit_log"] = "on" if settings.audit_path else "off"
+    config["cache_persistence"] = "on" if settings.cache_dir else "off"
+    return config
+
+
+def _as_label(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 async def metrics_text(system: ActorSystem | None) -> str:
     """The Prometheus exposition from the metrics actor."""
     if system is None:
@@ -102,7 +140,8 @@ async def metrics_endpoint(
     system: ActorSystem | None, request: Request, respond: Responder
 ) -> None:
     """``GET /v1/metrics?format=json|prometheus&category=cache,latency,...``."""
-    query = parse_qs(bytes(request.scope.get("query_string", b"")).decode("latin-1"))
+    raw = bytes(request.scope.get("query_string", b"")).decode("latin-1")
+    query = parse_qs(raw, keep_blank_values=True)  # `format=` is a mistake, not a default
     form = query.get("format", ["json"])[-1]
     if form not in ("json", "prometheus"):
         raise HTTPProblem(400, "invalid-query", "format must be json or prometheus")
@@ -120,4 +159,15 @@ async def metrics_endpoint(
     snapshot = await system.ref("metrics").ask(
         GetMetricsSnapshot(categories=wanted), timeout=METRICS_TIMEOUT, expect=MetricsSnapshot
     )
-    await respond.json(200, snapshot)
+    await respond.json(200, snapshot_json(snapshot))
+
+
+def snapshot_json(snapshot: MetricsSnapshot) -> dict[str, Any]:
+    """The body of ``GET /v1/metrics``: the snapshot's fields, less the categories not asked for.
+
+    The message's type tag and its list of unknown categories (refused with a
+    400 before asking) are not part of the HTTP schema.
+    """
+    fields = msgspec.structs.asdict(snapshot)
+    del fields["unknown_categories"]
+    return {name: value for name, value in fields.items() if value is not None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import anyio
 import pytest
@@ -10,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.generation.protocol import FinishReason, Generate
+from actors.generation.requests import Admission, admit
 from actors.metrics import (
     CacheFigures,
     DropCounter,
@@ -32,6 +35,7 @@ from actors.metrics import (
     record,
 )
 from actors.metrics.registry import safe_config
+from actors.model import LoadedModel
 from runtime import (
     NO_BACKOFF,
     Actor,
@@ -48,6 +52,8 @@ from runtime.events import Subscription
 from runtime.lifecycle import Event
 
 pytestmark = pytest.mark.timeout(60)
+
+MIB = 1024**2
 
 FAMILIES = set(
     """
@@ -199,11 +205,14 @@ def test_a_zero_traffic_snapshot_reads_zero_rates_and_no_percentiles() -> None:
     state.refresh(MetricsSources(memory=lambda previous: MemoryFigures()))
     snapshot = state.snapshot([])
     assert snapshot.cache is not None and snapshot.cache.hit_rate == 0.0
-    assert snapshot.cache.breaker_state is None
+    assert (snapshot.cache.state, snapshot.cache.misses) == (None, 0)
     assert snapshot.latency is not None
-    assert snapshot.latency.ttft.count == 0 and snapshot.latency.ttft.p99 is None
-    assert snapshot.throughput is not None and snapshot.throughput.requests_per_s == 0.0
-    assert snapshot.memory is not None and snapshot.memory.rss_bytes is None
+    ttft = snapshot.latency.time_to_first_token
+    assert ttft.count == 0 and ttft.p99_ms is None
+    assert snapshot.throughput is not None and snapshot.throughput.requests_per_second == 0.0
+    assert snapshot.throughput.total_requests == 0
+    assert snapshot.memory is not None and snapshot.memory.current_mb is None
+    assert snapshot.memory.growth_mb is None and snapshot.memory.mlx_active_mb is None
     assert snapshot.requests is not None and snapshot.requests.running is None
     assert snapshot.actors is not None and snapshot.actors.restarts == {}
 
@@ -213,13 +222,37 @@ def test_snapshot_categories_filter_what_is_returned() -> None:
     state.refresh(SOURCES)
     cache_only = state.snapshot(["cache", "bogus"])
     assert cache_only.cache is not None and cache_only.cache.hit_rate == pytest.approx(0.4)
-    assert cache_only.cache.breaker_state == "half_open"
+    assert (cache_only.cache.state, cache_only.cache.misses) == ("half_open", 6)
     assert cache_only.latency is None and cache_only.memory is None
     assert cache_only.throughput is None
     assert cache_only.unknown_categories == ["bogus"]
     memory = state.snapshot(["memory"]).memory
-    assert memory is not None and memory.rss_bytes is not None and memory.rss_bytes > 0
-    assert memory.peak_rss_bytes is not None and memory.peak_rss_bytes >= memory.rss_bytes
+    assert memory is not None and memory.current_mb is not None and memory.current_mb > 0
+    assert memory.peak_mb is not None and memory.peak_mb >= memory.current_mb
+
+
+def test_memory_growth_is_measured_from_the_first_start() -> None:
+    readings = iter([100 * MIB, 150 * MIB])
+
+    def memory(previous: MemoryFigures | None) -> MemoryFigures:
+        rss = next(readings)
+        return MemoryFigures(
+            rss=rss, peak_rss=max(rss, previous.peak_rss or 0) if previous else rss
+        )
+
+    clock = ManualClock()
+    state = MetricsState(clock)
+    sources = MetricsSources(memory=memory)
+    state.mark_start(sources)
+    state.mark_start(sources)  # a later incarnation keeps the baseline: no second read
+    clock.advance(12.5)
+    state.refresh(sources)
+    snapshot = state.snapshot(["memory"])
+    assert snapshot.uptime_seconds == 12.5
+    assert snapshot.memory is not None
+    assert (snapshot.memory.initial_mb, snapshot.memory.current_mb) == (100.0, 150.0)
+    assert (snapshot.memory.growth_mb, snapshot.memory.peak_mb) == (50.0, 150.0)
+    assert snapshot.memory.mlx_peak_mb is None
 
 
 def test_snapshot_latency_and_throughput_follow_the_events() -> None:
@@ -231,19 +264,47 @@ def test_snapshot_latency_and_throughput_follow_the_events() -> None:
     snapshot = state.snapshot(["latency", "throughput"])
     assert snapshot.latency is not None and snapshot.throughput is not None
     end_to_end = snapshot.latency.end_to_end
-    assert (end_to_end.count, end_to_end.p50, end_to_end.p95, end_to_end.p99) == (
+    assert (end_to_end.count, end_to_end.p50_ms, end_to_end.p95_ms, end_to_end.p99_ms) == (
         100,
-        50.0,
-        95.0,
-        99.0,
+        50_000.0,
+        95_000.0,
+        99_000.0,
     )
-    assert snapshot.latency.inter_token.count == 200
-    assert snapshot.throughput.requests_per_s == pytest.approx(100 / 300)
-    assert snapshot.throughput.generated_tokens_per_s == pytest.approx(400 / 300)
+    assert snapshot.latency.inter_token_latency.count == 200
+    assert snapshot.latency.time_to_first_token.p50_ms == pytest.approx(50.0)
+    assert snapshot.throughput.requests_per_second == pytest.approx(100 / 300)
+    assert snapshot.throughput.tokens_per_second == pytest.approx(400 / 300)
+    assert (snapshot.throughput.total_requests, snapshot.throughput.total_tokens) == (100, 400)
     clock.advance(301.0)
     later = state.snapshot(["latency", "throughput"])
-    assert later.latency is not None and later.latency.end_to_end.p50 is None
-    assert later.throughput is not None and later.throughput.requests_per_s == 0.0
+    assert later.latency is not None and later.latency.end_to_end.p50_ms is None
+    assert later.throughput is not None and later.throughput.requests_per_second == 0.0
+    assert later.throughput.total_requests == 100  # a lifetime total, not windowed
+
+
+def test_a_refused_request_is_counted_but_kept_out_of_the_latencies() -> None:
+    state = MetricsState(ManualClock())
+    state.observe(completed(2.0))
+    state.observe(completed(0.001, status=429, ttft_s=None, inter_token_s=[], admitted=False))
+    snapshot = state.snapshot(["latency", "throughput", "requests"])
+    assert snapshot.latency is not None and snapshot.latency.end_to_end.count == 1
+    assert snapshot.latency.end_to_end.p50_ms == 2000.0
+    assert snapshot.throughput is not None and snapshot.throughput.total_requests == 2
+    assert snapshot.requests is not None and snapshot.requests.errors == 1
+    parsed = families(state.registry.render())
+    assert ({"endpoint": "chat", "status": "429"}, 1.0) in parsed["troupe_requests"]
+    assert ({}, 1.0) in parsed["troupe_request_duration_seconds"]  # the _count: one
+
+
+def test_the_engine_reports_how_long_a_request_queued(loaded_model: LoadedModel) -> None:
+    sent = Generate(request_id="q", prompt=[300, 301, 302], submitted_at=time.time() - 2.0)
+    admitted = admit(sent, loaded_model, None)
+    assert isinstance(admitted, Admission)
+    finished = admitted.request.finish(FinishReason.CANCELLED)
+    assert finished.queued_s is not None and 2.0 <= finished.queued_s < 60.0
+    unsent = admit(Generate(request_id="u", prompt=[300, 301]), loaded_model, None)
+    assert isinstance(unsent, Admission)
+    assert unsent.request.finish(FinishReason.CANCELLED).queued_s is None
 
 
 def test_the_prometheus_text_parses_and_holds_every_family() -> None:
@@ -375,7 +436,7 @@ async def test_the_actor_answers_snapshots_and_renders() -> None:
         snapshot = await metrics.ask(
             GetMetricsSnapshot(categories=["latency", "cache"]), timeout=5.0, expect=MetricsSnapshot
         )
-        assert snapshot.latency is not None and snapshot.latency.end_to_end.p50 == 5.0
+        assert snapshot.latency is not None and snapshot.latency.end_to_end.p50_ms == 5000.0
         assert snapshot.cache is not None and snapshot.cache.hits == 4
         assert snapshot.requests is None
         text = await metrics.ask(RenderPrometheus(), timeout=5.0, expect=PrometheusText)

@@ -206,6 +206,14 @@ class GenerationActor(Actor):
             raise RuntimeError("the engine has not started")
         return self._engine
 
+    def load(self) -> tuple[int, int] | None:
+        """(running, waiting) of this incarnation's engine, read without a message.
+
+        For the metrics, which must answer even while this actor's mailbox is
+        stuck; ``None`` before the engine starts.
+        """
+        return None if self._engine is None else self._engine.counts()
+
     def _stats(self, engine: Engine) -> EngineStats:
         assert self._loaded is not None
         running, waiting = engine.counts()

@@ -46,6 +46,9 @@ class Generate(Message, frozen=True, kw_only=True):
     deadline: float | None = None
     """Wall-clock time (seconds since the epoch) after which the request is
     dropped if it has not started prefill yet."""
+    submitted_at: float | None = None
+    """Wall-clock time it was sent; the engine reports the wait until its
+    prefill starts as :attr:`Finished.queued_s`."""
 
 
 class Cancel(Message, frozen=True, kw_only=True):
@@ -87,6 +90,8 @@ class Finished(Message, frozen=True, kw_only=True):
     completion_tokens: int
     cached_tokens: int = 0
     """Prompt tokens reused from the prefix cache."""
+    queued_s: float | None = None
+    """Seconds from ``Generate.submitted_at`` to the start of prefill (``None``: unknown)."""
 
 
 class FailureKind(enum.StrEnum):

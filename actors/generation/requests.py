@@ -9,6 +9,7 @@ string, and produces exactly one terminal event.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,8 @@ class ActiveRequest:
     completion_tokens: int = 0
     tokens_sent: int = 0
     done: bool = False
+    queued_s: float | None = None
+    """Seconds it waited before its prefill started (``None``: unknown)."""
     _unsent: list[int] = field(default_factory=list)
 
     def on_token(self, token: int, finish_reason: str | None) -> list[StreamEvent]:
@@ -72,6 +75,7 @@ class ActiveRequest:
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             cached_tokens=self.cached_tokens,
+            queued_s=self.queued_s,
         )
 
     def fail(self, kind: FailureKind, detail: str, retryable: bool) -> Failed:
@@ -155,6 +159,7 @@ def admit(
         detokenizer=loaded.tokenizer.detokenizer,
         stops=StopMatcher(params.stop),
         special=special,
+        queued_s=_waited(request),
     )
     return Admission(
         request=active,
@@ -165,6 +170,11 @@ def admit(
         sampler=RequestSampler(params),
         processors=logits_processors(params),
     )
+
+
+def _waited(request: Generate) -> float | None:
+    """Seconds since the request was sent; wall clock, as its sender may be another process."""
+    return None if request.submitted_at is None else max(0.0, time.time() - request.submitted_at)
 
 
 def _problem(request: Generate, loaded: ModelLike) -> Failed | None:

@@ -14,7 +14,9 @@ Wiring, in the composition root::
         cache=lambda: cache_figures(prefix_cache.statistics())))
 
 ``system_subscribe`` must be callable before the system exists, e.g. a lambda
-that reads the system from a variable set once it is built.
+that reads the system from a variable set once it is built. Make the metrics
+actor the tree's first child: it subscribes when it starts, and then sees the
+``Started`` event of every actor after it (and it stops last).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ if TYPE_CHECKING:
     from actors.kvcache.store import CacheStatistics
 
 T = TypeVar("T")
+
+MIB = 1024**2
 
 HTTP_ERROR = 400
 """Statuses from here on count as errors (client or server)."""
@@ -137,6 +141,7 @@ class MetricsState:
             rate_window: Seconds the rates are averaged over.
         """
         self.clock = clock
+        self.created = clock.monotonic()
         self.dropped = dropped or DropCounter()
         self.registry = MetricsRegistry(self.dropped, config)
         now = clock.monotonic
@@ -144,12 +149,15 @@ class MetricsState:
         def window() -> SlidingWindow:
             return SlidingWindow(now, size=window_size, max_age=window_age)
 
+        self.window_size, self.window_age = window_size, window_age
         self.ttft, self.inter_token, self.e2e, self.queue = (window() for _ in range(4))
         self.request_rate = RollingRate(now, window=rate_window)
         self.prompt_rate = RollingRate(now, window=rate_window)
         self.generated_rate = RollingRate(now, window=rate_window)
         self.totals = _Totals()
         self.memory: MemoryFigures | None = None
+        self.initial_memory: MemoryFigures | None = None
+        """Memory when the first incarnation started: the baseline of ``growth_mb``."""
         self.cache: CacheFigures | None = None
         self.load: Load | None = None
 
@@ -165,19 +173,23 @@ class MetricsState:
                     totals.errors += 1
                 totals.prompt_tokens += max(0, event.prompt_tokens)
                 totals.generated_tokens += max(0, event.completion_tokens)
-                self.e2e.add(event.duration_s)
-                if event.ttft_s is not None:
-                    self.ttft.add(event.ttft_s)
-                if event.queue_s is not None:
-                    self.queue.add(event.queue_s)
-                self.inter_token.extend(gaps)
                 self.request_rate.add()
                 self.prompt_rate.add(event.prompt_tokens)
                 self.generated_rate.add(event.completion_tokens)
+                if event.admitted:
+                    self._observe_latency(event, gaps)
             case RequestShed(reason=reason):
                 totals.shed[self.registry.observe_shed(reason)] += 1
             case RequestCancelled(reason=reason):
                 totals.cancelled[self.registry.observe_cancelled(reason)] += 1
+
+    def _observe_latency(self, event: RequestCompleted, gaps: list[float]) -> None:
+        self.e2e.add(event.duration_s)
+        if event.ttft_s is not None:
+            self.ttft.add(event.ttft_s)
+        if event.queue_s is not None:
+            self.queue.add(event.queue_s)
+        self.inter_token.extend(gaps)
 
     def observe_lifecycle(self, event: Event) -> None:
         """Follow a lifecycle event of the supervision tree."""
@@ -195,11 +207,18 @@ class MetricsState:
         self.registry.set_cache(self.cache)
         self.registry.set_load(self.load)
 
+    def mark_start(self, sources: MetricsSources) -> None:
+        """Read memory as the baseline of growth, once (later incarnations keep it)."""
+        if self.initial_memory is None:
+            self.refresh(sources)
+            self.initial_memory = self.memory
+
     def snapshot(self, categories: Sequence[str]) -> MetricsSnapshot:
         """The asked categories (all when empty); unknown names are listed, not fatal."""
         wanted = set(categories or CATEGORIES)
         return MetricsSnapshot(
-            at=self.clock.wall(),
+            timestamp=self.clock.wall(),
+            uptime_seconds=max(0.0, self.clock.monotonic() - self.created),
             latency=self._latency() if "latency" in wanted else None,
             throughput=self._throughput() if "throughput" in wanted else None,
             cache=self._cache() if "cache" in wanted else None,
@@ -211,22 +230,26 @@ class MetricsState:
 
     def _latency(self) -> LatencySnapshot:
         def summary(window: SlidingWindow) -> Percentiles:
-            p50, p95, p99 = window.percentiles(50, 95, 99)
-            return Percentiles(count=len(window), p50=p50, p95=p95, p99=p99)
+            p50, p95, p99 = (_ms(p) for p in window.percentiles(50, 95, 99))
+            return Percentiles(count=len(window), p50_ms=p50, p95_ms=p95, p99_ms=p99)
 
         return LatencySnapshot(
-            ttft=summary(self.ttft),
-            inter_token=summary(self.inter_token),
             end_to_end=summary(self.e2e),
-            queue=summary(self.queue),
+            time_to_first_token=summary(self.ttft),
+            inter_token_latency=summary(self.inter_token),
+            queue_time=summary(self.queue),
+            window_size=self.window_size,
+            window_seconds=self.window_age,
         )
 
     def _throughput(self) -> ThroughputSnapshot:
         return ThroughputSnapshot(
-            window_s=self.request_rate.window,
-            requests_per_s=self.request_rate.rate(),
-            prompt_tokens_per_s=self.prompt_rate.rate(),
-            generated_tokens_per_s=self.generated_rate.rate(),
+            window_seconds=self.request_rate.window,
+            requests_per_second=self.request_rate.rate(),
+            tokens_per_second=self.generated_rate.rate(),
+            prompt_tokens_per_second=self.prompt_rate.rate(),
+            total_requests=self.totals.completed,
+            total_tokens=self.totals.generated_tokens,
         )
 
     def _cache(self) -> CacheSnapshot:
@@ -234,22 +257,27 @@ class MetricsState:
         return CacheSnapshot(
             queries=cache.queries,
             hits=cache.hits,
+            misses=max(0, cache.queries - cache.hits),
             hit_rate=cache.hits / cache.queries if cache.queries else 0.0,
             hit_tokens=cache.hit_tokens,
             evictions=cache.evictions,
             bytes=cache.nbytes,
             entries=cache.entries,
-            breaker_state=cache.breaker_state,
+            state=cache.breaker_state,
         )
 
     def _memory(self) -> MemorySnapshot:
         memory = self.memory or MemoryFigures()
+        initial = self.initial_memory or MemoryFigures()
+        growth = None if memory.rss is None or initial.rss is None else memory.rss - initial.rss
         return MemorySnapshot(
-            rss_bytes=memory.rss,
-            peak_rss_bytes=memory.peak_rss,
-            mlx_active_bytes=memory.mlx_active,
-            mlx_peak_bytes=memory.mlx_peak,
-            mlx_cache_bytes=memory.mlx_cache,
+            current_mb=_mib(memory.rss),
+            peak_mb=_mib(memory.peak_rss),
+            initial_mb=_mib(initial.rss),
+            growth_mb=_mib(growth),
+            mlx_active_mb=_mib(memory.mlx_active),
+            mlx_peak_mb=_mib(memory.mlx_peak),
+            mlx_cache_mb=_mib(memory.mlx_cache),
         )
 
     def _requests(self) -> RequestsSnapshot:
@@ -270,6 +298,14 @@ class MetricsState:
         return ActorsSnapshot(
             states=self.registry.actor_states, restarts=dict(self.totals.restarts)
         )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+def _mib(nbytes: int | None) -> float | None:
+    return None if nbytes is None else nbytes / MIB
 
 
 class MetricsActor(Actor):
@@ -295,7 +331,8 @@ class MetricsActor(Actor):
         self._subscription: Subscription[Event] | None = None
 
     async def on_start(self) -> None:
-        """Subscribe to lifecycle events and follow them in a task of this incarnation."""
+        """Note the baseline memory; follow lifecycle events in a task of this incarnation."""
+        self.state.mark_start(self._sources)
         if self._subscribe is not None:
             self._subscription = self._subscribe()
             self.ctx.start_soon(self._follow, self._subscription, name=f"{self.ctx.path}:events")

@@ -19,7 +19,8 @@ message                  answer              send with
 Snapshot categories: ``latency``, ``throughput``, ``cache``, ``memory``,
 ``requests`` and ``actors``; an empty list asks for all of them. With no
 traffic yet, rates and ``hit_rate`` are ``0.0`` and percentiles are ``None``
-(not ``0.0``, which would read as an impossibly fast request).
+(not ``0.0``, which would read as an impossibly fast request). Latencies are in
+milliseconds and memory in MiB, as ``GET /v1/metrics`` shows them.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class RequestCompleted(Message, frozen=True, kw_only=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
+    admitted: bool = True
+    """``False``: refused before generation (bad input, shed); such a request is
+    counted by status but kept out of the latency figures, where its instant
+    answer would read as a fast completion."""
 
 
 class RequestShed(Message, frozen=True, kw_only=True):
@@ -109,30 +114,41 @@ class PrometheusText(Message, frozen=True, kw_only=True):
 
 
 class Percentiles(msgspec.Struct, frozen=True, kw_only=True):
-    """Percentiles of one sliding window, in seconds; ``None`` while it is empty."""
+    """Nearest-rank percentiles of one sliding window, in milliseconds; ``None`` while empty."""
 
     count: int
-    p50: float | None
-    p95: float | None
-    p99: float | None
+    """Observations in the window now."""
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
 
 
 class LatencySnapshot(msgspec.Struct, frozen=True, kw_only=True):
-    """Recent latencies (bounded by size and age)."""
+    """Recent latencies, from windows bounded by size and by age."""
 
-    ttft: Percentiles
-    inter_token: Percentiles
     end_to_end: Percentiles
-    queue: Percentiles
+    time_to_first_token: Percentiles
+    inter_token_latency: Percentiles
+    queue_time: Percentiles
+    """From admission to the start of prefill."""
+    window_size: int
+    """Observations each window keeps at most."""
+    window_seconds: float
+    """Seconds an observation stays in a window."""
 
 
 class ThroughputSnapshot(msgspec.Struct, frozen=True, kw_only=True):
-    """Rates over the rolling window (five minutes by default)."""
+    """Rates over the rolling window (five minutes by default), and lifetime totals."""
 
-    window_s: float
-    requests_per_s: float
-    prompt_tokens_per_s: float
-    generated_tokens_per_s: float
+    window_seconds: float
+    requests_per_second: float
+    tokens_per_second: float
+    """Generated tokens per second."""
+    prompt_tokens_per_second: float
+    total_requests: int
+    """Requests answered since the server started, any status."""
+    total_tokens: int
+    """Tokens generated since the server started."""
 
 
 class CacheSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,24 +156,31 @@ class CacheSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 
     queries: int
     hits: int
+    misses: int
     hit_rate: float
     """``hits / queries``, ``0.0`` before the first query."""
     hit_tokens: int
     evictions: int
     bytes: int
     entries: int
-    breaker_state: str | None
-    """``closed``, ``half_open``, ``open``, or ``None`` when unknown."""
+    state: str | None
+    """The cache's circuit breaker: ``closed``, ``half_open``, ``open``, or ``None`` if unknown."""
 
 
 class MemorySnapshot(msgspec.Struct, frozen=True, kw_only=True):
-    """Memory read at query time, in bytes; ``None`` where it could not be read."""
+    """Memory in MiB, read at query time; ``None`` where it could not be read."""
 
-    rss_bytes: int | None
-    peak_rss_bytes: int | None
-    mlx_active_bytes: int | None
-    mlx_peak_bytes: int | None
-    mlx_cache_bytes: int | None
+    current_mb: float | None
+    """Resident set size now."""
+    peak_mb: float | None
+    """The largest resident set size so far."""
+    initial_mb: float | None
+    """Resident set size when the server started (the metrics actor, first of the tree)."""
+    growth_mb: float | None
+    """``current_mb - initial_mb``: growth while serving."""
+    mlx_active_mb: float | None
+    mlx_peak_mb: float | None
+    mlx_cache_mb: float | None
 
 
 class RequestsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -183,10 +206,15 @@ class ActorsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class MetricsSnapshot(Message, frozen=True, kw_only=True):
-    """The answer to :class:`GetMetricsSnapshot`; categories not asked for are ``None``."""
+    """The answer to :class:`GetMetricsSnapshot`; categories not asked for are ``None``.
 
-    at: float
+    Its fields are the JSON of ``GET /v1/metrics`` (less the ``None`` categories).
+    """
+
+    timestamp: float
     """Wall-clock time of the snapshot, seconds since the epoch."""
+    uptime_seconds: float
+    """Seconds since the metrics state was created (server start)."""
     latency: LatencySnapshot | None = None
     throughput: ThroughputSnapshot | None = None
     cache: CacheSnapshot | None = None

@@ -220,8 +220,12 @@ class MetricsRegistry:
         return Histogram(f"troupe_{name}", doc, buckets=LATENCY_BUCKETS, registry=self.registry)
 
     def observe_completed(self, event: RequestCompleted, inter_token: list[float]) -> None:
-        """Count a finished request and observe its latencies."""
+        """Count a finished request; observe its latencies if it was admitted."""
         self.requests.labels(self._endpoints(event.endpoint), str(event.status)).inc()
+        self.prompt_tokens.inc(max(0, event.prompt_tokens))
+        self.generated_tokens.inc(max(0, event.completion_tokens))
+        if not event.admitted:
+            return
         self.e2e.observe(max(0.0, event.duration_s))
         if event.ttft_s is not None:
             self.ttft.observe(max(0.0, event.ttft_s))
@@ -229,8 +233,6 @@ class MetricsRegistry:
             self.queue.observe(max(0.0, event.queue_s))
         for gap in inter_token:
             self.inter_token.observe(max(0.0, gap))
-        self.prompt_tokens.inc(max(0, event.prompt_tokens))
-        self.generated_tokens.inc(max(0, event.completion_tokens))
 
     def observe_shed(self, reason: str) -> str:
         """Count a shed request; return the label used (``other`` past the cap)."""
