@@ -32,7 +32,7 @@ from actors.generation.protocol import (
 )
 from actors.metrics.protocol import RequestCompleted
 from api.audit_routes import AuditLog
-from api.http import Request, Responder
+from api.http import ClientDisconnected, Request, Responder
 from api.logs import annotate
 from api.observe import Observer, Timing
 from api.openai_types import (
@@ -187,9 +187,13 @@ class Completions:
         try:
             yield outcome
         except Exception as exc:
-            # The same mapping the error middleware answers with, so the
-            # reported status is the one the client gets.
-            outcome.refused = problem_for(_innermost(exc))
+            inner = _innermost(exc)
+            if isinstance(inner, ClientDisconnected):
+                outcome.cancelled_by = "disconnect"  # gone mid-upload: nobody got an answer
+            else:
+                # The same mapping the error middleware answers with, so the
+                # reported status is the one the client gets.
+                outcome.refused = problem_for(inner)
             raise
         finally:
             self._report(request, endpoint, outcome)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -292,6 +293,24 @@ def test_every_family_has_figures_after_real_traffic(observed: Observed) -> None
     assert info["model"] == "tiny" and info["fault_injection"] == "true"
     assert "admin_key" not in info and "api_keys" not in info
     assert "admin-secret" not in metrics_text(srv)
+
+
+def test_a_client_gone_mid_upload_is_counted_as_a_disconnect(observed: Observed) -> None:
+    srv = observed.server
+
+    def disconnects() -> int:
+        counts: dict[str, int] = metrics_json(srv, "?category=requests")["requests"]["cancelled"]
+        return counts.get("disconnect", 0)
+
+    before = disconnects()
+    port = int(srv.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(f'{head}Content-Length: 1000\r\n\r\n{{"model":'.encode())
+    eventually(lambda: disconnects() == before + 1)
+    parsed = samples(metrics_text(srv))
+    assert value(parsed, "troupe_requests_total", status="499") >= 1
+    assert value(parsed, "troupe_requests_total", status="500") == 0  # not a server error
 
 
 def test_cache_hit_rate_after_a_known_mix(model_dir: Path, tmp_path: Path) -> None:
