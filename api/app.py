@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from api.logs import AccessLogMiddleware
 from api.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
 from api.observe import Observer, metrics_endpoint, prometheus_endpoint
 from api.openai_types import ModelCard, ModelList
+from api.openapi import openapi_document
 from api.problems import HTTPProblem
 from runtime import ActorSystem, ChildStartError, TroupeError, describe_failure
 from runtime.status import ActorStatus, NodeState
@@ -63,9 +65,9 @@ class TroupeApp:
         self.draining = False
         self.started = anyio.Event()
         """Set once the actor system is up and the model loaded."""
-        self.in_flight = 0
         self.start_failure: str | None = None
         """Why startup failed (one sanitized line), if it did."""
+        self.in_flight = 0
         self.idle = anyio.Event()
         self.created = int(time.time())
         self.observer = Observer(inference.metrics.dropped)
@@ -83,12 +85,15 @@ class TroupeApp:
             lambda: inference.host.get().tokenizer,
             self.observer,
         )
+        self.completions.gate = self._admitting
         self.faults = FaultSwitch(settings.fault_injection)
+        self._openapi: dict[str, Any] | None = None
         self.routes: dict[str, dict[str, Handler]] = {
             "/health/live": {"GET": self.live},
             "/health/ready": {"GET": self.ready},
             "/health": {"GET": self.health},
             "/v1/models": {"GET": self.models},
+            "/openapi.json": {"GET": self.openapi},
             "/v1/supervisor": {"GET": self.supervisor},
             "/metrics": {"GET": self.prometheus},
             "/admin/audit-logs": {"GET": self.audit_logs},
@@ -134,8 +139,8 @@ class TroupeApp:
                 self.draining = True
                 await self._close_audit()
         except ChildStartError as exc:
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
             self.start_failure = str(exc)
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
         except Exception as exc:
             log.error("the actor system failed: %s", describe_failure(exc))
@@ -182,11 +187,6 @@ class TroupeApp:
 
     def _counted(self, handler: Handler) -> Handler:
         async def counted(request: Request, respond: Responder) -> None:
-            if self.draining:
-                raise HTTPProblem(
-                    503, "draining", "the server is shutting down", (("retry-after", "5"),)
-                )
-            self._system()
             self.in_flight += 1
             try:
                 await handler(request, respond)
@@ -197,6 +197,14 @@ class TroupeApp:
                     self.idle = anyio.Event()
 
         return counted
+
+    def _admitting(self) -> None:
+        """The completions' gate: refuse every request while draining or not running."""
+        if self.draining:
+            raise HTTPProblem(
+                503, "draining", "the server is shutting down", (("retry-after", "5"),)
+            )
+        self._system()
 
     async def drain(self, timeout: float) -> bool:
         """Refuse new work and wait for in-flight requests; ``True`` if all finished."""
@@ -259,6 +267,12 @@ class TroupeApp:
         """``GET /v1/metrics``: JSON (or Prometheus) figures, filtered by category."""
         await metrics_endpoint(self.system, request, respond)
 
+    async def openapi(self, request: Request, respond: Responder) -> None:
+        """``GET /openapi.json``: the API, generated from the msgspec types."""
+        if self._openapi is None:
+            self._openapi = openapi_document(_version())
+        await respond.json(200, self._openapi)
+
     async def models(self, request: Request, respond: Responder) -> None:
         """The one model this server serves."""
         card = ModelCard(id=self.model_name, created=self.created)
@@ -297,6 +311,13 @@ class TroupeApp:
                     "recovery_seconds": stats.recovery_seconds,
                 }
         return None
+
+
+def _version() -> str:
+    try:
+        return metadata.version("mlx-troupe")
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "0"
 
 
 def _actor_health(node: ActorStatus) -> str:

@@ -25,6 +25,7 @@ import anyio
 from actors.generation.client import GenerationClient
 from actors.generation.protocol import (
     Failed,
+    FailureKind,
     Finished,
     Generate,
     SamplingParams,
@@ -42,7 +43,7 @@ from api.openai_types import (
 )
 from api.problems import HTTPProblem, Problem, problem_for
 from api.responses import Reply, chat_reply, text_reply
-from runtime import ActorSystem
+from runtime import ActorDied, ActorSystem
 
 log = logging.getLogger("troupe.http")
 
@@ -124,6 +125,9 @@ class Completions:
         self._observer = observer
         self.audit: AuditLog | None = None
         """Set while the server runs with an audit log."""
+        self.gate: Callable[[], None] = lambda: None
+        """Raises the problem (503 draining, not ready) that refuses every request
+        now; called first, so that refused requests are reported and audited too."""
 
     async def chat(self, request: Request, respond: Responder) -> None:
         """``POST /v1/chat/completions``."""
@@ -131,7 +135,12 @@ class Completions:
             body = await request.json_body(ChatCompletionRequest, self.settings.max_body_bytes)
             self._check_model(body.model)
             chars = sum(len(message.text) for message in body.messages)
-            messages = [{"role": m.role, "content": m.text} for m in body.messages]
+            # OpenAI's "developer" role is the system prompt of newer models; chat
+            # templates written before it know only "system".
+            messages = [
+                {"role": "system" if m.role == "developer" else m.role, "content": m.text}
+                for m in body.messages
+            ]
             await self._serve(
                 request,
                 respond,
@@ -185,6 +194,7 @@ class Completions:
         """Report every request to metrics, audit and the log, refused ones included."""
         outcome = Outcome()
         try:
+            self.gate()
             yield outcome
         except Exception as exc:
             inner = _innermost(exc)
@@ -247,7 +257,7 @@ class Completions:
             raise
         outcome.admitted = True
         try:
-            prompt = await anyio.to_thread.run_sync(make_prompt)
+            prompt = await anyio.to_thread.run_sync(_templated, make_prompt)
             outcome.prompt_tokens = len(prompt)
             self._admission.tokenized(request.request_id, len(prompt))
             reply = (chat_reply if endpoint == "chat" else text_reply)(
@@ -364,6 +374,21 @@ class Completions:
         self, respond: Responder, reply: Reply, generate: Generate, outcome: Outcome
     ) -> None:
         outcome.end = None
+        try:
+            await self._stream_into(respond, reply, generate, outcome)
+        except ActorDied:
+            # The generation actor died while taking the request in: nothing was
+            # generated, so this is the same retryable failure as a crash.
+            outcome.end = Failed(
+                request_id=generate.request_id,
+                kind=FailureKind.ENGINE_CRASHED,
+                retryable=True,
+                detail="the engine restarted; retry",
+            )
+
+    async def _stream_into(
+        self, respond: Responder, reply: Reply, generate: Generate, outcome: Outcome
+    ) -> None:
         async with self._client().stream(generate) as events:
             async for event in events:
                 match event:
@@ -396,6 +421,21 @@ class Completions:
                 await reply.send_error(respond, problem)
             else:
                 await respond.problem(problem)
+
+
+def _templated(make_prompt: Callable[[], list[int]]) -> list[int]:
+    """The prompt's token ids; a template that refuses the messages is the client's 422."""
+    try:
+        return make_prompt()
+    except Exception:
+        # Chat templates raise on roles or turn orders they do not support. The
+        # exception's text may quote the messages, so it is not passed on.
+        raise HTTPProblem(
+            422,
+            "invalid-field",
+            "`messages` could not be turned into a prompt by this model's chat template "
+            "(an unsupported role or order of turns)",
+        ) from None
 
 
 def _retry_of(generate: Generate, attempt: int) -> Generate:

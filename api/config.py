@@ -61,9 +61,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Origins allowed by CORS (``https://host[:port]`` or ``*``); empty: CORS off."""
     max_body_bytes: int = 1 * MIB
     """Largest request body accepted, in bytes."""
-    chat_timeout: float = 900.0
     body_timeout: float = 30.0
     """Seconds a request body may take to arrive; slower clients get 408."""
+    chat_timeout: float = 900.0
     """Seconds a chat completion may take before it is cut off."""
     completion_timeout: float = 600.0
     """Seconds a text completion may take before it is cut off."""

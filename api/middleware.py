@@ -8,6 +8,7 @@ one place exceptions become problem responses), :class:`AuthMiddleware`.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import hmac
 import logging
 import re
@@ -111,7 +112,13 @@ class CORSMiddleware:
 
 
 class ErrorMiddleware:
-    """Turn any exception into a problem response, if the response has not started."""
+    """Turn any exception into a problem response, if the response has not started.
+
+    An error answered before the request's body was read (a 413 on the declared
+    length, a 401, a 404) leaves the rest of the body on the connection, where
+    it cannot carry another request: such answers say ``connection: close`` so
+    that clients do not reuse it.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -122,14 +129,24 @@ class ErrorMiddleware:
             await self.app(scope, receive, send)
             return
         started = False
+        request = Request(scope, receive)
+        body_read = request.header("content-length") in (None, "0") and (
+            request.header("transfer-encoding") is None
+        )
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        async def tracking_receive() -> Message:
+            nonlocal body_read
+            message = await receive()
+            body_read = body_read or not message.get("more_body", False)
+            return message
+
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, tracking_receive, tracking_send)
         except Exception as exc:
             if isinstance(_sole(exc), ClientDisconnected):
                 return  # gone before its body arrived: nobody to answer, nothing went wrong
@@ -138,7 +155,11 @@ class ErrorMiddleware:
                 log.error("request failed: %s", describe_failure(exc))
             if started:
                 return  # the stream already carried (or lost) the error
-            await Responder(send, Request(scope, receive)).problem(problem)
+            if not body_read:
+                problem = dataclasses.replace(
+                    problem, headers=(*problem.headers, ("connection", "close"))
+                )
+            await Responder(send, request).problem(problem)
 
 
 class AuthMiddleware:

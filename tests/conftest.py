@@ -45,6 +45,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """With ``--long``, the fuzz tests (sized at import) take ten times the examples."""
+    if config.getoption("--long"):
+        os.environ.setdefault("TROUPE_FUZZ_SCALE", "10")
+
+
 @pytest.fixture(scope="session")
 def long_run(request: pytest.FixtureRequest) -> bool:
     """Whether ``--long`` was given."""

@@ -64,13 +64,15 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> 
             await anyio.sleep(POLL)
 
 
-def open_slow_request(server: Server, path: str, declared: int, sent: bytes) -> socket.socket:
+def open_slow_request(
+    server: Server, path: str, declared: int, sent: bytes, extra_headers: str = ""
+) -> socket.socket:
     """Start a POST that declares ``declared`` body bytes and sends only ``sent`` of them."""
     host, port = server.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=60)
     head = (
         f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-        f"content-length: {declared}\r\n\r\n"
+        f"content-length: {declared}\r\n{extra_headers}\r\n"
     )
     sock.sendall(head.encode() + sent)
     return sock

@@ -71,8 +71,16 @@ def chat_body(model: str, prompt: str, max_tokens: int, **extra: Any) -> dict[st
     }
 
 
-async def stream_chat(client: httpx.AsyncClient, body: dict[str, Any], request_id: str) -> Result:
-    """Send one streaming chat completion and classify how it ended."""
+async def stream_chat(
+    client: httpx.AsyncClient,
+    body: dict[str, Any],
+    request_id: str,
+    first_token: anyio.Event | None = None,
+) -> Result:
+    """Send one streaming chat completion and classify how it ended.
+
+    ``first_token`` is set when the first content arrives.
+    """
     result = Result(request_id=request_id)
     try:
         async with client.stream(
@@ -84,6 +92,8 @@ async def stream_chat(client: httpx.AsyncClient, body: dict[str, Any], request_i
             else:
                 async for line in response.aiter_lines():
                     _take_line(result, line)
+                    if first_token is not None and result.tokens:
+                        first_token.set()
     except httpx.TimeoutException:
         result.transport = "timeout"
     except httpx.TransportError:

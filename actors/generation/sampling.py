@@ -27,7 +27,9 @@ class RequestSampler:
         self._filters: list[Callable[[Any], Any]] = []
         if params.top_k > 0:
             top_k = params.top_k
-            self._filters.append(lambda x: apply_top_k(x, top_k))
+            # A k as large as the vocabulary keeps every token; mlx-lm's top-k
+            # would index past the end (a client could crash the engine with it).
+            self._filters.append(lambda x: x if top_k >= x.shape[-1] else apply_top_k(x, top_k))
         if 0.0 < params.top_p < 1.0:
             top_p = params.top_p
             self._filters.append(lambda x: apply_top_p(x, top_p))
