@@ -104,15 +104,19 @@ class Load:
     """Seconds from the first request sent to the last outcome (summed over runs)."""
     cpu_seconds: float = 0.0
     """CPU seconds this process spent meanwhile (the load generator's cost)."""
+    server_cpu_seconds: float | None = None
+    """CPU seconds the server's process spent meanwhile, when it is known."""
 
     @classmethod
     def merge(cls, loads: Sequence[Load]) -> Load:
         """Several runs of one scenario as one: outcomes pooled, times added."""
         outcomes = [outcome for load in loads for outcome in load.outcomes]
+        server = [load.server_cpu_seconds for load in loads]
         return cls(
             outcomes,
             sum(load.wall for load in loads),
             sum(load.cpu_seconds for load in loads),
+            None if None in server else sum(value or 0.0 for value in server),
         )
 
 

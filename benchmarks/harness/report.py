@@ -143,7 +143,8 @@ def markdown(result: RunResult, charts: list[str], command: str) -> str:
         "first generated text. ITL: per request, (last token - first token) / (tokens - 1).",
         "E2E: request sent to end of stream. Output tok/s and req/s count successful requests",
         "over the scenario's wall time; every failed request is counted under its error kind.",
-        "Client CPU: the load generator's CPU seconds per second (1.0 = one core).",
+        "Client CPU: the load generator's CPU seconds per second (1.0 = one core); server CPU:",
+        "the server process's CPU seconds per second, and per output token.",
         "",
     ]
     lines += [f"![{name}]({name})" for name in charts]
@@ -173,8 +174,8 @@ def _figures_table(result: RunResult) -> list[str]:
     labels = {server.key: server.label for server in result.servers}
     rows = [
         "| scenario | server | ok/sent | errors | out tok/s | req/s | TTFT | ITL | E2E "
-        "| tok/req | prompt tok | client CPU |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tok/req | prompt tok | client CPU | server CPU | server CPU ms/tok |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for scenario in result.scenarios:
         for key, stats in scenario.servers.items():
@@ -184,6 +185,7 @@ def _figures_table(result: RunResult) -> list[str]:
                 f"| {errors} | {stats.output_tokens_per_s:,.1f} | {stats.requests_per_s:,.2f} "
                 f"| {_dist(stats.ttft_ms)} | {_dist(stats.itl_ms)} | {_dist(stats.e2e_ms)} "
                 f"| {stats.mean_completion_tokens:.1f} | {_fmt(stats.mean_prompt_tokens, 0)} "
-                f"| {stats.client_cpu_fraction:.2f} |"
+                f"| {stats.client_cpu_fraction:.2f} | {_fmt(stats.server_cpu_fraction, 2)} "
+                f"| {_fmt(stats.server_cpu_ms_per_token, 2)} |"
             )
     return rows

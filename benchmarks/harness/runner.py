@@ -221,8 +221,9 @@ async def _send(
     bodies = scenario.bodies(server.model_name, options.sampling_seed)
     description = " · ".join(filter(None, (scenario.name, server.kind.label, label)))
     on_outcome = progress.begin(description, len(bodies))
+    cpu_before = server.cpu_seconds()
     try:
-        return await run_load(
+        load = await run_load(
             Target.from_url(server.url),
             bodies,
             scenario.concurrency,
@@ -231,6 +232,10 @@ async def _send(
         )
     finally:
         progress.end()
+    cpu_after = server.cpu_seconds()
+    if cpu_before is not None and cpu_after is not None:
+        load.server_cpu_seconds = cpu_after - cpu_before
+    return load
 
 
 def _info(server: ManagedServer) -> ServerInfo:

@@ -11,6 +11,7 @@ back from ``/proc/PID/maps``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 import httpx
+import psutil
 
 STOP_GRACE: Final = 30.0
 """Seconds a server gets to exit after SIGTERM before its group is killed."""
@@ -148,6 +150,16 @@ class ManagedServer:
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
             return "default"
 
+    def cpu_seconds(self) -> float | None:
+        """User and system CPU seconds of the server process so far (``None``: unknown)."""
+        if self.pid is None:
+            return None
+        try:
+            times = psutil.Process(self.pid).cpu_times()
+        except psutil.Error:
+            return None
+        return float(times.user + times.system)
+
     def blas(self) -> list[str]:
         """The BLAS libraries the server process has mapped (Linux), by file name."""
         if self.pid is None:
@@ -199,8 +211,16 @@ def start_server(
 
 
 def attach(url: str, name: str) -> ManagedServer:
-    """A server given by URL: measured, never started or stopped here."""
-    kind = ServerKind(name, name, "/v1/models", lambda *_: [])
+    """A server given by URL: measured, never started or stopped here.
+
+    Named after a known kind (``troupe=URL``, ``mlx_lm=URL``), it is treated as
+    one (readiness path, model name, and the targets compare it).
+    """
+    known = KINDS.get(name)
+    if known is not None:
+        kind = dataclasses.replace(known, command=lambda *_: [])
+    else:
+        kind = ServerKind(name, name, "/v1/models", lambda *_: [])
     return ManagedServer(kind, url.rstrip("/"))
 
 

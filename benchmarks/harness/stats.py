@@ -8,6 +8,8 @@ Definitions (the report repeats them):
   (tokens - 1), so a server that sends several tokens per event is not
   flattered; percentiles are over requests.
 * **end-to-end latency**: from sending the request to the end of its stream.
+* **server CPU**: CPU seconds of the server's process per wall second, and
+  per output token (only for servers the harness started).
 * **output tokens/s**: tokens of successful requests (the usage each server
   reported) / the scenario's wall time; **requests/s**: successful requests /
   wall time.
@@ -56,6 +58,10 @@ class ScenarioStats(msgspec.Struct, frozen=True, kw_only=True):
     e2e_ms: Distribution | None
     client_cpu_fraction: float
     """CPU seconds the load generator used per wall second (1.0 = one core)."""
+    server_cpu_fraction: float | None = None
+    """CPU seconds the server's process used per wall second (2.0 = two cores)."""
+    server_cpu_ms_per_token: float | None = None
+    """Server CPU milliseconds per output token of successful requests."""
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -100,6 +106,7 @@ def summarize(load: Load) -> ScenarioStats:
     prompts = [o.prompt_tokens for o in good if o.prompt_tokens is not None]
     ttft = [o.first_token - o.start for o in good if o.first_token is not None]
     itl = [gap for gap in map(inter_token, good) if gap is not None]
+    server_cpu = load.server_cpu_seconds
     return ScenarioStats(
         requests=len(load.outcomes),
         succeeded=len(good),
@@ -115,4 +122,8 @@ def summarize(load: Load) -> ScenarioStats:
         itl_ms=distribution(itl),
         e2e_ms=distribution([o.end - o.start for o in good]),
         client_cpu_fraction=load.cpu_seconds / load.wall,
+        server_cpu_fraction=None if server_cpu is None else server_cpu / load.wall,
+        server_cpu_ms_per_token=None
+        if server_cpu is None or not tokens
+        else server_cpu * 1e3 / tokens,
     )
