@@ -22,6 +22,7 @@ import anyio
 import msgspec
 
 from actors.generation.protocol import EngineStats, GetEngineStats
+from actors.kvcache.protocol import CacheStats, GetCacheStats
 from actors.tree import Inference
 from api.audit_routes import AuditLog
 from api.completions import Admission, Completions, CompletionSettings
@@ -41,8 +42,11 @@ log = logging.getLogger("troupe.server")
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
 CRITICAL_ACTORS = ("generation", "intake")
-ENGINE_STATS_TIMEOUT = 1.0
 """Actors without which the server is not ready."""
+STATS_TIMEOUT = 1.0
+"""Seconds status and health wait for an actor's figures before reporting them unknown."""
+STARTUP_ASK_TIMEOUT = 60.0
+"""Seconds startup waits for the started generation actor to describe the model."""
 
 
 def served_name(settings: Settings) -> str:
@@ -129,9 +133,13 @@ class TroupeApp:
                 self.admission.bind(system)
                 self.observer.bind(system)
                 self._open_audit()
-                loaded = await anyio.to_thread.run_sync(self.inference.host.get)
+                # The generation actor started, so the weights are loaded: it knows
+                # the context window.
+                engine = await system.ref("generation").ask(
+                    GetEngineStats(), timeout=STARTUP_ASK_TIMEOUT, expect=EngineStats
+                )
                 self.completions.settings = dataclasses.replace(
-                    self.completions.settings, context_length=loaded.context_length
+                    self.completions.settings, context_length=engine.context_length
                 )
                 self.started.set()
                 await send({"type": "lifespan.startup.complete"})
@@ -233,8 +241,6 @@ class TroupeApp:
             reasons.append("draining")
         if self.system is None or not self.system.running:
             return [*reasons, "the actor system is not running"]
-        if not self.inference.host.loaded:
-            reasons.append("the model is not loaded")
         root = self.system.status().root
         for name in CRITICAL_ACTORS:
             node = root.find(name)
@@ -247,7 +253,8 @@ class TroupeApp:
         if self.system is None:
             raise HTTPProblem(503, "not-ready", "the server is starting", (("retry-after", "1"),))
         actors = {node.name: _actor_health(node) for node in self.system.status().root.workers()}
-        breaker = self.inference.prefix_cache.statistics().breaker.state
+        cache = await self._cache_stats()
+        breaker = cache.breaker.state if cache is not None else "unknown"
         if breaker != "closed" and actors.get("kvcache") == "healthy":
             actors["kvcache"] = "degraded"
         states = set(actors.values())
@@ -283,10 +290,27 @@ class TroupeApp:
         if self.system is None:
             raise HTTPProblem(503, "not-ready", "the server is starting", (("retry-after", "1"),))
         payload: dict[str, Any] = msgspec.to_builtins(self.system.status())
-        stats = self.inference.prefix_cache.statistics()
-        payload["cache"] = {"breaker": {"state": stats.breaker.state}, "entries": stats.entries}
+        cache = await self._cache_stats()
+        payload["cache"] = (
+            None
+            if cache is None
+            else {"breaker": {"state": cache.breaker.state}, "entries": cache.entries}
+        )
         payload["engine"] = await self._engine_counts()
         await respond.json(200, payload)
+
+    async def _cache_stats(self) -> CacheStats | None:
+        """The kv-cache actor's figures; ``None`` if it does not answer in time.
+
+        Its mailbox holds only control messages (the engine uses the cache
+        directly), so it answers at once unless a save or a drill holds it.
+        """
+        assert self.system is not None
+        with anyio.move_on_after(STATS_TIMEOUT), contextlib.suppress(TroupeError):
+            return await self.system.ref("kvcache").ask(
+                GetCacheStats(), timeout=STATS_TIMEOUT, expect=CacheStats
+            )
+        return None
 
     async def _engine_counts(self) -> dict[str, Any] | None:
         """The engine's figures; ``None`` if it does not answer at once.
@@ -298,10 +322,10 @@ class TroupeApp:
         runs on its own thread), so this answers in microseconds when it is up.
         """
         assert self.system is not None
-        with anyio.move_on_after(ENGINE_STATS_TIMEOUT):
+        with anyio.move_on_after(STATS_TIMEOUT):
             with contextlib.suppress(TroupeError):
                 stats = await self.system.ref("generation").ask(
-                    GetEngineStats(), timeout=ENGINE_STATS_TIMEOUT, expect=EngineStats
+                    GetEngineStats(), timeout=STATS_TIMEOUT, expect=EngineStats
                 )
                 return {
                     "running": stats.running,
