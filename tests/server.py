@@ -48,9 +48,13 @@ class Server:
 
 @contextmanager
 def running_server(
-    model_dir: Path, tmp: Path, *args: str, env: dict[str, str] | None = None
+    model_dir: Path | None, tmp: Path, *args: str, env: dict[str, str] | None = None
 ) -> Iterator[Server]:
-    """Start ``troupe serve`` with ``args``; stop it (SIGTERM, then SIGKILL) afterwards."""
+    """Start ``troupe serve`` with ``args``; stop it (SIGTERM, then SIGKILL) afterwards.
+
+    Without ``model_dir`` it serves the embedded default (set ``TROUPE_CACHE_DIR``
+    in ``env`` to keep the generated model out of the user's cache).
+    """
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     command = [
@@ -58,8 +62,7 @@ def running_server(
         "-m",
         "api.cli",
         "serve",
-        "--model",
-        str(model_dir),
+        *(("--model", str(model_dir)) if model_dir is not None else ()),
         "--port",
         str(port),
         *args,

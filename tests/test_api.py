@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -216,6 +217,12 @@ def test_sigterm_drains_in_flight_and_refuses_new_work(model_dir: Path, tmp_path
             first = next(line for line in lines if line)
             assert first.startswith("data: ")
             srv.process.send_signal(signal.SIGTERM)
+            # The signal is handled asynchronously: wait until the server says it
+            # is draining, then try to start new work.
+            deadline = time.monotonic() + 30
+            while httpx.get(srv.url + "/health/ready", timeout=10).status_code != 503:
+                assert time.monotonic() < deadline, "the server never started draining"
+                time.sleep(0.05)  # another process's state: no event to wait on
             refused = httpx.post(
                 srv.url + "/v1/completions", json={**body, "stream": False}, timeout=30
             )
@@ -224,3 +231,16 @@ def test_sigterm_drains_in_flight_and_refuses_new_work(model_dir: Path, tmp_path
         assert rest[-1] == "data: [DONE]"
         assert json.loads(rest[-2][len("data: ") :])["choices"][0]["finish_reason"] == "length"
         assert srv.process.wait(60) == 0
+
+
+def test_serve_without_a_model_generates_and_serves_the_embedded_default(tmp_path: Path) -> None:
+    env = {"TROUPE_CACHE_DIR": str(tmp_path / "cache")}
+    with running_server(None, tmp_path, "--max-body-bytes", "300", env=env) as srv:
+        assert model_name(srv) == "mlx-troupe-embedded-tiny"
+        assert "serving mlx-troupe-embedded-tiny on http://" in srv.log()
+        body = {"model": "mlx-troupe-embedded-tiny", "prompt": "Hi", "max_tokens": 3}
+        answer = httpx.post(srv.url + "/v1/completions", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        too_large = {**body, "prompt": "x" * 400}  # over the configured 300 bytes
+        assert_problem(httpx.post(srv.url + "/v1/completions", json=too_large, timeout=60), 413)
+    assert any((tmp_path / "cache").rglob("model.safetensors"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 import threading
@@ -163,3 +164,56 @@ def test_a_non_streaming_client_that_gives_up_frees_its_slot(tight: Server) -> N
     # 1,900 tokens take several seconds here; the slot is free long before that.
     assert time.monotonic() - started < 3.0
     caller.join(10)
+
+
+def test_a_deadline_passing_mid_stream_ends_it_with_an_error_event_naming_the_request(
+    tight: Server,
+) -> None:
+    # The completion deadline is 1.5 s; 1,500 tokens take far longer, so the
+    # stream has started when the deadline cuts it.
+    body = {**long_chat(tight), "prompt": "Go on", "stream": True}
+    del body["messages"]
+    headers = {"x-request-id": "deadline-mid-stream"}
+    with httpx.stream(
+        "POST", tight.url + "/v1/completions", json=body, headers=headers, timeout=60
+    ) as stream:
+        assert stream.status_code == 200
+        events = [line[len("data: ") :] for line in stream.iter_lines() if line]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert (error["code"], error["type"]) == (504, "deadline-exceeded")
+    assert error["request_id"] == "deadline-mid-stream"
+    assert len(events) > 3  # tokens were streamed before the deadline passed
+
+
+def test_unknown_fields_are_ignored_on_a_request_that_succeeds(tight: Server) -> None:
+    body = {
+        "model": model_name(tight),
+        "prompt": "hi",
+        "max_tokens": 2,
+        "logprobs_v9": {"nested": [1, 2]},
+        "service_tier": "auto",
+    }
+    response = httpx.post(tight.url + "/v1/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 2
+
+
+def test_health_answers_while_the_engine_is_busy(tight: Server) -> None:
+    gave_up = threading.Event()
+
+    def busy() -> None:
+        with contextlib.suppress(httpx.ReadTimeout):  # leaving cancels the generation
+            httpx.post(tight.url + "/v1/chat/completions", json=long_chat(tight, 1900), timeout=8)
+        gave_up.set()
+
+    caller = threading.Thread(target=busy)
+    caller.start()
+    wait_until_engine_holds(tight, 1)
+    for path in ("/health", "/health/live", "/health/ready", "/v1/supervisor", "/v1/metrics"):
+        assert httpx.get(tight.url + path, timeout=10).status_code == 200, path
+    # Every answer came while the 1,900-token request was still generating: none
+    # of them waited behind it.
+    assert not gave_up.is_set() and engine_running(tight) == 1
+    caller.join(30)
+    wait_until_engine_holds(tight, 0)
