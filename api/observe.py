@@ -168,6 +168,7 @@ def snapshot_json(snapshot: MetricsSnapshot) -> dict[str, Any]:
     The message's type tag and its list of unknown categories (refused with a
     400 before asking) are not part of the HTTP schema.
     """
-    fields = msgspec.structs.asdict(snapshot)
-    del fields["unknown_categories"]
+    fields: dict[str, Any] = msgspec.to_builtins(snapshot)
+    for internal in ("type", "unknown_categories"):
+        fields.pop(internal, None)
     return {name: value for name, value in fields.items() if value is not None}

@@ -14,11 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors.generation.protocol import FinishReason, Generate
 from actors.generation.requests import Admission, admit
 from actors.metrics import (
+    CATEGORIES,
     CacheFigures,
     DropCounter,
     GetMetricsSnapshot,
     Load,
     MemoryFigures,
+    MemorySnapshot,
     MetricsSnapshot,
     MetricsSources,
     MetricsState,
@@ -36,6 +38,7 @@ from actors.metrics import (
 )
 from actors.metrics.registry import safe_config
 from actors.model import LoadedModel
+from api.observe import snapshot_json
 from runtime import (
     NO_BACKOFF,
     Actor,
@@ -338,6 +341,22 @@ def test_failing_sources_leave_figures_unset() -> None:
     assert parsed["troupe_process_resident_memory_bytes"] == []
     assert parsed["troupe_cache_breaker_state"] == []
     assert parsed["troupe_cache_queries"] == [({}, 0.0)]
+
+
+def test_unreadable_memory_reads_null_in_the_json_and_nothing_else_is_missing() -> None:
+    def no_memory(previous: MemoryFigures | None) -> MemoryFigures:
+        raise OSError("no psutil, no MLX")
+
+    state = MetricsState(ManualClock())
+    sources = MetricsSources(memory=no_memory, cache=lambda: CACHE)
+    state.mark_start(sources)
+    state.refresh(sources)
+    body = snapshot_json(state.snapshot([]))
+    assert set(body) == {"timestamp", "uptime_seconds", *CATEGORIES}
+    assert set(body["memory"]) == set(MemorySnapshot.__struct_fields__)
+    assert all(value is None for value in body["memory"].values())
+    assert body["cache"]["hits"] == 4 and body["latency"]["end_to_end"]["count"] == 0
+    assert set(snapshot_json(state.snapshot(["cache"]))) == {"timestamp", "uptime_seconds", "cache"}
 
 
 def test_the_config_info_leaves_out_secrets_and_fixes_label_names() -> None:
