@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks") 
     finally:
         signal.signal(signal.SIGTERM, previous)
     words = sys.argv[1:] if argv is None else argv
-    command = shlex.join([prog, *map(environment.without_paths, words)])
+    command = " ".join([prog, shlex.join(map(environment.without_paths, words))]).strip()
     write_outputs(result, out, command)
     print_summary(console, result)
     console.print(f"wrote {out}/results.json, report.md and charts")

@@ -135,7 +135,14 @@ def markdown(result: RunResult, charts: list[str], command: str) -> str:
     for server in result.servers:
         command_line = " ".join(server.command) or server.url
         lines.append(f"| {server.label} | `{command_line}` | {', '.join(server.blas) or '-'} |")
-    lines += ["", "## Targets (ratio mlx-troupe / mlx_lm.server)", ""]
+    lines += [
+        "",
+        "BLAS mapped: every BLAS library in the server's memory map; a preloaded one",
+        "resolves the BLAS symbols first, so it is the one in use.",
+        "",
+        "## Targets (ratio mlx-troupe / mlx_lm.server)",
+        "",
+    ]
     lines += _targets_table(result)
     lines += ["", "## Figures", "", *_figures_table(result), ""]
     lines += [
