@@ -81,7 +81,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     parser.add_argument(
         "--rounds",
         type=int,
-        help="runs of each scenario per server, in alternating order (default: 2, quick: 1)",
+        help="runs of each scenario per server, in alternating order (default: 4, quick: 1)",
     )
     parser.add_argument("--quick", action="store_true", help="a tiny suite: a smoke test")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prompts (default: 0)")
@@ -148,7 +148,7 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> R
         suite=dataclasses.replace(suite, **changes),
         timeout=args.timeout,
         sampling_seed=args.sampling_seed,
-        rounds=args.rounds or (1 if args.quick else 2),
+        rounds=args.rounds or (1 if args.quick else 4),
         log_dir=out / "logs",
     )
 

@@ -104,7 +104,7 @@ class RunOptions:
     timeout: float = 300.0
     ready_timeout: float = 180.0
     sampling_seed: int | None = None
-    rounds: int = 2
+    rounds: int = 4
     log_dir: Path = Path("bench-logs")
 
 

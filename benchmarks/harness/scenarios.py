@@ -71,7 +71,7 @@ class Scenario:
 
 @dataclass(frozen=True)
 class SuiteConfig:
-    """Sizes of the suite, per round; the defaults take about 10 minutes on two cores."""
+    """Sizes of the suite, per round; the default four rounds take about 7 minutes on two cores."""
 
     groups: Sequence[str] = GROUPS
     levels: Sequence[int] = (1, 4, 16, 64)
