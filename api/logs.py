@@ -21,10 +21,16 @@ either can carry prompt text, paths or secrets.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import sys
+import threading
 import time
+import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, TextIO
 
 import anyio
 import msgspec
@@ -46,6 +52,8 @@ LOG_FIELDS = "troupe.log"
 _BARE_RECORD = logging.LogRecord("", 0, "", 0, "", None, None)
 _STANDARD = frozenset(_BARE_RECORD.__dict__) | {"message", "asctime", "request_id", "taskName"}
 _encoder = msgspec.json.Encoder(enc_hook=str)
+_DIRECTORIES = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\\/'\"<>:]+)+[\\/]")
+"""Leading directories of a path, so that a warning's text keeps only file names."""
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -103,12 +111,59 @@ def _show(value: object) -> str:
 
 
 def configure_logging(level: str, form: LogFormat = "json") -> None:
-    """Send every record (ours, hypercorn's, warnings) to stderr in ``form``, tagged with ids."""
+    """Send every record (ours, hypercorn's, warnings) to stderr in ``form``, tagged with ids.
+
+    Python's own writers to stderr are redirected too, so that no line escapes
+    the format: warnings become records (their text without directories), and
+    an uncaught exception, in the main thread or another, is logged as its
+    type and origin instead of a traceback.
+    """
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if form == "json" else TextFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    logging.captureWarnings(True)  # warnings become records too: one format for every line
+    warnings.showwarning = _log_warning
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_warning(  # noqa: PLR0917 - the signature of warnings.showwarning
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    text = _DIRECTORIES.sub("", str(message))
+    where = f"{os.path.basename(filename)}:{lineno}"
+    fields = {"event": "warning", "category": category.__name__, "where": where}
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, text, extra=fields)
+
+
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+) -> None:
+    fields = {"event": "uncaught_exception", "error": describe_failure(error)}
+    logging.getLogger("troupe").critical("uncaught %s", kind.__name__, extra=fields)
+
+
+def _log_uncaught_in_thread(hook: threading.ExceptHookArgs) -> None:
+    if hook.exc_value is None or isinstance(hook.exc_value, SystemExit):
+        return
+    name = hook.thread.name if hook.thread is not None else "?"
+    fields = {"event": "uncaught_exception", "thread_name": name}
+    fields["error"] = describe_failure(hook.exc_value)
+    logging.getLogger("troupe").critical("uncaught %s", hook.exc_type.__name__, extra=fields)
+
+
+def _safe(fields: Mapping[str, object]) -> dict[str, object]:
+    """``fields`` as ``extra=``, a name a LogRecord uses itself suffixed with ``_field``.
+
+    logging refuses to overwrite a record's own attribute (``thread``,
+    ``module``...), and a log line must never raise.
+    """
+    return {f"{k}_field" if k in _STANDARD else k: v for k, v in fields.items()}
 
 
 def annotate(scope: Scope, **fields: object) -> None:
@@ -154,7 +209,9 @@ class AccessLogMiddleware:
                 "duration_ms": round((time.monotonic() - start) * 1000.0, 3),
             }
             fields.update(scope.get("state", {}).get(LOG_FIELDS, {}))
-            log.info("%s %s %s", fields["method"], fields["path"], fields["status"], extra=fields)
+            log.info(
+                "%s %s %s", fields["method"], fields["path"], fields["status"], extra=_safe(fields)
+            )
 
 
 _LIFECYCLE_LEVELS = {
@@ -176,7 +233,7 @@ def lifecycle_fields(event: Event) -> dict[str, object]:
 def _log_event(event: Event) -> None:
     fields = lifecycle_fields(event)
     level = _LIFECYCLE_LEVELS.get(type(event), logging.INFO)
-    lifecycle_log.log(level, "%s %s", fields["event"], event.path, extra=fields)
+    lifecycle_log.log(level, "%s %s", fields["event"], event.path, extra=_safe(fields))
 
 
 async def log_lifecycle(subscription: Subscription[Event]) -> None:

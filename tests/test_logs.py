@@ -13,10 +13,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
-from api.logs import JsonFormatter, TextFormatter, lifecycle_fields
+from api.http import Message, Receive, Scope, Send
+from api.logs import (
+    AccessLogMiddleware,
+    JsonFormatter,
+    TextFormatter,
+    annotate,
+    lifecycle_fields,
+)
 from api.middleware import RequestIdFilter, request_id_var
 from runtime.lifecycle import Crashed, Restarted
 from tests.server import REPO, Server, free_port, wait_ready
@@ -188,6 +196,42 @@ def test_the_json_formatter_keeps_fields_and_drops_tracebacks() -> None:
     assert text.endswith('done event=request path="/v1/x y"')
 
 
+class Kept(logging.Handler):
+    """Keeps the records it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_field_named_like_a_record_attribute_cannot_break_the_request_line() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        annotate(scope, thread="mine", model="tiny")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    logger, kept = logging.getLogger("troupe.http"), Kept()
+    logger.addHandler(kept)
+    logger.setLevel(logging.INFO)
+    try:
+        scope: Scope = {"type": "http", "method": "GET", "path": "/x"}
+        anyio.run(AccessLogMiddleware(app), scope, receive, send)
+    finally:
+        logger.removeHandler(kept)
+        logger.setLevel(logging.NOTSET)
+    (line,) = kept.records
+    assert (line.__dict__["thread_field"], line.__dict__["model"]) == ("mine", "tiny")
+    assert line.__dict__["status"] == 204
+
+
 def test_lifecycle_events_become_log_fields() -> None:
     crashed = Crashed(path="troupe/generation", at=1.0, reason="EngineCrashed (in m.f:1)")
     assert lifecycle_fields(crashed) == {
@@ -197,3 +241,36 @@ def test_lifecycle_events_become_log_fields() -> None:
     }
     restarted = Restarted(path="troupe/x", at=2.0, incarnation=2, restarts_total=1, delay=0.0)
     assert lifecycle_fields(restarted)["event"] == "actor_restarted"
+
+
+def test_warnings_and_uncaught_exceptions_are_json_lines_without_paths_or_text() -> None:
+    script = f"""
+import threading, warnings
+from api.logs import configure_logging
+configure_logging("info", "json")
+warnings.warn("see /home/alice/notes/{SECRET_PROMPT}.txt")
+worker = threading.Thread(target=lambda: 1 / 0, name="worker")
+worker.start()
+worker.join()
+raise ValueError("{SECRET_PROMPT}")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    lines = parse(done.stderr)
+    assert [line.get("event") for line in lines] == [
+        "warning",
+        "uncaught_exception",
+        "uncaught_exception",
+    ]
+    assert lines[0]["category"] == "UserWarning" and "/home/alice" not in done.stderr
+    assert lines[1]["thread_name"] == "worker" and lines[1]["error"].startswith("ZeroDivisionError")
+    assert lines[2]["error"].startswith("ValueError")
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count(SECRET_PROMPT) == 1  # the warning's file name, not the exception
