@@ -77,7 +77,7 @@ async def test_a_server_that_is_not_there_is_a_connect_error() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_successful_streams_report_usage_and_keep_the_connection() -> None:
+async def test_successful_streams_report_their_usage_and_ordered_times() -> None:
     bodies = [body(f"request {n}", max_tokens=n + 1) for n in range(8)]
 
     load = await load_against_instant(bodies, concurrency=2, timeout=5)
