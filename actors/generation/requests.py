@@ -120,7 +120,9 @@ class Admission:
     cached_prefix: list[int]
     cache: list[Any] | None
     max_tokens: int
-    sampler: RequestSampler
+    sampler: RequestSampler | None
+    """``None`` for greedy decoding: the batch's shared argmax (one call for every
+    greedy sequence of a step, instead of one per sequence)."""
     processors: list[LogitsProcessor]
 
 
@@ -167,7 +169,7 @@ def admit(
         cached_prefix=list(prompt[:prefix]),
         cache=None if hit is None else hit.cache,
         max_tokens=min(params.max_tokens, loaded.context_length - len(prompt)),
-        sampler=RequestSampler(params),
+        sampler=None if params.temperature == 0.0 else RequestSampler(params),
         processors=logits_processors(params),
     )
 
