@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 OPENBLAS ?= /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
 PRELOAD  := $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS))
 
-.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-observability clean
+.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-observability reliability clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -48,6 +48,15 @@ bench-generation: $(STAMP)
 
 bench-observability: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.observability_bench
+
+# The reliability suite at full scale (--long): soak 20,000 requests, 30 engine
+# crashes under 64 clients, ten times the fuzz examples. Figures go to FIGURES.
+FIGURES ?= docs/reliability-figures.json
+reliability: $(STAMP)
+	TROUPE_FIGURES=$(FIGURES) $(BIN)/pytest --long -p no:cacheprovider \
+		tests/test_reliability_crash.py tests/test_reliability_cache.py \
+		tests/test_reliability_shutdown.py tests/test_soak.py tests/test_fuzz.py \
+		tests/test_security.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import httpx
 
-from tests.server import Server
+from tests.server import REPO, Server
 
 ADMIN_KEY = "admin-key-for-drills"
 DRILL_FLAGS = ("--fault-injection", "--admin-key", ADMIN_KEY)
@@ -49,6 +51,20 @@ def actor(status: dict[str, Any], name: str) -> dict[str, Any]:
             return found
         pending.extend(node.get("children", []))
     raise AssertionError(f"no actor {name!r} in the tree")
+
+
+def troupe_status(server: Server) -> str:
+    """What ``troupe status`` prints for the server (asserting it exits 0)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "api.cli", "status", "--url", server.url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def model_name(server: Server) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server import REPO, Server, running_server
+from tests.drills import troupe_status
+from tests.server import Server, running_server
 from tests.test_api import assert_problem, model_name
 
 pytestmark = pytest.mark.timeout(180)
@@ -113,18 +112,10 @@ def test_client_disconnect_frees_its_batch_slot(tight: Server) -> None:
 
 
 def test_troupe_status_against_a_live_server(tight: Server) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "status", "--url", tight.url],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    printed = troupe_status(tight)
     for actor in ("intake", "kvcache", "generation", "running"):
-        assert actor in result.stdout
-    assert "closed" in result.stdout  # the cache breaker
+        assert actor in printed
+    assert "closed" in printed  # the cache breaker
 
 
 def test_api_keys_guard_v1_and_admin_while_health_stays_open(

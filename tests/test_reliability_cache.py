@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.drills import DRILL_FLAGS, actor, drill, model_name, supervisor
-from tests.server import REPO, Server, running_server
+from tests.drills import DRILL_FLAGS, actor, drill, model_name, supervisor, troupe_status
+from tests.server import Server, running_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -47,19 +45,6 @@ def health(server: Server) -> dict[str, object]:
     return body
 
 
-def status_output(server: Server) -> str:
-    """What ``troupe status`` prints for the server."""
-    result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "status", "--url", server.url],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout
-
-
 def test_cache_faults_degrade_then_probes_restore_the_cache(
     model_dir: Path, tmp_path: Path, figures: dict[str, object]
 ) -> None:
@@ -75,7 +60,7 @@ def test_cache_faults_degrade_then_probes_restore_the_cache(
         report = health(server)
         assert report["status"] == "degraded"
         assert report["actors"] == {**report["actors"], "kvcache": "degraded"}  # type: ignore[dict-item]
-        assert "cache breaker: open" in status_output(server)
+        assert "cache breaker: open" in troupe_status(server)
         assert complete(server, "Served without the cache").status_code == 200
         # After the cool-down one request at a time probes the cache; four
         # clean operations in a row close the breaker.
