@@ -32,8 +32,9 @@ from actors.intake.actor import IntakeSettings, IntakeState, intake_child
 from actors.kvcache.actor import KVCacheSettings, kvcache_child
 from actors.kvcache.pressure import MemoryMonitor, PressureConfig
 from actors.kvcache.store import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, PrefixCache
-from actors.metrics.actor import MetricsSources, MetricsState, cache_figures, metrics_child
+from actors.metrics.actor import metrics_child
 from actors.metrics.registry import Load
+from actors.metrics.state import MetricsSources, MetricsState, cache_figures
 from actors.model.loader import LoadedModel
 from runtime import (
     ActorSystem,

@@ -156,12 +156,12 @@ class TroupeApp:
 
     def _open_audit(self) -> None:
         if self.settings.audit_path:
-            self.completions.audit = AuditLog(
+            self.completions.reporter.audit = AuditLog(
                 self.settings.audit_path, self.settings.audit_retention_days
             )
 
     async def _close_audit(self) -> None:
-        audit, self.completions.audit = self.completions.audit, None
+        audit, self.completions.reporter.audit = self.completions.reporter.audit, None
         if audit is not None:  # writes what is queued: every drained request has its row
             await anyio.to_thread.run_sync(audit.close)
 
@@ -174,9 +174,9 @@ class TroupeApp:
         await self._audit().stats(request, respond)
 
     def _audit(self) -> AuditLog:
-        if self.completions.audit is None:
+        if self.completions.reporter.audit is None:
             raise HTTPProblem(404, "not-found", "this server keeps no audit log (--audit-path)")
-        return self.completions.audit
+        return self.completions.reporter.audit
 
     async def inject_fault(self, request: Request, respond: Responder) -> None:
         """``POST /admin/faults`` (admin key, ``--fault-injection``)."""

@@ -12,12 +12,11 @@ under it) is retried transparently, at most twice.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
@@ -31,17 +30,15 @@ from actors.generation.protocol import (
     SamplingParams,
     TokenChunk,
 )
-from actors.metrics.protocol import RequestCompleted
-from api.audit_routes import AuditLog
-from api.http import ClientDisconnected, Request, Responder
-from api.logs import annotate
-from api.observe import Observer, Timing
+from api.http import Request, Responder
+from api.observe import Observer
 from api.openai_types import (
     ChatCompletionRequest,
     CompletionRequest,
     SamplingFields,
 )
-from api.problems import HTTPProblem, Problem, problem_for
+from api.outcome import Outcome, Reporter
+from api.problems import HTTPProblem, problem_for
 from api.responses import Reply, chat_reply, text_reply
 from runtime import ActorDied, ActorSystem
 
@@ -70,28 +67,6 @@ class Admission(Protocol):
     def bind(self, system: ActorSystem) -> None:
         """Find intake in the running system."""
         ...
-
-
-@dataclass
-class Outcome:
-    """What a request produced, for the response, intake, metrics, audit and logs."""
-
-    text: str = ""
-    end: Finished | Failed | None = None
-    tokens_sent: int = 0
-    cancelled_by: str = ""
-    """``disconnect`` or ``deadline`` when the request was cut short."""
-    timing: Timing = field(default_factory=Timing)
-    admitted: bool = False
-    """Intake let it in (refused requests take no part in the latency figures)."""
-    prompt_tokens: int = 0
-    """The prompt's length once tokenized."""
-    refused: Problem | None = None
-    """The problem that answered it, when one was raised (bad input, shed, ...)."""
-
-
-CANCEL_ERRORS = {"disconnect": "client_disconnect", "deadline": "deadline_exceeded"}
-"""The audit's and the log's ``error_type`` of a request cut short, by cause."""
 
 
 @dataclass(frozen=True)
@@ -123,15 +98,15 @@ class Completions:
         self._admission = admission
         self._tokenizer = tokenizer
         self._observer = observer
-        self.audit: AuditLog | None = None
-        """Set while the server runs with an audit log."""
+        self.reporter = Reporter(settings.model_name, observer)
+        """Reports every request; holds the audit log while the server has one."""
         self.gate: Callable[[], None] = lambda: None
         """Raises the problem (503 draining, not ready) that refuses every request
         now; called first, so that refused requests are reported and audited too."""
 
     async def chat(self, request: Request, respond: Responder) -> None:
         """``POST /v1/chat/completions``."""
-        async with self._reported(request, "chat") as outcome:
+        async with self.reporter.reporting(request, "chat", self.gate) as outcome:
             body = await request.json_body(ChatCompletionRequest, self.settings.max_body_bytes)
             self._check_model(body.model)
             chars = sum(len(message.text) for message in body.messages)
@@ -154,7 +129,7 @@ class Completions:
 
     async def text(self, request: Request, respond: Responder) -> None:
         """``POST /v1/completions``."""
-        async with self._reported(request, "completions") as outcome:
+        async with self.reporter.reporting(request, "completions", self.gate) as outcome:
             await self._text(request, respond, outcome)
 
     async def _text(self, request: Request, respond: Responder, outcome: Outcome) -> None:
@@ -188,25 +163,6 @@ class Completions:
             prompt_chars=len(text),
             make_prompt=lambda: self._text_prompt(text),
         )
-
-    @contextlib.asynccontextmanager
-    async def _reported(self, request: Request, endpoint: str) -> AsyncIterator[Outcome]:
-        """Report every request to metrics, audit and the log, refused ones included."""
-        outcome = Outcome()
-        try:
-            self.gate()
-            yield outcome
-        except Exception as exc:
-            inner = _innermost(exc)
-            if isinstance(inner, ClientDisconnected):
-                outcome.cancelled_by = "disconnect"  # gone mid-upload: nobody got an answer
-            else:
-                # The same mapping the error middleware answers with, so the
-                # reported status is the one the client gets.
-                outcome.refused = problem_for(inner)
-            raise
-        finally:
-            self._report(request, endpoint, outcome)
 
     def _check_model(self, model: str) -> None:
         if model != self.settings.model_name:
@@ -277,57 +233,7 @@ class Completions:
                 outcome.cancelled_by = "deadline"
                 await self._deadline_passed(respond, reply)
         finally:
-            self._admission.release(request.request_id, _outcome_name(outcome))
-
-    def _report(self, request: Request, endpoint: str, outcome: Outcome) -> None:
-        """Tell the metrics actor, the audit log if there is one, and the log how it ended.
-
-        Metadata only: token counts, timings, statuses; never the text.
-        """
-        timing = outcome.timing
-        finished = outcome.end if isinstance(outcome.end, Finished) else None
-        event = RequestCompleted(
-            endpoint=endpoint,
-            status=_status_of(outcome),
-            model=self.settings.model_name,
-            duration_s=time.monotonic() - timing.start,
-            ttft_s=None if timing.first is None else timing.first - timing.start,
-            inter_token_s=timing.gaps(),
-            queue_s=finished.queued_s if finished else None,
-            prompt_tokens=finished.prompt_tokens if finished else outcome.prompt_tokens,
-            completion_tokens=finished.completion_tokens if finished else outcome.tokens_sent,
-            finish_reason=_finish_reason(outcome),
-            admitted=outcome.admitted,
-        )
-        error_type = _error_type(outcome)
-        if outcome.cancelled_by:
-            self._observer.cancelled(outcome.cancelled_by)
-        self._observer.completed(event)
-        if self.audit is not None:
-            self.audit.record(
-                request,
-                model=event.model,
-                endpoint=endpoint,
-                status=event.status,
-                duration_s=event.duration_s,
-                ttft_s=event.ttft_s,
-                prompt_tokens=event.prompt_tokens,
-                completion_tokens=event.completion_tokens,
-                finish_reason=event.finish_reason,
-                error_type=error_type,
-            )
-        annotate(
-            request.scope,
-            endpoint=endpoint,
-            model=event.model,
-            status=event.status,
-            finish_reason=event.finish_reason,
-            ttft_ms=None if event.ttft_s is None else round(event.ttft_s * 1000.0, 3),
-            prompt_tokens=event.prompt_tokens,
-            completion_tokens=event.completion_tokens,
-            cached_tokens=finished.cached_tokens if finished else 0,
-            error_type=error_type,
-        )
+            self._admission.release(request.request_id, outcome.intake_name)
 
     async def _run_watching_client(
         self,
@@ -446,51 +352,6 @@ def _retry_of(generate: Generate, attempt: int) -> Generate:
         deadline=generate.deadline,
         submitted_at=time.time(),  # the wait before this attempt, not the failed one's
     )
-
-
-def _status_of(outcome: Outcome) -> int:
-    """The status the request ended with (499: the client went away first)."""
-    if outcome.refused is not None:
-        return outcome.refused.status
-    if outcome.cancelled_by == "disconnect":
-        return 499
-    if outcome.cancelled_by == "deadline":
-        return 504
-    end = outcome.end
-    if isinstance(end, Finished):
-        return 200
-    return problem_for(end).status if isinstance(end, Failed) else 500
-
-
-def _finish_reason(outcome: Outcome) -> str | None:
-    if isinstance(outcome.end, Finished):
-        return outcome.end.reason.value
-    return "cancelled" if outcome.cancelled_by else None
-
-
-def _error_type(outcome: Outcome) -> str | None:
-    """A short class of what went wrong (never a message): a failure kind or a problem slug."""
-    if outcome.refused is not None:
-        return outcome.refused.slug.replace("-", "_")
-    if outcome.cancelled_by:
-        return CANCEL_ERRORS.get(outcome.cancelled_by, "cancelled")
-    return outcome.end.kind.value if isinstance(outcome.end, Failed) else None
-
-
-def _innermost(exc: Exception) -> BaseException:
-    """The one exception inside (nested) single-member groups, else ``exc`` itself."""
-    inner: BaseException = exc
-    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
-        inner = inner.exceptions[0]
-    return inner
-
-
-def _outcome_name(outcome: Outcome) -> str:
-    if outcome.cancelled_by == "disconnect":
-        return "cancelled_disconnect"
-    if outcome.cancelled_by == "deadline":
-        return "cancelled_deadline"
-    return "completed" if isinstance(outcome.end, Finished) else "failed"
 
 
 def sampling_params(body: SamplingFields, default_max_tokens: int) -> SamplingParams:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
-import enum
 import functools
 import inspect
 import ipaddress
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, Final, Literal, get_args, get_origin
 
 import msgspec
+
+from api.config_problems import Problem, Severity, error
 
 MIB: Final = 1024**2
 GIB: Final = 1024**3
@@ -139,52 +140,6 @@ def _redacted(name: str, value: object) -> object:
 
 
 FIELDS: Final = {field.name: field for field in msgspec.structs.fields(Settings)}
-
-
-class Severity(enum.StrEnum):
-    """How bad a problem is: errors stop the server, warnings are only shown."""
-
-    ERROR = "error"
-    WARNING = "warning"
-
-
-class Problem(msgspec.Struct, frozen=True, kw_only=True):
-    """One thing wrong (or doubtful) about the configuration.
-
-    Attributes:
-        severity: Whether it stops the server.
-        setting: The setting concerned, or ``None`` (a file, a dependency).
-        message: A readable sentence without secrets.
-    """
-
-    severity: Severity
-    setting: str | None
-    message: str
-
-
-def error(setting: str | None, message: str) -> Problem:
-    """A problem that stops the server."""
-    return Problem(severity=Severity.ERROR, setting=setting, message=message)
-
-
-def warning(setting: str | None, message: str) -> Problem:
-    """A problem that is shown but lets the server start."""
-    return Problem(severity=Severity.WARNING, setting=setting, message=message)
-
-
-def has_errors(problems: Iterable[Problem]) -> bool:
-    """Whether any problem is an error."""
-    return any(problem.severity is Severity.ERROR for problem in problems)
-
-
-def format_problems(problems: Iterable[Problem]) -> str:
-    """Render problems one a line, errors first, e.g. ``error    port: ...``."""
-    ordered = sorted(problems, key=lambda p: p.severity is not Severity.ERROR)
-    lines = []
-    for problem in ordered:
-        where = f"{problem.setting}: " if problem.setting else ""
-        lines.append(f"{problem.severity.value:<8} {where}{problem.message}")
-    return "\n".join(lines)
 
 
 def is_loopback(host: str) -> bool:

@@ -20,15 +20,8 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from api.config import (
-    Problem,
-    Settings,
-    Severity,
-    error,
-    is_loopback,
-    load_settings,
-    warning,
-)
+from api.config import Settings, is_loopback, load_settings
+from api.config_problems import Problem, Severity, error, warning
 
 MINIMUM_VERSIONS: Final = {"mlx": (0, 29), "mlx-lm": (0, 28)}
 """Distributions the server needs, with the oldest version that works."""

@@ -25,7 +25,7 @@ from api.http import (
     Scope,
     Send,
 )
-from api.problems import HTTPProblem, problem_for
+from api.problems import HTTPProblem, innermost, problem_for
 from runtime import describe_failure
 
 log = logging.getLogger("troupe.http")
@@ -148,9 +148,9 @@ class ErrorMiddleware:
         try:
             await self.app(scope, tracking_receive, tracking_send)
         except Exception as exc:
-            if isinstance(_sole(exc), ClientDisconnected):
+            if isinstance(innermost(exc), ClientDisconnected):
                 return  # gone before its body arrived: nobody to answer, nothing went wrong
-            problem = problem_for(_sole(exc))
+            problem = problem_for(innermost(exc))
             if problem.status == 500:  # a bug: 503s and 504s are expected answers
                 log.error("request failed: %s", describe_failure(exc))
             if started:
@@ -196,13 +196,6 @@ class AuthMiddleware:
                 "a valid API key is required (Authorization: Bearer ...)",
                 (("www-authenticate", "Bearer"),),
             )
-
-
-def _sole(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) single-member groups, else ``exc`` itself."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _bearer(header: str | None) -> bytes | None:

@@ -112,6 +112,16 @@ def problem_for(error: BaseException | Failed) -> Problem:
     return Problem(500, "internal-error", "the server failed to handle this request")
 
 
+def innermost(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) single-member groups, else ``exc`` itself.
+
+    Task groups wrap what a handler raised; the mapping looks at that.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def encode_problem(problem: Problem, *, request_id: str, instance: str) -> bytes:
     """The response body for ``problem``."""
     return msgspec.json.encode(

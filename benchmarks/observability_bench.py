@@ -39,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -51,15 +51,6 @@ import httpx
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
-from actors.audit import AuditRecord, AuditWriter
-from actors.metrics import (
-    GetMetricsSnapshot,
-    MetricsSnapshot,
-    MetricsState,
-    RequestCompleted,
-    metrics_child,
-    record,
-)
 from actors.model.embedded import default_model_dir
 from actors.tree import build_inference
 from api.admission import IntakeAdmission
@@ -69,7 +60,7 @@ from api.logs import JsonFormatter
 from api.middleware import RequestIdFilter
 from api.server import inference_settings, model_loader
 from benchmarks.generation_bench import blas_library
-from runtime import ActorSystem, SupervisorSpec, SystemClock
+from benchmarks.observability_costs import audit_costs, log_costs, metrics_costs
 
 NO_EOS = {str(token): -100 for token in range(7)}
 """Keeps the tiny model's special tokens out, so every request runs to ``max_tokens``."""
@@ -91,7 +82,7 @@ class Bench:
             self.app.observer.bind(self.app.system)
         else:
             self.app.observer.ref = None
-        self.app.completions.audit = self.audit if on else None
+        self.app.completions.reporter.audit = self.audit if on else None
         logging.getLogger().setLevel(logging.INFO if on else logging.WARNING)
 
 
@@ -135,7 +126,7 @@ async def _serving(model: str, work: Path) -> AsyncIterator[Bench]:
             f"http://127.0.0.1:{listener.getsockname()[1]}",
             app,
             app.model_name,
-            app.completions.audit,
+            app.completions.reporter.audit,
         )
         try:
             yield bench
@@ -238,109 +229,6 @@ def check_switch(bench: Bench, on_requests: int) -> None:
     written = bench.audit.writer.statistics().written
     if recorded != on_requests or written != on_requests:
         raise RuntimeError(f"{on_requests} requests were on; {recorded} counted, {written} audited")
-
-
-def event(n: int) -> RequestCompleted:
-    """A typical finished request's event (64 tokens, capped gap samples)."""
-    return RequestCompleted(
-        endpoint="completions",
-        status=200,
-        model="tiny",
-        duration_s=0.25 + n % 7 * 0.01,
-        ttft_s=0.02,
-        inter_token_s=[0.003 + (n + i) % 5 * 0.0005 for i in range(63)],
-        queue_s=0.001,
-        prompt_tokens=12,
-        completion_tokens=64,
-        finish_reason="length",
-    )
-
-
-def per_call_us(run: Callable[[int], object], count: int) -> float:
-    """Microseconds per call of ``run(i)`` for ``i`` in ``range(count)``."""
-    gc.collect()
-    start = time.perf_counter()
-    for i in range(count):
-        run(i)
-    return (time.perf_counter() - start) / count * 1e6
-
-
-async def metrics_costs(count: int) -> dict[str, float]:
-    """``record`` alone, the accounting alone, and the metrics actor end to end."""
-    events = [event(n) for n in range(count)]
-    state = MetricsState(SystemClock())
-    accounting = per_call_us(lambda i: state.observe(events[i]), count)
-    shared = MetricsState(SystemClock())
-    tree = SupervisorSpec("root", [metrics_child(shared, capacity=count + 1)])
-    async with ActorSystem(tree) as system:
-        ref = system.ref("metrics")
-        gc.collect()
-        start = time.perf_counter()
-        for i in range(count):
-            record(ref, events[i], shared.dropped)
-        sent = time.perf_counter()
-        snapshot = await ref.ask(GetMetricsSnapshot(), timeout=60, expect=MetricsSnapshot)
-        done = time.perf_counter()
-    assert shared.dropped.value == 0 and snapshot.throughput is not None
-    assert snapshot.throughput.total_requests == count
-    return {
-        "record_us": (sent - start) / count * 1e6,
-        "accounting_us": accounting,
-        "actor_end_to_end_us": (done - start) / count * 1e6,
-    }
-
-
-def audit_costs(work: Path, count: int) -> dict[str, float]:
-    """``submit`` alone, and the writer's throughput to SQLite per row."""
-    rows = [
-        AuditRecord(
-            request_id=f"r{n}",
-            ts=time.time(),
-            model="tiny",
-            endpoint="completions",
-            status=200,
-            finish_reason="length",
-            duration_ms=250.0,
-            ttft_ms=20.0,
-            prompt_tokens=12,
-            completion_tokens=64,
-            key_hash=None,
-        )
-        for n in range(count)
-    ]
-    with AuditWriter(work / "costs.sqlite", queue_size=count + 1) as writer:
-        gc.collect()
-        start = time.perf_counter()
-        for row in rows:
-            writer.submit(row)
-        submitted = time.perf_counter()
-        assert writer.flush(timeout=120)
-        written = time.perf_counter()
-        assert writer.statistics().written == count
-    return {
-        "audit_submit_us": (submitted - start) / count * 1e6,
-        "audit_written_per_row_us": (written - start) / count * 1e6,
-    }
-
-
-def log_costs(work: Path, count: int) -> dict[str, float]:
-    """One JSON request line through the logging machinery into a file."""
-    log = logging.getLogger("benchmark.requests")
-    handler = logging.FileHandler(work / "costs.log")
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter())
-    log.addHandler(handler)
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    fields = {"event": "request", "method": "POST", "path": "/v1/completions", "status": 200,
-              "duration_ms": 250.0, "endpoint": "completions", "model": "tiny",
-              "finish_reason": "length", "ttft_ms": 20.0, "prompt_tokens": 12,
-              "completion_tokens": 64, "cached_tokens": 0, "error_type": None}  # fmt: skip
-    try:
-        return {"log_line_us": per_call_us(lambda i: log.info("POST 200", extra=fields), count)}
-    finally:
-        log.removeHandler(handler)
-        handler.close()
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.metrics import MetricsActor, RequestCompleted, cache_figures
-from actors.metrics.actor import MetricsSources
+from actors.metrics.state import MetricsSources
 from actors.tree import Inference
 from api.config import Settings
 from runtime import ChildSpec, MailboxConfig, Message, Overflow

@@ -20,19 +20,15 @@ from api.config import (
     GIB,
     MIB,
     ModelSize,
-    Problem,
     Settings,
-    Severity,
     add_arguments,
     field_docs,
-    format_problems,
-    has_errors,
     is_loopback,
     load_settings,
     overrides_from_args,
-    warning,
 )
 from api.config_checks import check_settings, load_and_check, version_tuple
+from api.config_problems import Problem, Severity, format_problems, has_errors, warning
 
 pytestmark = pytest.mark.timeout(60)
 

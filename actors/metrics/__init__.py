@@ -1,13 +1,6 @@
 """The metrics actor: request and lifecycle events in, snapshots and Prometheus text out."""
 
-from actors.metrics.actor import (
-    DEFAULT_MAILBOX,
-    MetricsActor,
-    MetricsSources,
-    MetricsState,
-    cache_figures,
-    metrics_child,
-)
+from actors.metrics.actor import DEFAULT_MAILBOX, MetricsActor, metrics_child
 from actors.metrics.protocol import (
     CATEGORIES,
     MAX_INTER_TOKEN_SAMPLES,
@@ -30,6 +23,7 @@ from actors.metrics.protocol import (
     record,
 )
 from actors.metrics.registry import CacheFigures, Load, MemoryFigures, MetricsRegistry, read_memory
+from actors.metrics.state import MetricsSources, MetricsState, cache_figures
 from actors.metrics.windows import RollingRate, SlidingWindow, percentile
 
 __all__ = [
