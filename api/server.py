@@ -8,11 +8,13 @@ escalates, the server stops the same way and exits 1 with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +110,29 @@ def inference_settings(settings: Settings) -> InferenceSettings:
     )
 
 
+@dataclass
+class _Exit:
+    code: int = 0
+    stopping: bool = False
+    """Set once a signal or an escalation has started the shutdown."""
+
+
 def serve(settings: Settings) -> int:
     """Run the server until a signal or an escalation; return the exit status."""
-    return anyio.run(_serve, settings)
+    outcome = _Exit()
+    try:
+        anyio.run(_serve, settings, outcome)
+    except asyncio.CancelledError:
+        # hypercorn ends by cancelling its lifespan task and awaiting it; if the
+        # task had not quite returned (it is finishing the actors' shutdown),
+        # that cancellation surfaces here, after everything has stopped. Only
+        # then is it not an error: the exit status is already decided.
+        if not outcome.stopping:
+            raise
+    return outcome.code
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, outcome: _Exit) -> None:
     inference = build_inference(model_loader(settings), inference_settings(settings))
     admission = IntakeAdmission(
         {"chat": settings.chat_timeout, "completions": settings.completion_timeout}
@@ -121,11 +140,10 @@ async def _serve(settings: Settings) -> int:
     app = TroupeApp(settings, inference, admission)
     config = _hypercorn_config(settings)
     stop = anyio.Event()
-    outcome = {"code": 0}
     async with anyio.create_task_group() as tg:
         # Subscribed before the system exists, so even the first Started is logged.
         tg.start_soon(log_lifecycle, inference.events.subscribe(LIFECYCLE_LOG_EVENTS))
-        tg.start_soon(_on_signal, app, settings, stop)
+        tg.start_soon(_on_signal, app, settings, stop, outcome)
         tg.start_soon(_on_escalation, app, settings, stop, outcome)
         tg.start_soon(_announce, app, config.bind[0])
         # hypercorn types ASGI apps with its own TypedDicts; ours is the same protocol.
@@ -137,10 +155,9 @@ async def _serve(settings: Settings) -> int:
                 raise
             reason = app.start_failure or "startup did not finish"
             log.error("cannot start: %s", reason, extra={"event": "server_start_failed"})
-            outcome["code"] = EXIT_START_FAILED
+            outcome.code = EXIT_START_FAILED
         tg.cancel_scope.cancel()
-    log.info("stopped", extra={"event": "server_stopped", "exit_code": outcome["code"]})
-    return outcome["code"]
+    log.info("stopped", extra={"event": "server_stopped", "exit_code": outcome.code})
 
 
 def _hypercorn_config(settings: Settings) -> Config:
@@ -175,7 +192,7 @@ def _is_lifespan_failure(exc: BaseException) -> bool:
     return isinstance(exc, LifespanFailureError | LifespanTimeoutError)
 
 
-async def _on_signal(app: TroupeApp, settings: Settings, stop: anyio.Event) -> None:
+async def _on_signal(app: TroupeApp, settings: Settings, stop: anyio.Event, outcome: _Exit) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
@@ -191,12 +208,13 @@ async def _on_signal(app: TroupeApp, settings: Settings, stop: anyio.Event) -> N
                     app.in_flight,
                     extra={"event": "drain_incomplete", "in_flight": app.in_flight},
                 )
+            outcome.stopping = True
             stop.set()
             return
 
 
 async def _on_escalation(
-    app: TroupeApp, settings: Settings, stop: anyio.Event, outcome: dict[str, int]
+    app: TroupeApp, settings: Settings, stop: anyio.Event, outcome: _Exit
 ) -> None:
     await app.started.wait()
     assert app.system is not None
@@ -205,8 +223,9 @@ async def _on_escalation(
     except SupervisorEscalated as exc:
         # The reason is sanitized at its source (the supervisor's own message).
         log.error("stopping: %s", exc, extra={"event": "server_escalated"})
-        outcome["code"] = EXIT_ESCALATED
+        outcome.code = EXIT_ESCALATED
         # The actors are gone: requests in flight end with 503 at once. Wait for
         # them to be answered (readiness reads false meanwhile) before closing.
         await app.drain(settings.drain_timeout)
+        outcome.stopping = True
         stop.set()
