@@ -1,9 +1,10 @@
 """Reliability: a soak at 64 concurrent clients (scenario 7).
 
 2,000 streaming requests (20,000 with ``--long``): none lost, the server's
-resident memory grows less than 10 % after warm-up (the first 500 requests, or
-the first tenth of a longer run), and the p95 latency of the
-last tenth of the requests stays within 1.5x of the first tenth's.
+resident memory peaks less than 10 % higher in the last tenth than during
+warm-up (the first 500 requests, or the first tenth of a longer run), and the
+p95 latency of the last tenth of the requests stays within 1.5x of the first
+tenth's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from tests.server import running_server
 pytestmark = pytest.mark.timeout(3600)
 
 CLIENTS = 64
+SAMPLE_EVERY = 20
+"""Completions between two readings of the server's resident memory."""
 PROMPTS = 100
 """Distinct prompts: more than the prefix cache holds, so it hits, misses and evicts."""
 
@@ -40,24 +43,32 @@ async def test_soak_loses_nothing_and_neither_leaks_nor_slows_down(
     with running_server(model_dir, tmp_path, "--audit-path", str(tmp_path / "a.db")) as server:
         model = model_name(server)
         process = psutil.Process(server.process.pid)
-        rss: dict[str, int] = {}
+        # Resident memory moves by tens of MiB with what MLX's buffer cache holds
+        # at the instant it is read (it depends on the batch then running), so
+        # peaks are compared: the highest reading while warming up against the
+        # highest over the last tenth. A leak raises the second; noise does not.
+        warm_peak = end_peak = 0
         finished = 0
 
         def after_each(result: Result) -> None:
-            nonlocal finished
+            nonlocal finished, warm_peak, end_peak
             finished += 1
-            if finished == warm_up:
-                rss["warm"] = process.memory_info().rss
+            if finished % SAMPLE_EVERY:
+                return
+            reading = process.memory_info().rss
+            if finished <= warm_up:
+                warm_peak = max(warm_peak, reading)
+            elif finished > total - total // 10:
+                end_peak = max(end_peak, reading)
 
         def body(n: int) -> dict[str, object]:
             return chat_body(model, f"Question {n % PROMPTS}: what is {n % 7}?", 8)
 
         results = await run_clients(server.url, CLIENTS, total, body, on_result=after_each)
-        rss["end"] = process.memory_info().rss
 
     seen = kinds(results)
     assert seen == {"completed": total}, seen
-    growth = (rss["end"] - rss["warm"]) / rss["warm"]
+    growth = (end_peak - warm_peak) / warm_peak
     tenth = total // 10
     first = percentile([r.latency for r in results[:tenth]], 95)
     last = percentile([r.latency for r in results[-tenth:]], 95)
@@ -65,8 +76,8 @@ async def test_soak_loses_nothing_and_neither_leaks_nor_slows_down(
         requests=total,
         clients=CLIENTS,
         outcomes=dict(seen),
-        rss_warm_mb=round(rss["warm"] / 2**20, 1),
-        rss_end_mb=round(rss["end"] / 2**20, 1),
+        rss_warm_peak_mb=round(warm_peak / 2**20, 1),
+        rss_end_peak_mb=round(end_peak / 2**20, 1),
         rss_growth_pct=round(growth * 100, 2),
         p95_first_tenth_ms=round(first * 1000, 1),
         p95_last_tenth_ms=round(last * 1000, 1),
