@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
@@ -35,12 +35,13 @@ from api.observe import Observer, metrics_endpoint, prometheus_endpoint
 from api.openai_types import ModelCard, ModelList
 from api.openapi import openapi_document
 from api.problems import HTTPProblem
-from runtime import ActorSystem, ChildStartError, TroupeError, describe_failure
+from runtime import ActorSystem, ChildStartError, Message, TroupeError, describe_failure
 from runtime.status import ActorStatus, NodeState
 
 log = logging.getLogger("troupe.server")
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
+R = TypeVar("R", bound=Message)
 CRITICAL_ACTORS = ("generation", "intake")
 """Actors without which the server is not ready."""
 STATS_TIMEOUT = 1.0
@@ -305,12 +306,7 @@ class TroupeApp:
         Its mailbox holds only control messages (the engine uses the cache
         directly), so it answers at once unless a save or a drill holds it.
         """
-        assert self.system is not None
-        with anyio.move_on_after(STATS_TIMEOUT), contextlib.suppress(TroupeError):
-            return await self.system.ref("kvcache").ask(
-                GetCacheStats(), timeout=STATS_TIMEOUT, expect=CacheStats
-            )
-        return None
+        return await self._ask_briefly("kvcache", GetCacheStats(), CacheStats)
 
     async def _engine_counts(self) -> dict[str, Any] | None:
         """The engine's figures; ``None`` if it does not answer at once.
@@ -321,19 +317,22 @@ class TroupeApp:
         The generation actor's mailbox is never blocked by inference (the engine
         runs on its own thread), so this answers in microseconds when it is up.
         """
+        stats = await self._ask_briefly("generation", GetEngineStats(), EngineStats)
+        if stats is None:
+            return None
+        return {
+            "running": stats.running,
+            "waiting": stats.waiting,
+            "weights_loads": stats.weights_loads,
+            "faults_pending": stats.faults_pending,
+            "recovery_seconds": stats.recovery_seconds,
+        }
+
+    async def _ask_briefly(self, actor: str, message: Message, expect: type[R]) -> R | None:
+        """``actor``'s answer within :data:`STATS_TIMEOUT`, or ``None`` (gone, busy, slow)."""
         assert self.system is not None
-        with anyio.move_on_after(STATS_TIMEOUT):
-            with contextlib.suppress(TroupeError):
-                stats = await self.system.ref("generation").ask(
-                    GetEngineStats(), timeout=STATS_TIMEOUT, expect=EngineStats
-                )
-                return {
-                    "running": stats.running,
-                    "waiting": stats.waiting,
-                    "weights_loads": stats.weights_loads,
-                    "faults_pending": stats.faults_pending,
-                    "recovery_seconds": stats.recovery_seconds,
-                }
+        with anyio.move_on_after(STATS_TIMEOUT), contextlib.suppress(TroupeError):
+            return await self.system.ref(actor).ask(message, timeout=STATS_TIMEOUT, expect=expect)
         return None
 
 
