@@ -41,6 +41,7 @@ from actors.generation.protocol import (
     InjectEngineFault,
     StreamEvent,
 )
+from actors.generation.requests import vocab_size
 from runtime import Actor, ExitKind, Message, TroupeError
 from runtime.streams import StreamRegistry
 
@@ -86,10 +87,18 @@ class GenerationActor(Actor):
         # worker thread, so an abandoned wait can never swallow events.
         self._outbox: queue.SimpleQueue[list[StreamEvent] | _EngineDied] = queue.SimpleQueue()
         self._doorbell = threading.Event()
+        # The pump waits in a thread on every engine step: in anyio's shared
+        # pool a burst of other blocking work could make it queue for one, and
+        # every stream would stall. It has a thread of its own, and the weight
+        # load and the engine's join have theirs.
+        self._pump_thread = anyio.CapacityLimiter(1)
+        self._lifecycle_thread = anyio.CapacityLimiter(1)
 
     async def on_start(self) -> None:
         """Load (or reuse) the weights off the event loop and start the engine thread."""
-        loaded: ModelLike = await anyio.to_thread.run_sync(self._host.get)
+        loaded: ModelLike = await anyio.to_thread.run_sync(
+            self._host.get, limiter=self._lifecycle_thread
+        )
         self._loaded = loaded
         self._engine = Engine(
             loaded,
@@ -138,7 +147,9 @@ class GenerationActor(Actor):
         try:
             if self._engine is not None:
                 self._engine.stop()
-                await anyio.to_thread.run_sync(self._engine.join, abandon_on_cancel=True)
+                await anyio.to_thread.run_sync(
+                    self._engine.join, abandon_on_cancel=True, limiter=self._lifecycle_thread
+                )
         finally:
             # Even if joining ran past the shutdown limit, every stream still
             # gets what the engine sent and then a terminal event.
@@ -181,7 +192,9 @@ class GenerationActor(Actor):
     async def _pump(self) -> None:
         """Deliver the engine's events on the event loop; crash if the engine died."""
         while True:
-            await anyio.to_thread.run_sync(self._doorbell.wait, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(
+                self._doorbell.wait, abandon_on_cancel=True, limiter=self._pump_thread
+            )
             self._doorbell.clear()
             for item in self._drain_outbox():
                 self._deliver_item(item)
@@ -220,6 +233,7 @@ class GenerationActor(Actor):
         return EngineStats(
             model=str(getattr(self._loaded, "name", "model")),
             context_length=self._loaded.context_length,
+            vocab_size=vocab_size(self._loaded),
             running=running,
             waiting=waiting,
             steps=engine.steps,

@@ -228,7 +228,20 @@ class Engine:
         if request.request_id in self._by_id:
             self._emit([_duplicate(request)])
             return
-        admission = admit(request, self._loaded, self._prefix_store, self._special)
+        try:
+            admission = admit(request, self._loaded, self._prefix_store, self._special)
+        except Exception as exc:
+            if is_allocation_failure(exc):
+                raise  # the engine's own recovery: caches cleared, requests in flight failed
+            # Preparing one request (its sampler, its logits processors) touches
+            # nothing shared: a bug there fails that request, not every stream.
+            log.error("could not prepare a request: %s", describe_failure(exc))
+            admission = Failed(
+                request_id=request.request_id,
+                kind=FailureKind.INVALID_REQUEST,
+                retryable=False,
+                detail="the request's sampling parameters could not be applied",
+            )
         if isinstance(admission, Failed):
             self._emit([admission])
             return

@@ -132,6 +132,8 @@ class EngineStats(Message, frozen=True, kw_only=True):
 
     model: str
     context_length: int
+    vocab_size: int = 0
+    """Token ids the model accepts (0 where unknown)."""
     running: int
     waiting: int
     steps: int

@@ -36,7 +36,11 @@ class RequestSampler:
         if params.min_p > 0.0:
             min_p = params.min_p
             self._filters.append(lambda x: apply_min_p(x, min_p))
-        self._key: Any = None if params.seed is None else mx.random.key(params.seed)
+        # MLX keys take an unsigned 64-bit seed; OpenAI's seeds are signed.
+        # Wrapping keeps every seed distinct and reproducible (and a negative
+        # one from raising inside the engine).
+        seed = None if params.seed is None else params.seed % 2**64
+        self._key: Any = None if seed is None else mx.random.key(seed)
 
     def __call__(self, logprobs: Any) -> Any:
         """Pick one token per row of ``logprobs``."""

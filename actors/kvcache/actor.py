@@ -85,6 +85,10 @@ class KVCacheActor(Actor):
         self.monitor = monitor
         self.settings = settings or KVCacheSettings()
         self._check_queued = False
+        # The actor handles one message at a time, so one thread is all it
+        # uses; its own limiter keeps a slow save from waiting behind (or
+        # holding up) other work's threads in anyio's shared pool.
+        self._thread = anyio.CapacityLimiter(1)
 
     async def on_start(self) -> None:
         """Restore persisted entries into an empty cache, then start the pressure timer."""
@@ -114,7 +118,7 @@ class KVCacheActor(Actor):
             case CheckPressure():
                 answer = await self._check_pressure()
             case ClearCache():
-                cleared = await anyio.to_thread.run_sync(self.cache.clear)
+                cleared = await anyio.to_thread.run_sync(self.cache.clear, limiter=self._thread)
                 answer = CacheCleared(entries=cleared.entries, nbytes=cleared.nbytes)
             case SaveCache():
                 answer = await self._save()
@@ -152,7 +156,9 @@ class KVCacheActor(Actor):
             return PersistedCorrupted(enabled=False, corrupted=0)
         await self._save()
         damage = functools.partial(corrupt_files, directory, count, truncate=truncate)
-        return PersistedCorrupted(enabled=True, corrupted=await anyio.to_thread.run_sync(damage))
+        return PersistedCorrupted(
+            enabled=True, corrupted=await anyio.to_thread.run_sync(damage, limiter=self._thread)
+        )
 
     async def _pressure_timer(self, interval: float) -> None:
         """Queue a pressure check every ``interval`` seconds of the system clock.
@@ -191,7 +197,7 @@ class KVCacheActor(Actor):
                 evicted_entries=0,
                 evicted_bytes=0,
             )
-        outcome = await anyio.to_thread.run_sync(self.monitor.check)
+        outcome = await anyio.to_thread.run_sync(self.monitor.check, limiter=self._thread)
         return _report(outcome, self.monitor)
 
     async def _save(self) -> CacheSaved:
@@ -200,7 +206,7 @@ class KVCacheActor(Actor):
         save = functools.partial(
             save_cache, self.cache, self.settings.directory, self.settings.model
         )
-        result = await anyio.to_thread.run_sync(save)
+        result = await anyio.to_thread.run_sync(save, limiter=self._thread)
         return CacheSaved(
             enabled=True, written=result.written, failed=result.failed, removed=result.removed
         )
@@ -211,7 +217,7 @@ class KVCacheActor(Actor):
         load = functools.partial(
             load_cache, self.cache, self.settings.directory, self.settings.model
         )
-        result = await anyio.to_thread.run_sync(load)
+        result = await anyio.to_thread.run_sync(load, limiter=self._thread)
         return CacheLoaded(
             enabled=True, loaded=result.loaded, dropped=result.dropped, skipped=result.skipped
         )
