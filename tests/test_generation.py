@@ -274,6 +274,62 @@ async def test_queued_requests_past_their_deadline_are_dropped_before_prefill(
         assert outcomes["expired"].tokens == []
 
 
+async def test_a_deadline_passing_while_queued_drops_the_request_before_prefill(
+    loaded_model: Any,
+) -> None:
+    cache = PrefixCache(max_entries=8, max_bytes=64 * 1024**2)
+    async with harness(loaded_model, prefix_store=cache, completion_batch_size=1) as h:
+        # Every special token ruled out: never EOS, and every token is text, so
+        # the holder streams a chunk per step until it is cancelled.
+        never_special = {int(token): -100.0 for token in h.tokenizer.all_special_ids}
+        holder = Generate(
+            request_id="holder",
+            prompt=h.prompt("Hold the only slot"),
+            params=SamplingParams(max_tokens=1900, temperature=0.0, logit_bias=never_special),
+        )
+        queued_outcome = Outcome()
+
+        async def queue_behind_the_holder(deadline: float) -> None:
+            request = Generate(
+                request_id="queued",
+                prompt=h.prompt("Wait for a slot"),
+                params=SamplingParams(max_tokens=8, temperature=0.0),
+                deadline=deadline,
+            )
+            async with h.client.stream(request) as events:
+                async for event in events:
+                    record(queued_outcome, event)
+
+        async with anyio.create_task_group() as tg, h.client.stream(holder) as held:
+            assert isinstance(await anext(held), TokenChunk)  # decoding: the slot is taken
+            before, queries_before = await h.stats(), cache.statistics().queries
+            # Ahead of now, so it is still to come when the engine queues the
+            # request; the engine compares it with the same wall clock.
+            deadline = time.time() + 0.5
+            tg.start_soon(queue_behind_the_holder, deadline)
+            queued_in_time = False
+            # The holder's tokens pace the engine's steps, between which it
+            # takes commands in: each one is a point to look at its queue.
+            async for event in held:
+                assert isinstance(event, TokenChunk), "the holder ended before the deadline"
+                if time.time() >= deadline:
+                    break
+                if not queued_in_time:
+                    queued_in_time = (await h.stats()).waiting == 1 and time.time() < deadline
+            assert queued_in_time, "the request never waited in the queue before its deadline"
+            # Leaving the block cancelled the holder: the slot is free, the deadline past.
+        end = queued_outcome.end
+        assert isinstance(end, Failed), end
+        assert end.kind is FailureKind.DEADLINE_EXCEEDED
+        assert (queued_outcome.tokens, end.tokens_sent) == ([], 0)
+        after = await h.stats()
+        # Admission counts each prompt it prefills and looks it up in the prefix
+        # cache first: the dropped request did neither.
+        assert after.prompt_tokens == before.prompt_tokens
+        assert cache.statistics().queries == queries_before
+        assert (after.running, after.waiting) == (0, 0)
+
+
 async def test_a_second_request_under_a_live_id_is_refused(loaded_model: Any) -> None:
     async with harness(loaded_model) as h:
         prompt = h.prompt("Only one of me")
