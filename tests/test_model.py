@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import mlx_lm
@@ -176,8 +178,27 @@ def test_chat_template_formats_roles_and_the_generation_prompt(loaded_model: Loa
     assert ids[0] == tokenizer.bos_token_id
     assert ids[-2:] == tokenizer.convert_tokens_to_ids(["<|assistant|>", "Ċ"])  # Ċ is "\n"
     assert ids.count(EOS_ID) == 2
-    with pytest.raises(Exception, match="unsupported chat role: tool"):
-        tokenizer.apply_chat_template([{"role": "tool", "content": "{}"}], tokenize=False)
+    with pytest.raises(Exception, match="unsupported chat role: critic"):
+        tokenizer.apply_chat_template([{"role": "critic", "content": "{}"}], tokenize=False)
+
+
+def test_chat_template_writes_tool_calls_and_tool_results(loaded_model: LoadedModel) -> None:
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    turns = [
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": call}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    text = loaded_model.tokenizer.apply_chat_template(turns, tokenize=False)
+    assert text == (
+        "<s><|user|>\nWeather?</s>\n<|assistant|>\n<tool_call>"
+        '{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call></s>\n'
+        "<|tool|>\nsunny</s>\n"
+    )
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -262,14 +283,70 @@ def test_missing_paths_and_files_are_not_directories(tmp_path: Path) -> None:
     assert str(load_error("nope")) == "cannot load model 'nope': no such directory"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every directory")
+UNREADABLE_PROBE = """
+import json, sys
+from actors.model import ModelLoadError, load_model, validate_model_dir
+try:
+    load_model(sys.argv[1])
+    loaded = "loaded"
+except ModelLoadError as error:
+    loaded = str(error)
+print(json.dumps({"problems": validate_model_dir(sys.argv[1]), "load": loaded}))
+"""
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
+
+
+def without_permission_override() -> Callable[[], None] | None:
+    """A ``preexec_fn`` after which root's child is refused what file permissions refuse.
+
+    Root reads every directory through two capabilities, not through its uid:
+    dropped from the bounding set before ``exec``, the child (still uid 0, so it
+    still reads the repository and its own temporary directory) has neither.
+    ``None`` when not root: nothing overrides the permissions.
+    """
+    if os.geteuid() != 0:
+        return None
+    if not sys.platform.startswith("linux"):
+        pytest.skip("root gives up its permission override only on Linux here")
+    # Looked up before the fork: the child only calls it.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def drop() -> None:
+        for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+            if prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+    return drop
+
+
 def test_an_unreadable_directory_is_reported(tmp_path: Path) -> None:
     locked = write_dir(tmp_path / "locked", {"config.json": "{}"})
     locked.chmod(0)
     try:
-        assert validate_model_dir(locked) == ["the directory cannot be read"]
+        # In a child process, so that root (as CI runs) is refused too: root
+        # in this process would read the directory regardless of its mode.
+        try:
+            probe = subprocess.run(
+                [sys.executable, "-c", UNREADABLE_PROBE, str(locked)],
+                capture_output=True,
+                text=True,
+                check=False,
+                cwd=REPO_ROOT,
+                timeout=25,
+                preexec_fn=without_permission_override(),
+            )
+        except subprocess.SubprocessError as refused:
+            if "preexec_fn" not in str(refused):
+                raise
+            pytest.skip("root without CAP_SETPCAP cannot give up its permission override")
     finally:
         locked.chmod(0o755)
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout) == {
+        "problems": ["the directory cannot be read"],
+        "load": "cannot load model 'locked': the directory cannot be read",
+    }
 
 
 def test_failures_inside_mlx_lm_are_wrapped_without_paths(model_dir: Path, tmp_path: Path) -> None:

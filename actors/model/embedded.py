@@ -28,7 +28,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 # Bump whenever the generator's output changes for reasons the cache name does
 # not already capture (the corpus and the presets are hashed into it).
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 DEFAULT_SEED: Final = 0
 BOS, EOS, UNK, PAD = "<s>", "</s>", "<unk>", "<pad>"
 ROLE_MARKERS: Final = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -47,13 +47,19 @@ MODEL_FILES: Final = (
 CHAT_TEMPLATE: Final = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
     "{{ raise_exception('unsupported chat role: ' + message['role']) }}"
     "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+    # An earlier assistant turn's tool calls, as Hermes-style templates write them.
+    "{% for call in message['tool_calls'] or [] %}"
+    "{{ '<tool_call>' + (call['function'] | tojson) + '</tool_call>' }}"
+    "{% endfor %}"
+    "{{ eos_token + '\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
+"""Roles as markers; ``tool`` turns and earlier tool calls are plain text (not special tokens)."""
 _INIT_STD: Final = 0.02  # Llama's initializer_range
 
 
