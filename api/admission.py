@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import time
 
 from actors.intake.protocol import (
     Admit,
@@ -26,14 +24,13 @@ ADMIT_TIMEOUT = 5.0
 class IntakeAdmission:
     """Asks the intake actor; turns a rejection into 429 (or 503) with Retry-After."""
 
-    def __init__(self, timeouts: dict[str, float]) -> None:
-        self._timeouts = timeouts
+    def __init__(self) -> None:
         self.ref: ActorRef | None = None
 
     async def admit(
-        self, request: Request, endpoint: str, prompt_chars: int, messages: int = 1
+        self, request: Request, endpoint: str, prompt_chars: int, messages: int, deadline: float
     ) -> None:
-        """Admit the request or raise the problem that refuses it."""
+        """Admit the request (due by ``deadline``, epoch seconds) or raise what refuses it."""
         if self.ref is None:
             raise HTTPProblem(503, "not-ready", "the server is starting", (("retry-after", "1"),))
         answer = await self.ref.ask(
@@ -43,7 +40,7 @@ class IntakeAdmission:
                 endpoint=endpoint,
                 prompt_chars=prompt_chars,
                 messages=messages,
-                deadline=time.time() + self._timeouts.get(endpoint, 600.0),
+                deadline=deadline,
             ),
             timeout=ADMIT_TIMEOUT,
         )
@@ -77,9 +74,13 @@ class IntakeAdmission:
 
 
 def client_key(request: Request) -> str:
-    """Who the rate limit counts against: a hash of the API key, else the address."""
-    authorization = request.header("authorization")
-    if authorization:
-        return "key:" + hashlib.sha256(authorization.encode()).hexdigest()[:16]
+    """Who the rate limit counts against: the API key that authenticated it, else the address.
+
+    Without API keys nothing vouches for an ``Authorization`` header, so any
+    value a client makes up would buy it a fresh bucket: the address counts.
+    """
+    key = request.scope.get("state", {}).get("api_key")
+    if key:
+        return f"key:{key}"
     client = request.scope.get("client") or ("unknown", 0)
     return f"addr:{client[0]}"

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ import anyio
 import msgspec
 
 from actors.generation.protocol import EngineStats, GetEngineStats
+from actors.intake.protocol import GetIntakeStats, IntakeStats, StartDraining
 from actors.kvcache.protocol import CacheStats, GetCacheStats
 from actors.tree import Inference
 from api.audit_routes import AuditLog
@@ -32,10 +34,16 @@ from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
 from api.logs import AccessLogMiddleware
 from api.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
 from api.observe import Observer, metrics_endpoint, prometheus_endpoint
-from api.openai_types import ModelCard, ModelList
-from api.openapi import openapi_document
+from api.openai_types import MAX_TOKENS_ACCEPTED, ModelCard, ModelList
+from api.openapi import ServedApi, openapi_document
 from api.problems import HTTPProblem
-from runtime import ActorSystem, ChildStartError, Message, TroupeError, describe_failure
+from runtime import (
+    ActorSystem,
+    ChildStartError,
+    Message,
+    TroupeError,
+    describe_failure,
+)
 from runtime.status import ActorStatus, NodeState
 
 log = logging.getLogger("troupe.server")
@@ -46,6 +54,8 @@ CRITICAL_ACTORS = ("generation", "intake")
 """Actors without which the server is not ready."""
 STATS_TIMEOUT = 1.0
 """Seconds status and health wait for an actor's figures before reporting them unknown."""
+DRAIN_POLL = 0.05
+"""Seconds between two looks at intake's in-flight count while draining."""
 STARTUP_ASK_TIMEOUT = 60.0
 """Seconds startup waits for the started generation actor to describe the model."""
 
@@ -67,13 +77,10 @@ class TroupeApp:
         self.admission = admission
         self.model_name = served_name(settings)
         self.system: ActorSystem | None = None
-        self.draining = False
         self.started = anyio.Event()
         """Set once the actor system is up and the model loaded."""
         self.start_failure: str | None = None
         """Why startup failed (one sanitized line), if it did."""
-        self.in_flight = 0
-        self.idle = anyio.Event()
         self.created = int(time.time())
         self.observer = Observer(inference.metrics.dropped)
         self.completions = Completions(
@@ -90,9 +97,11 @@ class TroupeApp:
             lambda: inference.host.get().tokenizer,
             self.observer,
         )
-        self.completions.gate = self._admitting
+        self.completions.gate = self._require_running
         self.faults = FaultSwitch(settings.fault_injection)
         self._openapi: dict[str, Any] | None = None
+        self.vocab_size = 0
+        """Token ids the model accepts, once it is loaded."""
         self.routes: dict[str, dict[str, Handler]] = {
             "/health/live": {"GET": self.live},
             "/health/ready": {"GET": self.ready},
@@ -105,9 +114,13 @@ class TroupeApp:
             "/admin/audit-logs/stats": {"GET": self.audit_stats},
             "/admin/faults": {"POST": self.inject_fault, "DELETE": self.clear_faults},
             "/v1/metrics": {"GET": self.metrics},
-            "/v1/chat/completions": {"POST": self._counted(self.completions.chat)},
-            "/v1/completions": {"POST": self._counted(self.completions.text)},
+            "/v1/chat/completions": {"POST": self.completions.chat},
+            "/v1/completions": {"POST": self.completions.text},
         }
+
+    def serves(self, path: str, method: str) -> bool:
+        """Whether a route answers ``method`` on ``path`` (else: 404 or 405, key or not)."""
+        return method in self.routes.get(path, {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection (lifespan or HTTP)."""
@@ -142,10 +155,10 @@ class TroupeApp:
                 self.completions.settings = dataclasses.replace(
                     self.completions.settings, context_length=engine.context_length
                 )
+                self.vocab_size = engine.vocab_size
                 self.started.set()
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown
-                self.draining = True
                 await self._close_audit()
         except ChildStartError as exc:
             self.start_failure = str(exc)
@@ -164,7 +177,7 @@ class TroupeApp:
     async def _close_audit(self) -> None:
         audit, self.completions.reporter.audit = self.completions.reporter.audit, None
         if audit is not None:  # writes what is queued: every drained request has its row
-            await anyio.to_thread.run_sync(audit.close)
+            await anyio.to_thread.run_sync(audit.close, limiter=audit.reads)
 
     async def audit_logs(self, request: Request, respond: Responder) -> None:
         """``GET /admin/audit-logs`` (admin key)."""
@@ -192,36 +205,34 @@ class TroupeApp:
             raise HTTPProblem(503, "not-ready", "the server is not ready", (("retry-after", "1"),))
         return self.system
 
-    # -- request accounting and draining ---------------------------------------------
+    # -- draining ------------------------------------------------------------------
 
-    def _counted(self, handler: Handler) -> Handler:
-        async def counted(request: Request, respond: Responder) -> None:
-            self.in_flight += 1
-            try:
-                await handler(request, respond)
-            finally:
-                self.in_flight -= 1
-                if self.in_flight == 0:
-                    self.idle.set()
-                    self.idle = anyio.Event()
-
-        return counted
-
-    def _admitting(self) -> None:
-        """The completions' gate: refuse every request while draining or not running."""
-        if self.draining:
-            raise HTTPProblem(
-                503, "draining", "the server is shutting down", (("retry-after", "5"),)
-            )
+    def _require_running(self) -> None:
+        """The completions' gate: refuse every request while the actor system is down."""
         self._system()
 
-    async def drain(self, timeout: float) -> bool:
-        """Refuse new work and wait for in-flight requests; ``True`` if all finished."""
-        self.draining = True
+    async def drain(self, timeout: float) -> Drained:
+        """Have intake refuse new work (503) and wait up to ``timeout`` for what it admitted.
+
+        Intake is the one place that knows whether the server drains and what is
+        in flight; this tells it, and polls it while requests finish (an intake
+        that is restarting or slow is asked again). With the actors gone (an
+        escalation) there is nothing to wait for: requests in flight are
+        answered 503 at once, and hypercorn waits for those answers.
+        """
+        before: int | None = None
+        left = 0
         with anyio.move_on_after(timeout):
-            while self.in_flight:
-                await self.idle.wait()
-        return self.in_flight == 0
+            while self.system is not None and self.system.running:
+                ask = StartDraining() if before is None else GetIntakeStats()
+                stats = await self._ask_briefly("intake", ask, IntakeStats)
+                if stats is not None:
+                    left = stats.in_flight
+                    before = left if before is None else before
+                    if not left:
+                        break
+                await anyio.sleep(DRAIN_POLL)
+        return Drained(before or 0, left)
 
     # -- health and status ------------------------------------------------------------
 
@@ -231,17 +242,18 @@ class TroupeApp:
 
     async def ready(self, request: Request, respond: Responder) -> None:
         """Model loaded, critical actors running, not draining."""
-        reasons = self._not_ready()
+        reasons = await self._not_ready()
         if reasons:
             raise HTTPProblem(503, "not-ready", "; ".join(reasons), (("retry-after", "1"),))
         await respond.json(200, {"status": "ready", "model": self.model_name})
 
-    def _not_ready(self) -> list[str]:
-        reasons = []
-        if self.draining:
-            reasons.append("draining")
+    async def _not_ready(self) -> list[str]:
         if self.system is None or not self.system.running:
-            return [*reasons, "the actor system is not running"]
+            return ["the actor system is not running"]
+        reasons = []
+        intake = await self._ask_briefly("intake", GetIntakeStats(), IntakeStats)
+        if intake is not None and intake.draining:
+            reasons.append("draining")
         root = self.system.status().root
         for name in CRITICAL_ACTORS:
             node = root.find(name)
@@ -261,7 +273,7 @@ class TroupeApp:
         states = set(actors.values())
         overall = (
             "unhealthy"
-            if self._not_ready()
+            if await self._not_ready()
             else ("degraded" if "degraded" in states or "unhealthy" in states else "healthy")
         )
         status = 200 if overall != "unhealthy" else 503
@@ -278,7 +290,19 @@ class TroupeApp:
     async def openapi(self, request: Request, respond: Responder) -> None:
         """``GET /openapi.json``: the API, generated from the msgspec types."""
         if self._openapi is None:
-            self._openapi = openapi_document(_version())
+            completions = self.completions.settings
+            self._openapi = openapi_document(
+                ServedApi(
+                    version=_version(),
+                    model=self.model_name,
+                    max_tokens=completions.max_tokens_limit or MAX_TOKENS_ACCEPTED,
+                    vocab_size=self.vocab_size,
+                    api_keys=bool(self.settings.api_keys),
+                    admin_key=bool(self.settings.admin_key),
+                    audit_log=bool(self.settings.audit_path),
+                    fault_injection=self.faults.enabled,
+                )
+            )
         await respond.json(200, self._openapi)
 
     async def models(self, request: Request, respond: Responder) -> None:
@@ -336,6 +360,14 @@ class TroupeApp:
         return None
 
 
+@dataclass(frozen=True)
+class Drained:
+    """How a drain went: admitted requests in flight when it began, and still at its end."""
+
+    before: int
+    left: int
+
+
 def _version() -> str:
     try:
         return metadata.version("mlx-troupe")
@@ -354,7 +386,7 @@ def _actor_health(node: ActorStatus) -> str:
 def build_asgi(app: TroupeApp) -> ASGIApp:
     """The app wrapped in its middleware, outermost first."""
     settings = app.settings
-    inner: ASGIApp = AuthMiddleware(app, settings.api_keys, settings.admin_key)
+    inner: ASGIApp = AuthMiddleware(app, settings.api_keys, settings.admin_key, app.serves)
     inner = ErrorMiddleware(inner)
     inner = CORSMiddleware(inner, settings.cors_origins)
     inner = AccessLogMiddleware(inner)  # inside the id: every request line carries it

@@ -15,9 +15,12 @@ import anyio
 
 from actors.audit import MAX_QUERY_LIMIT, AuditRecord, AuditStore, AuditWriter, hash_key
 from api.http import Request, Responder
+from api.middleware import bearer_token
 from api.problems import HTTPProblem
 
 Number = TypeVar("Number", int, float)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""The integers a query parameter may carry (SQLite's)."""
 
 
 class AuditLog:
@@ -26,6 +29,9 @@ class AuditLog:
     def __init__(self, path: str, retention_days: float) -> None:
         self.writer = AuditWriter(path, retention_days=retention_days)
         self.store = AuditStore(path)
+        # Reads share one read connection, so one runs at a time; on a thread of
+        # their own, a burst of them never takes the threads streams depend on.
+        self.reads = anyio.CapacityLimiter(1)
 
     def record(
         self,
@@ -55,7 +61,7 @@ class AuditLog:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 error_type=error_type,
-                key_hash=hash_key(_bearer(request)),
+                key_hash=hash_key(_presented_key(request)),
             )
         )
 
@@ -77,7 +83,8 @@ class AuditLog:
                     until=_number(query, "until", float),
                     limit=min(_number(query, "limit", int) or 100, MAX_QUERY_LIMIT),
                     offset=_number(query, "offset", int) or 0,
-                )
+                ),
+                limiter=self.reads,
             )
         except ValueError:
             raise HTTPProblem(400, "invalid-query", "limit and offset must be positive") from None
@@ -87,12 +94,17 @@ class AuditLog:
         """``GET /admin/audit-logs/stats?since=&until=``: per model and endpoint."""
         query = _query(request)
         since, until = _number(query, "since", float), _number(query, "until", float)
-        groups = await anyio.to_thread.run_sync(lambda: self.store.stats(since=since, until=until))
+        groups = await anyio.to_thread.run_sync(
+            lambda: self.store.stats(since=since, until=until), limiter=self.reads
+        )
         await respond.json(200, {"data": groups, "writer": self.writer.statistics()})
 
 
 def _query(request: Request) -> dict[str, str]:
-    raw = parse_qs(bytes(request.scope.get("query_string", b"")).decode("latin-1"))
+    # `since=` is a mistake to point out (400), not a filter to drop silently.
+    raw = parse_qs(
+        bytes(request.scope.get("query_string", b"")).decode("latin-1"), keep_blank_values=True
+    )
     return {name: values[-1] for name, values in raw.items()}
 
 
@@ -100,12 +112,15 @@ def _number(query: dict[str, str], name: str, kind: type[Number]) -> Number | No
     if name not in query:
         return None
     try:
-        return kind(query[name])
+        value = kind(query[name])
     except ValueError:
         raise HTTPProblem(400, "invalid-query", f"{name} must be a number") from None
+    if kind is int and not INT64_MIN <= value <= INT64_MAX:
+        # SQLite's integers are 64-bit: a larger one would fail the query itself.
+        raise HTTPProblem(400, "invalid-query", f"{name} is out of range")
+    return value
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.header("authorization") or ""
-    scheme, _, token = header.partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+def _presented_key(request: Request) -> str | None:
+    token = bearer_token(request.header("authorization"))
+    return None if token is None else token.decode("latin-1")

@@ -12,10 +12,11 @@ under it) is retried transparently, at most twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,9 +34,15 @@ from actors.generation.protocol import (
 from api.http import Request, Responder
 from api.observe import Observer
 from api.openai_types import (
+    NOT_HONOURED,
+    AssistantMessageParam,
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
+    DeveloperMessageParam,
     SamplingFields,
+    ToolCall,
+    ToolMessageParam,
 )
 from api.outcome import Outcome, Reporter
 from api.problems import HTTPProblem, problem_for
@@ -51,9 +58,12 @@ class Admission(Protocol):
     """Intake, as the completion handlers see it."""
 
     async def admit(
-        self, request: Request, endpoint: str, prompt_chars: int, messages: int
+        self, request: Request, endpoint: str, prompt_chars: int, messages: int, deadline: float
     ) -> None:
-        """Admit the request or raise the ``HTTPProblem`` (429, 503) that refuses it."""
+        """Admit the request or raise the ``HTTPProblem`` (429, 503) that refuses it.
+
+        ``deadline`` is the request's, in seconds since the epoch.
+        """
         ...
 
     def tokenized(self, request_id: str, prompt_tokens: int) -> None:
@@ -82,6 +92,41 @@ class CompletionSettings:
     """Most tokens a request may ask for; ``None``: the context length."""
 
 
+TOKENIZING_THREADS = 4
+"""Prompts templated and tokenized at once, on threads of their own: a burst of
+long prompts waits here, never in the thread pool other work (audit queries,
+the engine's event pump) relies on."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A request's one deadline, on both clocks it is checked against."""
+
+    wall: float
+    """Seconds since the epoch: for intake and the engine (possibly another process)."""
+    loop: float
+    """The event loop's clock (``anyio.current_time``): for the request's cancel scope."""
+
+    @classmethod
+    def after(cls, timeout: float) -> Deadline:
+        """The deadline ``timeout`` seconds from now."""
+        return cls(wall=time.time() + timeout, loop=anyio.current_time() + timeout)
+
+
+@dataclass
+class Job:
+    """A decoded request, ready to be admitted and run."""
+
+    body: SamplingFields
+    prompt_chars: int
+    """Characters of the prompt (all message texts together), for intake's estimate."""
+    make_prompt: Callable[[], list[int]]
+    """Templates and tokenizes the prompt (on a worker thread)."""
+    messages: int = 1
+    reply: Reply | None = None
+    """How the response is written, once the prompt is known."""
+
+
 class Completions:
     """The handlers of ``/v1/chat/completions`` and ``/v1/completions``."""
 
@@ -101,68 +146,79 @@ class Completions:
         self.reporter = Reporter(settings.model_name, observer)
         """Reports every request; holds the audit log while the server has one."""
         self.gate: Callable[[], None] = lambda: None
-        """Raises the problem (503 draining, not ready) that refuses every request
-        now; called first, so that refused requests are reported and audited too."""
+        """Raises the problem (503 not ready) that refuses every request now;
+        called first, so that refused requests are reported and audited too."""
+        self._tokenizing = anyio.CapacityLimiter(TOKENIZING_THREADS)
 
     async def chat(self, request: Request, respond: Responder) -> None:
         """``POST /v1/chat/completions``."""
-        async with self.reporter.reporting(request, "chat", self.gate) as outcome:
-            body = await request.json_body(ChatCompletionRequest, self.settings.max_body_bytes)
-            self._check_model(body.model)
-            chars = sum(len(message.text) for message in body.messages)
-            # OpenAI's "developer" role is the system prompt of newer models; chat
-            # templates written before it know only "system".
-            messages = [
-                {"role": "system" if m.role == "developer" else m.role, "content": m.text}
-                for m in body.messages
-            ]
-            await self._serve(
-                request,
-                respond,
-                body,
-                outcome,
-                endpoint="chat",
-                prompt_chars=chars,
-                make_prompt=lambda: self._chat_prompt(messages),
-                messages=len(messages),
-            )
+        await self._handle(request, respond, "chat", self._chat_job)
 
     async def text(self, request: Request, respond: Responder) -> None:
         """``POST /v1/completions``."""
-        async with self.reporter.reporting(request, "completions", self.gate) as outcome:
-            await self._text(request, respond, outcome)
+        await self._handle(request, respond, "completions", self._text_job)
 
-    async def _text(self, request: Request, respond: Responder, outcome: Outcome) -> None:
-        body = await request.json_body(CompletionRequest, self.settings.max_body_bytes)
+    async def _handle(
+        self,
+        request: Request,
+        respond: Responder,
+        endpoint: str,
+        prepare: Callable[[Request], Awaitable[Job]],
+    ) -> None:
+        """One request under one deadline, set now: body, admission, prompt and generation.
+
+        The deadline is the request's only one: intake books it, the engine
+        drops the request if it passes while queued, and this scope answers 504
+        when it passes anywhere before the response ends.
+        """
+        timeout = (
+            self.settings.chat_timeout if endpoint == "chat" else self.settings.completion_timeout
+        )
+        deadline = Deadline.after(timeout)
+        async with self.reporter.reporting(request, endpoint, self.gate) as outcome:
+            job: Job | None = None
+            try:
+                with anyio.CancelScope(deadline=deadline.loop) as scope:
+                    job = await prepare(request)
+                    await self._serve(
+                        request, respond, job, outcome, endpoint=endpoint, deadline=deadline
+                    )
+                if scope.cancelled_caught:
+                    outcome.cancelled_by = "deadline"
+                    await self._deadline_passed(respond, None if job is None else job.reply)
+            finally:
+                if outcome.admitted:
+                    self._admission.release(request.request_id, outcome.intake_name)
+
+    async def _chat_job(self, request: Request) -> Job:
+        body = await request.json_body(
+            ChatCompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
+        )
+        self._check_model(body.model)
+        messages = [template_message(message) for message in body.messages]
+        return Job(
+            body=body,
+            prompt_chars=sum(len(message.text) for message in body.messages),
+            make_prompt=lambda: self._chat_prompt(messages),
+            messages=len(messages),
+        )
+
+    async def _text_job(self, request: Request) -> Job:
+        body = await request.json_body(
+            CompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
+        )
         self._check_model(body.model)
         prompt = body.prompt
         if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
             ids = [int(token) for token in prompt]
-            await self._serve(
-                request,
-                respond,
-                body,
-                outcome,
-                endpoint="completions",
-                prompt_chars=len(ids),
-                make_prompt=lambda: ids,
-            )
-            return
+            return Job(body=body, prompt_chars=len(ids), make_prompt=lambda: ids)
         if isinstance(prompt, list) and (len(prompt) != 1 or not isinstance(prompt[0], str)):
             raise HTTPProblem(
                 422, "invalid-field", "`prompt` must be a string, one string, or token ids"
             )
         text = prompt[0] if isinstance(prompt, list) else prompt
         assert isinstance(text, str)
-        await self._serve(
-            request,
-            respond,
-            body,
-            outcome,
-            endpoint="completions",
-            prompt_chars=len(text),
-            make_prompt=lambda: self._text_prompt(text),
-        )
+        return Job(body=body, prompt_chars=len(text), make_prompt=lambda: self._text_prompt(text))
 
     def _check_model(self, model: str) -> None:
         if model != self.settings.model_name:
@@ -172,14 +228,16 @@ class Completions:
 
     def _check_max_tokens(self, body: SamplingFields) -> None:
         limit = self.settings.max_tokens_limit
-        asked = body.max_completion_tokens or body.max_tokens
-        if limit is not None and asked is not None and asked > limit:
-            field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-            raise HTTPProblem(
-                422, "invalid-field", f"`{field}` is above this server's limit of {limit}"
-            )
+        if limit is None:
+            return
+        for field in ("max_completion_tokens", "max_tokens"):
+            asked = getattr(body, field)
+            if asked is not None and asked > limit:
+                raise HTTPProblem(
+                    422, "invalid-field", f"`{field}` is above this server's limit of {limit}"
+                )
 
-    def _chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+    def _chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
         tokens = self._tokenizer().apply_chat_template(messages, add_generation_prompt=True)
         return [int(token) for token in tokens]
 
@@ -190,50 +248,44 @@ class Completions:
         self,
         request: Request,
         respond: Responder,
-        body: SamplingFields,
+        job: Job,
         outcome: Outcome,
         *,
         endpoint: str,
-        prompt_chars: int,
-        make_prompt: Callable[[], list[int]],
-        messages: int = 1,
+        deadline: Deadline,
     ) -> None:
+        body = job.body
         params = sampling_params(
             body, self.settings.max_tokens_limit or self.settings.context_length
         )
         self._check_max_tokens(body)
-        timeout = (
-            self.settings.chat_timeout if endpoint == "chat" else self.settings.completion_timeout
-        )
-        deadline = time.time() + timeout
         try:
-            await self._admission.admit(request, endpoint, prompt_chars, messages)
+            await self._admission.admit(
+                request, endpoint, job.prompt_chars, job.messages, deadline.wall
+            )
         except HTTPProblem as refused:
             self._observer.shed(refused.problem.slug.replace("-", "_"))
             raise
         outcome.admitted = True
-        try:
-            prompt = await anyio.to_thread.run_sync(_templated, make_prompt)
-            outcome.prompt_tokens = len(prompt)
-            self._admission.tokenized(request.request_id, len(prompt))
-            reply = (chat_reply if endpoint == "chat" else text_reply)(
-                request.request_id, self.settings.model_name, body, len(prompt)
-            )
-            # Clients choose X-Request-ID and may reuse one; the engine's id must be unique.
-            generate = Generate(
-                request_id=f"{request.request_id}.{uuid.uuid4().hex[:8]}",
-                prompt=prompt,
-                params=params,
-                deadline=deadline,
-                submitted_at=time.time(),
-            )
-            with anyio.move_on_after(timeout) as deadline_scope:
-                await self._run_watching_client(request, respond, reply, generate, outcome)
-            if deadline_scope.cancelled_caught:
-                outcome.cancelled_by = "deadline"
-                await self._deadline_passed(respond, reply)
-        finally:
-            self._admission.release(request.request_id, outcome.intake_name)
+        # Abandoned at the deadline: the template may still be running on its
+        # thread, but the client is answered 504 on time.
+        prompt = await anyio.to_thread.run_sync(
+            _templated, job.make_prompt, abandon_on_cancel=True, limiter=self._tokenizing
+        )
+        outcome.prompt_tokens = len(prompt)
+        self._admission.tokenized(request.request_id, len(prompt))
+        job.reply = (chat_reply if endpoint == "chat" else text_reply)(
+            request.request_id, self.settings.model_name, body, len(prompt)
+        )
+        # Clients choose X-Request-ID and may reuse one; the engine's id must be unique.
+        generate = Generate(
+            request_id=f"{request.request_id}.{uuid.uuid4().hex[:8]}",
+            prompt=prompt,
+            params=params,
+            deadline=deadline.wall,
+            submitted_at=time.time(),
+        )
+        await self._run_watching_client(request, respond, job.reply, generate, outcome)
 
     async def _run_watching_client(
         self,
@@ -320,13 +372,46 @@ class Completions:
         assert isinstance(end, Finished)
         await reply.send_end(respond, outcome.text, end)
 
-    async def _deadline_passed(self, respond: Responder, reply: Reply) -> None:
+    async def _deadline_passed(self, respond: Responder, reply: Reply | None) -> None:
         problem = HTTPProblem(504, "deadline-exceeded", "the request's deadline passed").problem
         with anyio.CancelScope(shield=True):
-            if respond.started:
+            if respond.started and reply is not None:
                 await reply.send_error(respond, problem)
             else:
                 await respond.problem(problem)
+
+
+def template_message(message: ChatMessage) -> dict[str, Any]:
+    """``message`` as chat templates take it (Hugging Face's conventions).
+
+    OpenAI's ``developer`` role is the system prompt of newer models; templates
+    written before it know only ``system``. Tool-call arguments arrive as JSON
+    text, and templates index into them, so they are passed parsed when they parse.
+    """
+    role = "system" if isinstance(message, DeveloperMessageParam) else message.__struct_config__.tag
+    turn: dict[str, Any] = {"role": role, "content": message.text}
+    if message.name is not None:
+        turn["name"] = message.name
+    match message:
+        case AssistantMessageParam(tool_calls=[*calls]):
+            turn["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": call.type,
+                    "function": {"name": call.function.name, "arguments": _parsed(call)},
+                }
+                for call in calls
+            ]
+        case ToolMessageParam(tool_call_id=call_id):
+            turn["tool_call_id"] = call_id
+    return turn
+
+
+def _parsed(call: ToolCall) -> Any:
+    try:
+        return json.loads(call.function.arguments)
+    except ValueError:
+        return call.function.arguments
 
 
 def _templated(make_prompt: Callable[[], list[int]]) -> list[int]:

@@ -7,7 +7,9 @@ still become a problem response; after it, only the stream can carry it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import contextlib
+import re
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import anyio
@@ -88,20 +90,91 @@ class Request:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def json_body(self, kind: Any, limit: int) -> Any:
-        """Decode a JSON body into ``kind`` (a type or a union): 415, 400 or 422 if it is not."""
+    async def json_body(
+        self, kind: Any, limit: int, not_honoured: Mapping[str, str] | None = None
+    ) -> Any:
+        """Decode a JSON body into ``kind`` (a type or a union): 415, 400 or 422 if it is not.
+
+        ``not_honoured`` names top-level fields typed to accept only what the
+        server can honour, with the reason a refused value is refused.
+        """
         content_type = (self.header("content-type") or "").split(";")[0].strip().lower()
         if content_type != JSON:
             raise HTTPProblem(415, "unsupported-media-type", "send the body as application/json")
-        raw = await self.body(limit)
-        try:
-            msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            raise HTTPProblem(400, "malformed-json", "the body is not valid JSON") from None
-        try:
-            return msgspec.json.decode(raw, type=kind)
-        except msgspec.ValidationError as exc:
-            raise HTTPProblem(422, "invalid-field", _field_message(str(exc))) from None
+        return decode_json(await self.body(limit), kind, not_honoured)
+
+
+def decode_json(raw: bytes, kind: Any, not_honoured: Mapping[str, str] | None = None) -> Any:
+    """``raw`` as ``kind``: 400 if it is not JSON (or nests too deeply), 422 if it does not fit.
+
+    An integer-valued number (``5.0``) counts as an integer, as JSON Schema (and
+    so the OpenAPI document) says it is. msgspec's typed decoder, the fast path
+    every ordinary body takes, refuses it; only a body it refuses is decoded a
+    second time, generically, with such numbers made integers.
+    """
+    explain = not_honoured or {}
+    try:
+        with _malformed_json_is_400():
+            try:
+                return msgspec.json.decode(raw, type=kind)
+            except msgspec.ValidationError:
+                value = _integral_floats_as_ints(msgspec.json.decode(raw))
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        # Raised by the conversion, or by the generic decode for a number no
+        # Python value holds (``1e999999``, a 5,000-digit integer): valid JSON
+        # that does not fit, the caller's 422.
+        raise _invalid(str(exc), explain) from None
+
+
+def _invalid(message: str, not_honoured: Mapping[str, str]) -> HTTPProblem:
+    """The 422 for msgspec's ``message``; a reason of our own for a field we cannot honour."""
+    at = _FIELD.search(message)
+    if at is not None and at.group(1) in not_honoured:
+        field = at.group(1)
+        return HTTPProblem(422, "unsupported-field", f"`{field}`: {not_honoured[field]}")
+    return HTTPProblem(422, "invalid-field", _field_message(message))
+
+
+_FIELD = re.compile(r" - at `\$\.([A-Za-z_][A-Za-z0-9_]*)")
+"""The top-level field msgspec's error message points at."""
+
+
+@contextlib.contextmanager
+def _malformed_json_is_400() -> Iterator[None]:
+    try:
+        yield
+    except msgspec.ValidationError:
+        raise  # JSON that does not fit is the caller's 422, never "not JSON"
+    except msgspec.DecodeError:
+        raise HTTPProblem(400, "malformed-json", "the body is not valid JSON") from None
+    except RecursionError:
+        # msgspec's decoder recurses once per level: thousands of nested brackets
+        # exhaust the stack. That is the client's malformed body, not our failure.
+        raise HTTPProblem(
+            400, "malformed-json", "the body nests arrays or objects too deeply"
+        ) from None
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """``value`` with every float that has no fractional part turned into an int.
+
+    Walks with an explicit stack (the decoder already bounded the depth, but a
+    recursive walk would have its own limit). A float where a float is wanted
+    still converts, since msgspec accepts an int for a float field.
+    """
+    root = [value]
+    stack: list[tuple[list[Any] | dict[str, Any], Any]] = [(root, 0)]
+    while stack:
+        container, key = stack.pop()
+        item = container[key]
+        if isinstance(item, float) and item.is_integer():
+            container[key] = int(item)
+        elif isinstance(item, list):
+            stack.extend((item, index) for index in range(len(item)))
+        elif isinstance(item, dict):
+            stack.extend((item, name) for name in item)
+    return root[0]
 
 
 class ClientDisconnected(Exception):

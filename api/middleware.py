@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import hashlib
 import hmac
 import logging
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from api.http import (
     ASGIApp,
@@ -163,43 +164,67 @@ class ErrorMiddleware:
 
 
 class AuthMiddleware:
-    """Bearer API keys for ``/v1/``, a separate admin key for ``/admin/``; health stays open."""
+    """Bearer API keys for ``/v1/``, a separate admin key for ``/admin/``; health stays open.
 
-    def __init__(self, app: ASGIApp, api_keys: Sequence[str], admin_key: str | None) -> None:
+    A request that presented a valid API key is tagged with it (a digest, in
+    ``scope["state"]["api_key"]``), so that per-client limits count the key
+    itself, not the spelling of the header that carried it. A route or
+    method the app does not serve is left to the app to answer 404 or 405:
+    that is the same answer with or without a key.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_keys: Sequence[str],
+        admin_key: str | None,
+        serves: Callable[[str, str], bool] = lambda path, method: True,
+    ) -> None:
         self.app = app
         self.api_keys = [key.encode() for key in api_keys]
         self.admin_key = admin_key.encode() if admin_key else None
+        self.serves = serves
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
-        if scope["type"] == "http" and scope["method"] != "OPTIONS":
+        if scope["type"] == "http" and self.serves(str(scope["path"]), str(scope["method"])):
             path = str(scope["path"])
-            presented = _bearer(Request(scope, receive).header("authorization"))
+            presented = bearer_token(Request(scope, receive).header("authorization"))
             if path.startswith("/admin/"):
                 self._check(presented, [self.admin_key] if self.admin_key else [])
             elif path.startswith("/v1/") and self.api_keys:
-                self._check(presented, self.api_keys)
+                key = self._check(presented, self.api_keys)
+                digest = hashlib.sha256(key).hexdigest()[:16]
+                scope.setdefault("state", {})["api_key"] = digest
         await self.app(scope, receive, send)
 
     @staticmethod
-    def _check(presented: bytes | None, keys: Sequence[bytes]) -> None:
+    def _check(presented: bytes | None, keys: Sequence[bytes]) -> bytes:
+        """The key ``presented`` matches; 403 if there are none, 401 if it matches none."""
         if not keys:
             raise HTTPProblem(403, "forbidden", "no admin key is configured on this server")
         # Compare against every key, always, so timing says nothing about which matched.
-        matched = False
+        matched: bytes | None = None
         for key in keys:
-            matched |= hmac.compare_digest(presented or b"", key)
-        if not matched:
+            if hmac.compare_digest(presented or b"", key):
+                matched = key
+        if matched is None:
             raise HTTPProblem(
                 401,
                 "unauthorized",
                 "a valid API key is required (Authorization: Bearer ...)",
                 (("www-authenticate", "Bearer"),),
             )
+        return matched
 
 
-def _bearer(header: str | None) -> bytes | None:
+def bearer_token(header: str | None) -> bytes | None:
+    """The credential of an ``Authorization: Bearer ...`` header, normalised.
+
+    The scheme is case-insensitive and the spaces around the token do not count
+    (RFC 9110 §11.1), so every spelling of one key yields the same bytes.
+    """
     if header is None:
         return None
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = header.strip().partition(" ")
     return token.strip().encode() if scheme.lower() == "bearer" and token.strip() else None

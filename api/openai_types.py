@@ -1,25 +1,37 @@
 """The OpenAI wire format: request bodies (validated by msgspec) and responses.
 
-Unknown request fields are ignored, as OpenAI's clients expect; wrong types
-and out-of-range values are rejected with a message that names the field.
+Unknown request fields are ignored, as OpenAI's clients expect (they only
+hint: ``service_tier``, ``store``, ``metadata``, ...); wrong types and
+out-of-range values are rejected with a message that names the field, and so
+are known fields whose meaning the server cannot honour (:data:`NOT_HONOURED`).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
-TokenCount = Annotated[int, Meta(ge=1, le=1_000_000)]
+MAX_TOKENS_ACCEPTED = 1_000_000
+"""The most tokens a request may name when the server sets no lower limit."""
+TokenCount = Annotated[int, Meta(ge=1, le=MAX_TOKENS_ACCEPTED)]
 
 
 class StreamOptions(Struct, frozen=True, kw_only=True):
     """``stream_options``: only ``include_usage`` is honoured."""
 
     include_usage: bool = False
+
+
+TokenId = Annotated[int, Meta(ge=0)]
+"""A token id; the served document bounds it by the vocabulary."""
+TokenIdKey = Annotated[str, Meta(pattern="^(0|[1-9][0-9]*)$")]
+"""A token id written as a JSON object key (``logit_bias``)."""
+Nothing = Annotated[list[Any], Meta(max_length=0)]
+"""An empty list: what a field the server cannot honour yet may carry."""
 
 
 class SamplingFields(Struct, frozen=True, kw_only=True):
@@ -36,7 +48,7 @@ class SamplingFields(Struct, frozen=True, kw_only=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
-    logit_bias: dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
+    logit_bias: dict[TokenIdKey, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
     stop: (
         Annotated[str, Meta(max_length=256)] | Annotated[list[str], Meta(max_length=16)] | None
     ) = None
@@ -46,38 +58,137 @@ class SamplingFields(Struct, frozen=True, kw_only=True):
     user: str | None = None
 
 
-class ContentPart(Struct, frozen=True, kw_only=True):
-    """One part of a message's content; text parts are used, others ignored."""
+class TextPart(Struct, frozen=True, kw_only=True):
+    """One part of a message's content: this server's models read text only."""
 
-    type: str
-    text: str | None = None
+    type: Literal["text"]
+    text: str
 
 
-class ChatMessage(Struct, frozen=True, kw_only=True):
-    """One message of a conversation."""
+class FunctionCall(Struct, frozen=True, kw_only=True):
+    """The function an earlier assistant turn called, and its arguments (JSON text)."""
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    name: str
+    arguments: str
+
+
+class ToolCall(Struct, frozen=True, kw_only=True):
+    """One tool call of an earlier assistant turn."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class _MessageParam(Struct, frozen=True, kw_only=True, tag_field="role"):
+    """One message of a conversation; ``role`` picks the class."""
+
+    content: str | list[TextPart] | None = None
+    name: str | None = None
 
     @property
     def text(self) -> str:
         """The message's text, parts joined."""
         if isinstance(self.content, list):
-            return "".join(part.text or "" for part in self.content if part.type == "text")
+            return "".join(part.text for part in self.content)
         return self.content or ""
 
 
+class SystemMessageParam(_MessageParam, frozen=True, kw_only=True, tag="system"):
+    """Instructions for the model."""
+
+
+class DeveloperMessageParam(_MessageParam, frozen=True, kw_only=True, tag="developer"):
+    """OpenAI's newer name for the system prompt."""
+
+
+class UserMessageParam(_MessageParam, frozen=True, kw_only=True, tag="user"):
+    """What the user said."""
+
+
+class AssistantMessageParam(_MessageParam, frozen=True, kw_only=True, tag="assistant"):
+    """An earlier answer of the model, possibly calling tools."""
+
+    tool_calls: list[ToolCall] | None = None
+
+
+class ToolMessageParam(_MessageParam, frozen=True, kw_only=True, tag="tool"):
+    """The result of an earlier tool call."""
+
+    tool_call_id: str
+
+
+ChatMessage = (
+    SystemMessageParam
+    | DeveloperMessageParam
+    | UserMessageParam
+    | AssistantMessageParam
+    | ToolMessageParam
+)
+"""A message of the conversation, by role."""
+
+
+class TextFormat(Struct, frozen=True, kw_only=True):
+    """``response_format`` as this server can honour it: plain text."""
+
+    type: Literal["text"]
+
+
 class ChatCompletionRequest(SamplingFields, frozen=True, kw_only=True):
-    """``POST /v1/chat/completions``."""
+    """``POST /v1/chat/completions``.
+
+    The fields after ``messages`` are typed as narrowly as the server can
+    honour them today: tools, structured output and logprobs are refused
+    (see :data:`NOT_HONOURED`), never accepted and ignored.
+    """
 
     messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=4096)]
+    tools: Nothing | None = None
+    tool_choice: Literal["none", "auto"] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: Nothing | None = None
+    function_call: Literal["none", "auto"] | None = None
+    response_format: TextFormat | None = None
+    logprobs: Literal[False] | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=0)] | None = None
+    modalities: list[Literal["text"]] | None = None
+    audio: None = None
+    web_search_options: None = None
 
 
 class CompletionRequest(SamplingFields, frozen=True, kw_only=True):
     """``POST /v1/completions``: a prompt as text, one-element list, or token ids."""
 
     # msgspec allows one array type per union; the handler checks the list's shape.
-    prompt: str | Annotated[list[str | int], Meta(min_length=1)]
+    prompt: str | Annotated[list[str | TokenId], Meta(min_length=1)]
+    logprobs: None = None
+    echo: Literal[False] | None = None
+    best_of: Annotated[int, Meta(ge=1, le=1)] | None = None
+    suffix: Annotated[str, Meta(max_length=0)] | None = None
+
+
+NOT_HONOURED = {
+    "tools": "tool calling is not supported yet: send no tools",
+    "tool_choice": "tool calling is not supported yet: only `none` or `auto` (without tools)",
+    "functions": "function calling is not supported yet: send no functions",
+    "function_call": "function calling is not supported yet: only `none` or `auto`",
+    "response_format": 'structured output is not supported yet: only `{"type": "text"}`',
+    "logprobs": "logprobs are not supported yet",
+    "top_logprobs": "logprobs are not supported yet",
+    "modalities": "this server generates text only",
+    "audio": "this server generates text only",
+    "web_search_options": "this server cannot search the web",
+    "echo": "echoing the prompt is not supported",
+    "best_of": "best_of above 1 is not supported",
+    "suffix": "a suffix (fill-in-the-middle) is not supported",
+    "n": "only one choice per request (n=1) is supported yet",
+}
+"""Fields that would change the answer and that the server cannot honour yet, and why.
+
+They are typed to accept only the values that change nothing, so the OpenAPI
+document says what is accepted; a request carrying any other value is
+answered 422 with this reason instead of being answered as if it had not.
+"""
 
 
 # -- responses -------------------------------------------------------------------
@@ -163,6 +274,23 @@ class Completion(Struct, frozen=True, kw_only=True):
     model: str
     choices: list[TextChoice]
     usage: Usage | None = None
+
+
+class StreamErrorDetail(Struct, frozen=True, kw_only=True):
+    """What went wrong with a stream that had started (the problem, in OpenAI's shape)."""
+
+    message: str
+    type: str
+    """The problem's slug (``deadline-exceeded``, ``engine-restarted``, ...)."""
+    code: int
+    """The HTTP status the problem would have had before the stream started."""
+    request_id: str
+
+
+class StreamError(Struct, frozen=True, kw_only=True):
+    """The last event before ``[DONE]`` of a stream that failed after it started."""
+
+    error: StreamErrorDetail
 
 
 class ModelCard(Struct, frozen=True, kw_only=True):

@@ -25,6 +25,8 @@ from api.openai_types import (
     Completion,
     Delta,
     SamplingFields,
+    StreamError,
+    StreamErrorDetail,
     TextChoice,
     Usage,
     encode_event,
@@ -76,14 +78,14 @@ class Reply:
 
     async def send_error(self, respond: Responder, problem: Problem) -> None:
         """End a started stream with an error event that names the request."""
-        error = {
-            "error": {
-                "message": problem.detail,
-                "type": problem.slug,
-                "code": problem.status,
-                "request_id": self.request_id,
-            }
-        }
+        error = StreamError(
+            error=StreamErrorDetail(
+                message=problem.detail,
+                type=problem.slug,
+                code=problem.status,
+                request_id=self.request_id,
+            )
+        )
         await respond.chunk(encode_event(error) + DONE_EVENT, more=False)
 
     async def _ensure_started(self, respond: Responder) -> None:

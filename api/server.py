@@ -134,9 +134,7 @@ def serve(settings: Settings) -> int:
 
 async def _serve(settings: Settings, outcome: _Exit) -> None:
     inference = build_inference(model_loader(settings), inference_settings(settings))
-    admission = IntakeAdmission(
-        {"chat": settings.chat_timeout, "completions": settings.completion_timeout}
-    )
+    admission = IntakeAdmission()
     app = TroupeApp(settings, inference, admission)
     config = _hypercorn_config(settings)
     stop = anyio.Event()
@@ -144,7 +142,7 @@ async def _serve(settings: Settings, outcome: _Exit) -> None:
         # Subscribed before the system exists, so even the first Started is logged.
         tg.start_soon(log_lifecycle, inference.events.subscribe(LIFECYCLE_LOG_EVENTS))
         tg.start_soon(_on_signal, app, settings, stop, outcome)
-        tg.start_soon(_on_escalation, app, settings, stop, outcome)
+        tg.start_soon(_on_escalation, app, stop, outcome)
         tg.start_soon(_announce, app, config.bind[0])
         # hypercorn types ASGI apps with its own TypedDicts; ours is the same protocol.
         asgi: Any = build_asgi(app)
@@ -197,25 +195,27 @@ async def _on_signal(app: TroupeApp, settings: Settings, stop: anyio.Event, outc
         async for signum in signals:
             name = signal.Signals(signum).name
             log.info(
-                "received %s: draining",
-                name,
-                extra={"event": "server_draining", "signal": name, "in_flight": app.in_flight},
+                "received %s: draining", name, extra={"event": "server_draining", "signal": name}
             )
             drained = await app.drain(settings.drain_timeout)
-            if not drained:
+            log.info(
+                "drained %d of %d requests in flight",
+                drained.before - drained.left,
+                drained.before,
+                extra={"event": "server_drained", "in_flight": drained.before},
+            )
+            if drained.left:
                 log.warning(
                     "drain deadline passed with %d requests in flight",
-                    app.in_flight,
-                    extra={"event": "drain_incomplete", "in_flight": app.in_flight},
+                    drained.left,
+                    extra={"event": "drain_incomplete", "in_flight": drained.left},
                 )
             outcome.stopping = True
             stop.set()
             return
 
 
-async def _on_escalation(
-    app: TroupeApp, settings: Settings, stop: anyio.Event, outcome: _Exit
-) -> None:
+async def _on_escalation(app: TroupeApp, stop: anyio.Event, outcome: _Exit) -> None:
     await app.started.wait()
     assert app.system is not None
     try:
@@ -224,8 +224,8 @@ async def _on_escalation(
         # The reason is sanitized at its source (the supervisor's own message).
         log.error("stopping: %s", exc, extra={"event": "server_escalated"})
         outcome.code = EXIT_ESCALATED
-        # The actors are gone: requests in flight end with 503 at once. Wait for
-        # them to be answered (readiness reads false meanwhile) before closing.
-        await app.drain(settings.drain_timeout)
+        # The actors are gone, intake with them: nothing is admitted any more and
+        # requests in flight end with 503 at once. hypercorn stops listening and
+        # lets the open exchanges finish (up to --drain-timeout) before closing.
         outcome.stopping = True
         stop.set()

@@ -108,7 +108,7 @@ async def serving(model: str, work: Path) -> AsyncIterator[Bench]:
 async def _serving(model: str, work: Path) -> AsyncIterator[Bench]:
     settings = Settings(model=model, port=0, audit_path=str(work / "audit.sqlite"))
     inference = build_inference(model_loader(settings), inference_settings(settings))
-    admission = IntakeAdmission({"completions": settings.completion_timeout})
+    admission = IntakeAdmission()
     app = TroupeApp(settings, inference, admission)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -56,9 +56,7 @@ async def serving(
     inference = build_inference(model_loader(settings), inference_settings(settings))
     if adapt is not None:
         inference = adapt(inference)
-    admission = IntakeAdmission(
-        {"chat": settings.chat_timeout, "completions": settings.completion_timeout}
-    )
+    admission = IntakeAdmission()
     app = TroupeApp(settings, inference, admission)
     # Bound and listening before hypercorn runs: clients may connect at once and
     # wait in the backlog, so nothing needs to poll for the port.

@@ -128,12 +128,15 @@ def test_api_keys_guard_v1_and_admin_while_health_stays_open(
         assert_problem(httpx.get(models, headers={"authorization": "Bearer nope"}, timeout=10), 401)
         ok = httpx.get(models, headers={"authorization": "Bearer key-two"}, timeout=10)
         assert ok.status_code == 200
-        admin = srv.url + "/admin/anything"
+        admin = srv.url + "/admin/audit-logs"
         assert_problem(
             httpx.get(admin, headers={"authorization": "Bearer key-one"}, timeout=10), 401
         )
         behind = httpx.get(admin, headers={"authorization": "Bearer admin-secret"}, timeout=10)
-        assert_problem(behind, 404)  # past the key check: no such admin route yet
+        assert_problem(behind, 404)  # past the key check: this server keeps no audit log
+        # A route or method that does not exist is the same answer with or without a key.
+        assert_problem(httpx.get(srv.url + "/admin/anything", timeout=10), 404)
+        assert_problem(httpx.request("TRACE", admin, timeout=10), 405)
         assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
         assert "key-one" not in srv.log() and "admin-secret" not in srv.log()
 
@@ -182,6 +185,7 @@ def test_unknown_fields_are_ignored_on_a_request_that_succeeds(tight: Server) ->
         "model": model_name(tight),
         "prompt": "hi",
         "max_tokens": 2,
+        "temperature": 0,  # greedy: a sampled end-of-text token would stop it after one
         "logprobs_v9": {"nested": [1, 2]},
         "service_tier": "auto",
     }

@@ -155,7 +155,12 @@ def test_a_served_session_logs_json_lines_without_content(model_dir: Path, tmp_p
     ):
         assert expected in events, expected
     server_events = [line["event"] for line in lines if str(line.get("event")).startswith("server")]
-    assert server_events == ["server_started", "server_draining", "server_stopped"]
+    assert server_events == [
+        "server_started",
+        "server_draining",
+        "server_drained",
+        "server_stopped",
+    ]
     outside = [line for line in lines if line.get("event") in ("actor_started", "server_started")]
     assert all(line["request_id"] is None for line in outside)
 

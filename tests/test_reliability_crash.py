@@ -12,6 +12,7 @@ and ``troupe serve`` exits 1 with the reason.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import json
 from pathlib import Path
@@ -127,27 +128,34 @@ def test_a_crash_loop_escalates_answers_in_flight_with_503_and_exits_non_zero(
     )
     with running_server(model_dir, tmp_path, *flags) as server:
         model = model_name(server)
-        # A request whose body is still arriving is in flight: the drain after
-        # the escalation waits for it, which leaves time to read readiness.
+        # A request whose body is still arriving is in flight: the graceful stop
+        # after the escalation lets it finish, on the connection it is on.
         body = {**chat_body(model, "Crash me", 16), "stream": False}
         full = json.dumps(body).encode()
         slow = open_slow_request(server, "/v1/chat/completions", len(full), full[:10])
-        drill(server, {"kind": "engine_crash", "after_tokens": 1, "times": 1000})
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda _: _post(server, body), range(4)))
-        for response in answers:
-            assert response.status_code == 503, response.text
-            assert response.headers["content-type"] == "application/problem+json"
-            assert response.json()["request_id"] == response.headers["x-request-id"]
-        ready = httpx.get(server.url + "/health/ready", timeout=10)
-        assert ready.status_code == 503
-        slow.sendall(full[10:])
-        assert read_status(slow) == 503
-        slow.close()
+        with contextlib.closing(slow):
+            drill(server, {"kind": "engine_crash", "after_tokens": 1, "times": 1000})
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda _: _post(server, body), range(4)))
+            for response in answers:
+                assert response.status_code == 503, response.text
+                assert response.headers["content-type"] == "application/problem+json"
+                assert response.json()["request_id"] == response.headers["x-request-id"]
+            assert not ready(server)
+            slow.sendall(full[10:])
+            assert read_status(slow) == 503
         code = server.process.wait(60)
         log = server.log()
     assert code == 1
     assert "gave up" in log and "generation" in log
+
+
+def ready(server: Server) -> bool:
+    """Readiness as a probe sees it: a 200, or not (a 503, or no longer listening)."""
+    try:
+        return httpx.get(server.url + "/health/ready", timeout=10).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def _post(server: Server, body: dict[str, Any]) -> httpx.Response:

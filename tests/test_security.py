@@ -22,7 +22,7 @@ from api.app import TroupeApp
 from api.config import Settings
 from api.http import Message, Scope
 from api.middleware import AuthMiddleware
-from api.openapi import openapi_document
+from api.openapi import ServedApi, openapi_document
 from api.problems import HTTPProblem
 from tests.server import Server, running_server
 
@@ -44,7 +44,7 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def routes() -> dict[str, dict[str, Any]]:
     """Every route the app serves, with its methods (the app's own table)."""
-    app = TroupeApp(Settings(), build_inference(_never_loaded), IntakeAdmission({}))
+    app = TroupeApp(Settings(), build_inference(_never_loaded), IntakeAdmission())
     return {path: dict(methods) for path, methods in app.routes.items()}
 
 
@@ -53,7 +53,8 @@ def _never_loaded() -> Any:
 
 
 def test_the_openapi_document_describes_every_route() -> None:
-    document = openapi_document("test")
+    served_api = ServedApi("test", "m", 64, 1024, True, True, True, True)
+    document = openapi_document(served_api)
     served = {path: {m.lower() for m in methods} for path, methods in routes().items()}
     described = {path: set(operations) for path, operations in document["paths"].items()}
     assert described == {
