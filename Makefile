@@ -56,7 +56,7 @@ reliability: $(STAMP)
 	TROUPE_FIGURES=$(FIGURES) $(BIN)/pytest --long -p no:cacheprovider \
 		tests/test_reliability_crash.py tests/test_reliability_cache.py \
 		tests/test_reliability_shutdown.py tests/test_soak.py tests/test_fuzz.py \
-		tests/test_security.py
+		tests/test_security.py tests/test_contract.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
