@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,13 +36,7 @@ from api.observe import Observer, metrics_endpoint, prometheus_endpoint
 from api.openai_types import MAX_TOKENS_ACCEPTED, ModelCard, ModelList
 from api.openapi import ServedApi, openapi_document
 from api.problems import HTTPProblem
-from runtime import (
-    ActorSystem,
-    ChildStartError,
-    Message,
-    TroupeError,
-    describe_failure,
-)
+from runtime import ActorSystem, ChildStartError, Message, TroupeError, describe_failure
 from runtime.status import ActorStatus, NodeState
 
 log = logging.getLogger("troupe.server")
@@ -360,7 +353,7 @@ class TroupeApp:
         return None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Drained:
     """How a drain went: admitted requests in flight when it began, and still at its end."""
 
