@@ -25,7 +25,9 @@ def test_audit_rows_have_metadata_only_and_survive_a_restart(
     args += ["--fault-injection", "--completion-timeout", "3"]
     with running_server(model_dir, tmp_path, *args) as srv:
         model = model_name(srv)
-        body = {"model": model, "prompt": SECRET_PROMPT, "max_tokens": 4}
+        # Sampled, but never a special token (end of text): it runs to its 4 tokens.
+        no_eos = {str(token): -100 for token in range(7)}
+        body = {"model": model, "prompt": SECRET_PROMPT, "max_tokens": 4, "logit_bias": no_eos}
         assert httpx.post(srv.url + "/v1/completions", json=body, timeout=60).status_code == 200
         too_long = {"model": model, "prompt": [5] * 4096, "max_tokens": 4}
         refused = httpx.post(srv.url + "/v1/completions", json=too_long, timeout=60)
@@ -33,8 +35,7 @@ def test_audit_rows_have_metadata_only_and_survive_a_restart(
         unknown = {"model": "nope", "prompt": SECRET_PROMPT}
         assert_problem(httpx.post(srv.url + "/v1/completions", json=unknown, timeout=60), 404)
         # A client that goes away after the first tokens: cancelled.
-        endless = {**body, "max_tokens": 1000, "stream": True,
-                   "logit_bias": {str(token): -100 for token in range(7)}}  # fmt: skip
+        endless = {**body, "max_tokens": 1000, "stream": True}
         with httpx.stream("POST", srv.url + "/v1/completions", json=endless, timeout=60) as stream:
             next(line for line in stream.iter_lines() if line.startswith("data: {"))
         # Held in the generation actor's mailbox past the 3 s deadline: timed out.

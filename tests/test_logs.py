@@ -37,6 +37,8 @@ ADMIN_KEY = "admin-log-secret-0043"
 KEYS = {"authorization": f"Bearer {API_KEY}"}
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
 STANDARD_KEYS = {"ts", "level", "logger", "message", "request_id"}
+NO_EOS = {str(token): -100 for token in range(7)}
+"""Bias against the special tokens (end of text among them)."""
 
 
 @contextmanager
@@ -87,7 +89,9 @@ def test_a_served_session_logs_json_lines_without_content(model_dir: Path, tmp_p
         model = httpx.get(srv.url + "/v1/models", headers=KEYS, timeout=10).json()["data"][0]["id"]
         texts = []
         plain = post(
-            srv, "/v1/completions", {"model": model, "prompt": SECRET_PROMPT, "max_tokens": 8},
+            srv, "/v1/completions",
+            # Sampled, but never an end-of-text token: it runs to its 8 tokens.
+            {"model": model, "prompt": SECRET_PROMPT, "max_tokens": 8, "logit_bias": NO_EOS},
             "log-plain",
         )  # fmt: skip
         texts.append(plain.json()["choices"][0]["text"])
