@@ -333,7 +333,9 @@ async def test_a_deadline_passing_while_queued_drops_the_request_before_prefill(
 async def test_a_second_request_under_a_live_id_is_refused(loaded_model: Any) -> None:
     async with harness(loaded_model) as h:
         prompt = h.prompt("Only one of me")
-        first = Generate(request_id="dup", prompt=prompt, params=SamplingParams(max_tokens=30))
+        # Never a special token (end of text among them): it runs to its 30 tokens.
+        params = SamplingParams(max_tokens=30, logit_bias={token: -100.0 for token in range(7)})
+        first = Generate(request_id="dup", prompt=prompt, params=params)
         async with h.client.stream(first) as events:
             again = await h.system.ref("generation").ask(first, timeout=10)
             assert isinstance(again, Failed)
