@@ -150,11 +150,53 @@ class ActorContext:
             raise LookupError(f"no actor with id {actor_id!r}")
         return cell.ref
 
+    def defer_reply(self) -> DeferredReply:
+        """Answer the ask being handled later, from another task (gen_server's ``noreply``).
+
+        ``handle`` returns at once (its return value is then ignored) and the
+        mailbox moves on; the answer goes through the returned handle. If the
+        incarnation ends first, the asker gets :class:`~runtime.errors.ActorDied`.
+        For an actor that relays asks to a slower peer without stalling its
+        other messages. Raises ``RuntimeError`` outside an ask's handling.
+        """
+        incarnation = self._cell.current
+        envelope = None if incarnation is None else incarnation.inflight
+        if incarnation is None or envelope is None or envelope.reply is None:
+            raise RuntimeError("defer_reply() needs an ask being handled")
+        reply, envelope.reply = envelope.reply, None
+        incarnation.deferred.add(reply)
+        return DeferredReply(reply, incarnation.deferred)
+
     def start_soon(
         self, func: Callable[[*Ts], Coroutine[Any, Any, Any]], *args: *Ts, name: str = ""
     ) -> None:
         """Run a task for the life of this incarnation; if it raises, the actor crashes."""
         self._task_group.start_soon(func, *args, name=name or f"{self.path}:task")
+
+
+class DeferredReply:
+    """An ask's answer, given after its handler returned (:meth:`ActorContext.defer_reply`)."""
+
+    __slots__ = ("_pending", "_reply")
+
+    def __init__(self, reply: Reply, pending: set[Reply]) -> None:
+        self._reply = reply
+        self._pending = pending
+
+    @property
+    def abandoned(self) -> bool:
+        """The asker stopped waiting."""
+        return self._reply.abandoned
+
+    def resolve(self, value: Message | None) -> None:
+        """Answer the ask (later outcomes are ignored)."""
+        self._pending.discard(self._reply)
+        self._reply.resolve(value)
+
+    def fail(self, error: BaseException) -> None:
+        """Fail the ask with ``error``."""
+        self._pending.discard(self._reply)
+        self._reply.fail(error)
 
 
 class Actor:
@@ -191,12 +233,17 @@ class _Incarnation:
     start_failure: StartFailure | None = None
     inflight: Envelope | None = None
     exit: ExitInfo = field(default_factory=lambda: ExitInfo(ExitKind.SHUTDOWN, "stopped"))
+    deferred: set[Reply] = field(default_factory=set)
+    """Asks whose answers were deferred and are not given yet."""
 
     def fail_inflight(self, actor: str, reason: str) -> None:
-        """Tell the asker of the message being handled that the actor died."""
+        """Tell the asker of the message being handled, and deferred askers, that it died."""
         envelope, self.inflight = self.inflight, None
         if envelope is not None and envelope.reply is not None:
             envelope.reply.fail(ActorDied(actor, reason))
+        pending, self.deferred = list(self.deferred), set()
+        for reply in pending:
+            reply.fail(ActorDied(actor, reason))
 
 
 class ActorCell(Node):
@@ -228,6 +275,11 @@ class ActorCell(Node):
             return incarnation.start_failure
         self.mark_running(incarnation.number)
         return None
+
+    @property
+    def current(self) -> _Incarnation | None:
+        """The incarnation running now, if any."""
+        return self._current
 
     async def stop(self) -> ExitInfo:
         """Cancel the running incarnation; abandon it after the shutdown timeout."""
@@ -315,7 +367,7 @@ class ActorCell(Node):
                 incarnation.fail_inflight(self.id, f"exited ({kind.value})")
                 return ExitInfo(kind, f"exited ({kind.value})")
             incarnation.inflight = None
-            if reply is not None:
+            if reply is not None and envelope.reply is not None:  # not deferred
                 reply.resolve(answer)
 
     def _note_exiting(self, incarnation: _Incarnation) -> None:

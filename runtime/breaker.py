@@ -23,11 +23,12 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from runtime.clock import Clock, SystemClock
 from runtime.errors import describe_failure
 
 log = logging.getLogger("troupe.runtime.breaker")
@@ -106,6 +107,23 @@ class BreakerStatistics:
     """The cool-down that applies to the current (or next) opening, seconds."""
 
 
+class MonotonicTime(Protocol):
+    """What the breaker reads time from (any :class:`~runtime.clock.Clock` will do).
+
+    Only this, and not the clock module, so that the engine process, which
+    owns a breaker, never imports anyio.
+    """
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back."""
+        ...
+
+
+class _Monotonic:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
 class CircuitBreaker:
     """A circuit breaker safe to use from several threads at once."""
 
@@ -113,11 +131,11 @@ class CircuitBreaker:
         self,
         config: BreakerConfig | None = None,
         *,
-        clock: Clock | None = None,
+        clock: MonotonicTime | None = None,
         on_transition: Callable[[Transition], None] | None = None,
     ) -> None:
         self.config = config or BreakerConfig()
-        self._clock: Clock = clock or SystemClock()
+        self._clock: MonotonicTime = clock or _Monotonic()
         self._on_transition = on_transition
         self._lock = threading.Lock()
         self._state = BreakerState.CLOSED
