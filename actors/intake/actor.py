@@ -58,6 +58,7 @@ from actors.intake.protocol import (
     Outcome,
     Rejected,
     Release,
+    ReportPressure,
     ShedReason,
     StartDraining,
     StopDraining,
@@ -320,16 +321,17 @@ class IntakeCrash(RuntimeError):
     """Raised by the handler on :class:`~actors.intake.protocol.CrashIntake`."""
 
 
-def _never_under_pressure() -> bool:
-    return False
-
-
 class IntakeActor(Actor):
     """Answers the intake protocol over an :class:`IntakeState` that outlives it."""
 
     def __init__(self, state: IntakeState, *, pressure: Callable[[], bool] | None = None) -> None:
         self.state = state
-        self.pressure = pressure or _never_under_pressure
+        # Without a reading, pressure is what was last reported (ReportPressure).
+        self.pressure = pressure or self._reported_pressure
+        self._reported = False
+
+    def _reported_pressure(self) -> bool:
+        return self._reported
 
     async def handle(self, message: Message) -> Message | None:
         """Answer one message of the intake protocol; nothing here awaits."""
@@ -350,6 +352,8 @@ class IntakeActor(Actor):
                 answer = self._set_draining(True)
             case StopDraining():
                 answer = self._set_draining(False)
+            case ReportPressure(under_pressure=under_pressure):
+                self._reported = under_pressure
             case CrashIntake():
                 raise IntakeCrash("crash requested")
             case _:

@@ -128,6 +128,12 @@ class StopDraining(Message, frozen=True, kw_only=True):
     """Admit again (a drain that was called off); answered with ``IntakeStats``."""
 
 
+class ReportPressure(Message, frozen=True, kw_only=True):
+    """Memory pressure changed where intake cannot read it (the engine process)."""
+
+    under_pressure: bool
+
+
 class CrashIntake(Message, frozen=True, kw_only=True):
     """Make the intake actor's handler raise (drills and tests); its state survives."""
 

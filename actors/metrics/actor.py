@@ -26,6 +26,7 @@ from collections.abc import Callable
 import anyio
 
 from actors.metrics.protocol import (
+    EngineReport,
     GetMetricsSnapshot,
     PrometheusText,
     RenderPrometheus,
@@ -33,6 +34,7 @@ from actors.metrics.protocol import (
     RequestCompleted,
     RequestShed,
 )
+from actors.metrics.registry import CacheFigures, Load
 from actors.metrics.state import MetricsSources, MetricsState
 from runtime.actor import Actor
 from runtime.events import Subscription
@@ -67,6 +69,9 @@ class MetricsActor(Actor):
         self._subscribe = subscribe
         self._sources = sources or MetricsSources()
         self._subscription: Subscription[Event] | None = None
+        self._reported: EngineReport | None = None
+        if sources is None:  # nothing to read: the figures are pushed (EngineReport)
+            self._sources = MetricsSources(cache=self._reported_cache, load=self._reported_load)
 
     async def on_start(self) -> None:
         """Note the baseline memory; follow lifecycle events in a task of this incarnation."""
@@ -98,6 +103,8 @@ class MetricsActor(Actor):
         match message:
             case RequestCompleted() | RequestShed() | RequestCancelled():
                 self.state.observe(message)
+            case EngineReport():
+                self._reported = message
             case GetMetricsSnapshot(categories=categories):
                 self._catch_up()
                 self.state.refresh(self._sources)
@@ -108,6 +115,24 @@ class MetricsActor(Actor):
                 return PrometheusText(text=self.state.registry.render())
         # Anything else is ignored: a stray message must not crash the metrics.
         return None
+
+    def _reported_cache(self) -> CacheFigures | None:
+        report = self._reported
+        if report is None:
+            return None
+        return CacheFigures(
+            queries=report.cache_queries,
+            hits=report.cache_hits,
+            hit_tokens=report.cache_hit_tokens,
+            evictions=report.cache_evictions,
+            nbytes=report.cache_nbytes,
+            entries=report.cache_entries,
+            breaker_state=report.cache_breaker,
+        )
+
+    def _reported_load(self) -> Load | None:
+        report = self._reported
+        return None if report is None else Load(running=report.running, waiting=report.waiting)
 
     async def on_stop(self, exit_kind: ExitKind) -> None:
         """Unsubscribe, so the bus stops buffering events for a dead incarnation."""

@@ -97,6 +97,26 @@ class RequestCancelled(Message, frozen=True, kw_only=True):
     reason: str
 
 
+class EngineReport(Message, frozen=True, kw_only=True):
+    """The engine's load and prefix-cache counters, pushed by whoever sees them.
+
+    When the engine runs in its own process the metrics cannot read them at
+    query time; the generation actor tells them on every heartbeat, and before
+    it delivers the end of any request, so that a client that has its answer
+    finds it counted.
+    """
+
+    running: int
+    waiting: int
+    cache_queries: int
+    cache_hits: int
+    cache_hit_tokens: int
+    cache_evictions: int
+    cache_nbytes: int
+    cache_entries: int
+    cache_breaker: str
+
+
 class GetMetricsSnapshot(Message, frozen=True, kw_only=True):
     """Ask for a JSON-friendly snapshot; an empty ``categories`` means all of them."""
 
