@@ -1,8 +1,21 @@
-"""The composition root of the inference actors.
+"""The composition root of the inference actors, in either of two shapes.
 
-Builds the parts that must outlive actor restarts (the loaded weights, the
-prefix cache and its memory monitor, the per-request stream registry) once,
-and the supervision tree whose actors share them:
+:func:`build_process_inference` (what ``troupe serve`` runs) puts the engine,
+its weights and its prefix cache in a child process of their own:
+
+``troupe`` (one_for_one), in start order
+    ``metrics``, ``intake``: as below.
+    ``generation``: keeps every request across engine processes and resumes
+    them on the next one (:mod:`actors.generation.router`).
+    ``kvcache``: relays the kv-cache protocol to the cache in the engine process.
+    ``engine``: owns the engine process; crashes when it dies or hangs, so the
+    supervisor's intensity, period and backoff govern its restarts.
+
+:func:`build_inference` keeps the engine on a thread of the server's process
+(a native crash there ends the server). It builds the parts that must
+outlive actor restarts (the loaded weights, the prefix cache and its memory
+monitor, the per-request stream registry) once, and the supervision tree
+whose actors share them:
 
 ``troupe`` (one_for_one), in start order
     ``metrics``: Prometheus and JSON figures from events that never block senders.
@@ -19,28 +32,37 @@ Metrics keeps its counters in a state object the same way.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from actors.generation.actor import GenerationActor
 from actors.generation.client import GenerationClient
 from actors.generation.engine import EngineConfig
+from actors.generation.engine_actor import ENGINE, EngineActor, EngineProcessSettings
+from actors.generation.engine_link import RelayCache
 from actors.generation.faults import FaultPlan, RecoveryTimer
 from actors.generation.host import ModelHost
+from actors.generation.process import Spawner
+from actors.generation.process_protocol import Boot
 from actors.generation.protocol import StreamEvent
+from actors.generation.router import GenerationRouter
 from actors.intake.actor import IntakeSettings, IntakeState, intake_child
 from actors.kvcache.actor import KVCacheSettings, kvcache_child
 from actors.kvcache.pressure import MemoryMonitor, PressureConfig
+from actors.kvcache.relay import RelayedCacheActor
 from actors.kvcache.store import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, PrefixCache
 from actors.metrics.actor import metrics_child
 from actors.metrics.registry import Load
 from actors.metrics.state import MetricsSources, MetricsState, cache_figures
-from actors.model.loader import LoadedModel
+from actors.model.loader import LoadedModel, load_tokenizer
 from runtime import (
     ActorSystem,
     Backoff,
     ChildSpec,
     Clock,
+    MailboxConfig,
     Strategy,
     SupervisorSpec,
     SystemClock,
@@ -53,6 +75,8 @@ from runtime.streams import StreamRegistry
 GENERATION_SHUTDOWN = 30.0
 """Seconds the generation actor gets to stop: joining the engine thread waits
 for the step in progress, which on a CPU can take a while for long prompts."""
+ROUTER_MAILBOX = MailboxConfig(capacity=65536)
+"""Requests and every step's events pass through these mailboxes: room for a burst."""
 METRICS_EVENTS = 1024
 """Lifecycle events the metrics actor may fall behind by before some are dropped."""
 KVCACHE_SHUTDOWN = 60.0
@@ -86,10 +110,14 @@ class InferenceSettings:
 class Inference:
     """The long-lived parts, and the supervision tree built around them."""
 
-    host: ModelHost[LoadedModel]
+    host: ModelHost[LoadedModel] | None
+    """The weights, when the engine runs in this process (``None``: in its own)."""
+    tokenizer: Callable[[], Any]
+    """The tokenizer for prompts (loads on first call; blocking)."""
     streams: StreamRegistry[StreamEvent]
-    prefix_cache: PrefixCache
-    monitor: MemoryMonitor
+    prefix_cache: PrefixCache | None
+    """The prefix cache, when the engine runs in this process."""
+    monitor: MemoryMonitor | None
     intake: IntakeState
     metrics: MetricsState
     events: EventBus[Event]
@@ -161,7 +189,101 @@ def build_inference(
         period=settings.restart_period,
         backoff=settings.backoff,
     )
-    return Inference(host, streams, cache, monitor, intake, metrics, events, spec, faults, recovery)
+    return Inference(
+        host,
+        lambda: host.get().tokenizer,
+        streams,
+        cache,
+        monitor,
+        intake,
+        metrics,
+        events,
+        spec,
+        faults,
+        recovery,
+    )
+
+
+def build_process_inference(
+    model: str,
+    settings: InferenceSettings | None = None,
+    *,
+    process: EngineProcessSettings | None = None,
+    clock: Clock | None = None,
+) -> Inference:
+    """The tree with the engine in a child process that loads ``model`` (a directory or id)."""
+    settings = settings or InferenceSettings()
+    clock = clock or SystemClock()
+    streams: StreamRegistry[StreamEvent] = StreamRegistry()
+    faults, recovery = FaultPlan(), RecoveryTimer()
+    boot = Boot(
+        model=model,
+        engine=settings.engine,
+        cache_max_entries=settings.cache_max_entries,
+        cache_max_bytes=settings.cache_max_bytes,
+        breaker=settings.breaker,
+        pressure=settings.pressure or PressureConfig.for_machine(),
+        cache=settings.kvcache,
+        heartbeat_interval=(process or EngineProcessSettings()).heartbeat_interval,
+    )
+    intake = IntakeState(settings.intake)
+    events = EventBus[Event]()
+    metrics = MetricsState(clock, config=settings.public_config)
+    spawner = Spawner()  # one engine process kept started ahead, for fast restarts
+    spec = SupervisorSpec(
+        "troupe",
+        [
+            metrics_child(metrics, lambda: events.subscribe(METRICS_EVENTS)),
+            intake_child(intake),
+            # Before the engine, which tells it when a process is up; stopped
+            # after it, so that what the engine still sends is delivered.
+            ChildSpec(
+                "generation",
+                lambda: GenerationRouter(streams, faults=faults, recovery=recovery),
+                mailbox=ROUTER_MAILBOX,
+            ),
+            ChildSpec(
+                "kvcache", lambda: RelayedCacheActor(ENGINE, RelayCache), shutdown=KVCACHE_SHUTDOWN
+            ),
+            ChildSpec(
+                ENGINE,
+                lambda: EngineActor(boot, process, spawner=spawner),
+                shutdown=GENERATION_SHUTDOWN,
+                mailbox=ROUTER_MAILBOX,
+            ),
+        ],
+        strategy=Strategy.ONE_FOR_ONE,
+        intensity=settings.restart_intensity,
+        period=settings.restart_period,
+        backoff=settings.backoff,
+    )
+    return Inference(
+        None,
+        _tokenizer_loader(model),
+        streams,
+        None,
+        None,
+        intake,
+        metrics,
+        events,
+        spec,
+        faults,
+        recovery,
+    )
+
+
+def _tokenizer_loader(model: str) -> Callable[[], Any]:
+    """Loads ``model``'s tokenizer once, on first call (thread-safe)."""
+    lock = threading.Lock()
+    loaded: list[Any] = []
+
+    def tokenizer() -> Any:
+        with lock:
+            if not loaded:
+                loaded.append(load_tokenizer(model))
+            return loaded[0]
+
+    return tokenizer
 
 
 def _engine_load(latest: list[GenerationActor]) -> Load | None:

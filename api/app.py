@@ -43,8 +43,9 @@ log = logging.getLogger("troupe.server")
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
 R = TypeVar("R", bound=Message)
-CRITICAL_ACTORS = ("generation", "intake")
-"""Actors without which the server is not ready."""
+CRITICAL_ACTORS = ("generation", "intake", "engine")
+"""Actors without which the server is not ready (where the tree has them: ``engine``
+exists only when the engine runs in its own process)."""
 STATS_TIMEOUT = 1.0
 """Seconds status and health wait for an actor's figures before reporting them unknown."""
 DRAIN_POLL = 0.05
@@ -87,11 +88,11 @@ class TroupeApp:
             ),
             lambda: inference.client(self._system()),
             admission,
-            lambda: inference.host.get().tokenizer,
+            inference.tokenizer,
             self.observer,
         )
         self.completions.gate = self._require_running
-        self.faults = FaultSwitch(settings.fault_injection)
+        self.faults = FaultSwitch(settings.fault_injection, engine_process=inference.host is None)
         self._openapi: dict[str, Any] | None = None
         self.vocab_size = 0
         """Token ids the model accepts, once it is loaded."""
@@ -149,6 +150,9 @@ class TroupeApp:
                     self.completions.settings, context_length=engine.context_length
                 )
                 self.vocab_size = engine.vocab_size
+                # Loaded before the first request needs it (a separate copy when the
+                # engine runs in its own process; the api never reaches into it).
+                await anyio.to_thread.run_sync(self.inference.tokenizer)
                 self.started.set()
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown
@@ -248,10 +252,13 @@ class TroupeApp:
         if intake is not None and intake.draining:
             reasons.append("draining")
         root = self.system.status().root
+        present = {node.name for node in root.workers()}
         for name in CRITICAL_ACTORS:
             node = root.find(name)
+            if name not in present:
+                continue
             if node is None or node.state != NodeState.RUNNING:
-                reasons.append(f"{name} is not running")
+                reasons.append(_not_running(name))
         return reasons
 
     async def health(self, request: Request, respond: Responder) -> None:
@@ -343,6 +350,7 @@ class TroupeApp:
             "weights_loads": stats.weights_loads,
             "faults_pending": stats.faults_pending,
             "recovery_seconds": stats.recovery_seconds,
+            "process": _untagged(stats.process),
         }
 
     async def _ask_briefly(self, actor: str, message: Message, expect: type[R]) -> R | None:
@@ -366,6 +374,24 @@ def _version() -> str:
         return metadata.version("mlx-troupe")
     except metadata.PackageNotFoundError:  # running from a source tree
         return "0"
+
+
+def _untagged(message: Message | None) -> Any:
+    """A message as JSON, without the ``type`` tags of it and its fields."""
+    if message is None:
+        return None
+    fields: dict[str, Any] = msgspec.to_builtins(message)
+    return {
+        key: {k: v for k, v in value.items() if k != "type"} if isinstance(value, dict) else value
+        for key, value in fields.items()
+        if key != "type"
+    }
+
+
+def _not_running(name: str) -> str:
+    if name == "engine":
+        return "no engine process is serving (starting or restarting)"
+    return f"{name} is not running"
 
 
 def _actor_health(node: ActorStatus) -> str:

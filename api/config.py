@@ -40,6 +40,7 @@ SECRET_SETTINGS: Final = frozenset({"api_keys", "admin_key"})
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 LogFormat = Literal["json", "text"]
 ModelSize = Literal["tiny", "small"]
+EngineMode = Literal["process", "thread"]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +75,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Prompt tokens admitted and not yet finished, at most; beyond that: HTTP 429."""
     max_running: int = 32
     """Sequences decoded together (the generation batch)."""
+    engine: EngineMode = "process"
+    """Where the generation engine runs: ``process`` (a supervised child process;
+    a native crash or hang restarts it and in-flight requests resume where they
+    were) or ``thread`` (inside the server's process, as mlx_lm.server does)."""
+    engine_hang_timeout: float = 30.0
+    """Seconds without a heartbeat from the engine process, or without a step
+    while requests wait, after which it counts as hung and is restarted."""
     rate_limit_per_second: float = 0.0
     """Requests per second per client (token bucket); 0: no rate limit."""
     rate_limit_burst: int = 20

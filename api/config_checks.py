@@ -37,6 +37,7 @@ _RANGES: Final[tuple[tuple[str, Callable[[float], bool], str], ...]] = (
     ("queue_max_requests", lambda v: v >= 1, "at least 1"),
     ("queue_max_prompt_tokens", lambda v: v >= 1, "at least 1"),
     ("max_running", lambda v: v >= 1, "at least 1"),
+    ("engine_hang_timeout", lambda v: 1 <= v < math.inf, "at least 1 second"),
     ("rate_limit_per_second", lambda v: 0 <= v < math.inf, "0 (off) or a positive rate"),
     ("cache_max_entries", lambda v: v >= 1, "at least 1"),
     ("cache_max_bytes", lambda v: v >= 0, "0 or more"),

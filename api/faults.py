@@ -15,6 +15,15 @@ kind                what it does
                     its supervisor restarts it
 ``engine_oom``      the same, as an allocation failure: caches are cleared and
                     only the requests in flight fail
+``engine_kill``     the engine process kills itself with SIGKILL after
+                    ``after_tokens`` tokens, ``times`` times (a native crash)
+``engine_hang``     the engine stops stepping after ``after_tokens`` tokens,
+                    ``times`` times (a native deadlock: the hang detector
+                    restarts it)
+``engine_poison``   the engine process dies whenever request ``request_id``
+                    (the ``x-request-id`` it was sent with) is in the batch
+``engine_exit_on_load`` the next ``times`` engine processes exit while they
+                    load the model
 ``cache_faults``    the next ``count`` prefix-cache operations fail (5 in a row
                     open the cache's circuit breaker)
 ``corrupt_cache``   the cache is saved, then ``count`` of its files are damaged
@@ -25,6 +34,10 @@ kind                what it does
 ``slow_actor``      ``actor`` waits ``seconds`` before each of its next
                     ``messages`` messages
 ==================  ==========================================================
+
+The four process faults need the engine in its own process (``--engine
+process``, the default); with ``--engine thread`` they are refused (409), as
+they would take the whole server down.
 
 ``DELETE /admin/faults`` ends every drill that lasts: armed engine faults are
 disarmed, the memory simulation stops, slowed actors run at full speed.
@@ -81,6 +94,33 @@ class EngineOOM(_Fault, frozen=True, kw_only=True, tag="engine_oom"):
     times: Count = 1
 
 
+class EngineKill(_Fault, frozen=True, kw_only=True, tag="engine_kill"):
+    """SIGKILL the engine process after ``after_tokens`` tokens, ``times`` times."""
+
+    after_tokens: Count = 1
+    times: Count = 1
+
+
+class EngineHang(_Fault, frozen=True, kw_only=True, tag="engine_hang"):
+    """Stop the engine's loop after ``after_tokens`` tokens, ``times`` times."""
+
+    after_tokens: Count = 1
+    times: Count = 1
+
+
+class EnginePoison(_Fault, frozen=True, kw_only=True, tag="engine_poison"):
+    """Kill the engine process whenever request ``request_id`` is in the batch."""
+
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    times: Count = 1000
+
+
+class EngineExitOnLoad(_Fault, frozen=True, kw_only=True, tag="engine_exit_on_load"):
+    """Make the next ``times`` engine processes exit while they load the model."""
+
+    times: Count = 1
+
+
 class CacheFaults(_Fault, frozen=True, kw_only=True, tag="cache_faults"):
     """Fail the next ``count`` prefix-cache operations."""
 
@@ -109,15 +149,28 @@ class SlowActor(_Fault, frozen=True, kw_only=True, tag="slow_actor"):
     messages: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1
 
 
-Fault = EngineCrash | EngineOOM | CacheFaults | CorruptCache | MemoryPressure | SlowActor
+Fault = (
+    EngineCrash
+    | EngineOOM
+    | EngineKill
+    | EngineHang
+    | EnginePoison
+    | EngineExitOnLoad
+    | CacheFaults
+    | CorruptCache
+    | MemoryPressure
+    | SlowActor
+)
 """A ``POST /admin/faults`` body."""
 
 
 class FaultSwitch:
     """Turns fault bodies into messages to the actors that carry them out."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, *, engine_process: bool = True) -> None:
         self.enabled = enabled
+        self.engine_process = engine_process
+        """Whether the engine runs in its own process (the process faults need one)."""
 
     async def inject(self, system: ActorSystem, request: Request, respond: Responder) -> None:
         """``POST /admin/faults``: carry out one fault, answer what was done."""
@@ -153,6 +206,8 @@ class FaultSwitch:
                 message = InjectEngineFault(kind=kind, after_tokens=after, times=times)
                 await system.ref("generation").tell(message)
                 return {"after_tokens": after, "times": times}
+            case EngineKill() | EngineHang() | EnginePoison() | EngineExitOnLoad():
+                return await self._process_fault(system, fault)
             case CacheFaults(count=count):
                 pending = await system.ref("kvcache").ask(
                     InjectCacheFaults(count=count), timeout=FAULT_ASK_TIMEOUT, expect=FaultsInjected
@@ -177,6 +232,32 @@ class FaultSwitch:
                     expect=SlowedDown,
                 )
                 return {"actor": actor, "messages": slowed.messages}
+
+    async def _process_fault(
+        self, system: ActorSystem, fault: EngineKill | EngineHang | EnginePoison | EngineExitOnLoad
+    ) -> dict[str, Any]:
+        if not self.engine_process:
+            raise HTTPProblem(
+                409, "engine-in-process", "this fault needs the engine in its own process"
+            )
+        match fault:
+            case (
+                EngineKill(after_tokens=after, times=times)
+                | EngineHang(after_tokens=after, times=times)
+            ):
+                kind = EngineFault.KILL if isinstance(fault, EngineKill) else EngineFault.HANG
+                message = InjectEngineFault(kind=kind, after_tokens=after, times=times)
+                done: dict[str, Any] = {"after_tokens": after, "times": times}
+            case EnginePoison(request_id=request_id, times=times):
+                message = InjectEngineFault(
+                    kind=EngineFault.POISON, times=times, request_id=request_id
+                )
+                done = {"request_id": request_id, "times": times}
+            case EngineExitOnLoad(times=times):
+                message = InjectEngineFault(kind=EngineFault.EXIT_ON_LOAD, times=times)
+                done = {"times": times}
+        await system.ref("generation").tell(message)
+        return done
 
     async def _corrupt(self, system: ActorSystem, count: int, *, truncate: bool) -> dict[str, Any]:
         done = await system.ref("kvcache").ask(

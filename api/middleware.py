@@ -41,8 +41,9 @@ class RequestIdFilter(logging.Filter):
     """Adds ``request_id`` to every log record (``-`` outside a request)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Tag the record; never drops one."""
-        record.request_id = request_id_var.get()
+        """Tag the record (unless its caller named the request); never drops one."""
+        if not isinstance(getattr(record, "request_id", None), str):
+            record.request_id = request_id_var.get()
         return True
 
 

@@ -54,7 +54,7 @@ _SCHEMA_TYPES: tuple[Any, ...] = (
 _JSON = "application/json"
 _PROMETHEUS = "text/plain"
 _SSE = "text/event-stream"
-_COMPLETION_ERRORS = (400, 404, 408, 413, 415, 422, 429, 503, 504)
+_COMPLETION_ERRORS = (400, 404, 408, 413, 415, 422, 429, 500, 503, 504)
 _PLAIN_GETS = {
     "/health/live": ("The process is up.", ()),
     "/health/ready": ("Ready to serve (503 otherwise).", (503,)),

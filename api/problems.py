@@ -85,11 +85,14 @@ _FAILURE_STATUS = {
 }
 
 
-def problem_for(error: BaseException | Failed) -> Problem:
+def problem_for(error: BaseException | Failed) -> Problem:  # noqa: PLR0911 - one per error
     """The problem that answers ``error``: the single mapping of errors to statuses."""
     match error:
         case HTTPProblem(problem=problem):
             return problem
+        case Failed(kind=FailureKind.ENGINE_CRASHED, detail=detail, retryable=False):
+            # The engine died each time this request ran: not worth a retry.
+            return Problem(500, "engine-failed", detail)
         case Failed(kind=kind, detail=detail, retryable=retryable):
             status, slug = _FAILURE_STATUS[kind]
             headers = (("retry-after", "1"),) if retryable and status == 503 else ()

@@ -24,12 +24,20 @@ from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError, LifespanTimeoutError
 
 from actors.generation.engine import EngineConfig
+from actors.generation.engine_actor import EngineProcessSettings
 from actors.intake.actor import IntakeSettings
-from actors.kvcache.actor import KVCacheSettings
+from actors.kvcache.control import KVCacheSettings
 from actors.kvcache.pressure import PressureConfig
 from actors.model.embedded import default_model_dir
 from actors.model.loader import LoadedModel, load_model
-from actors.tree import GENERATION_SHUTDOWN, KVCACHE_SHUTDOWN, InferenceSettings, build_inference
+from actors.tree import (
+    GENERATION_SHUTDOWN,
+    KVCACHE_SHUTDOWN,
+    Inference,
+    InferenceSettings,
+    build_inference,
+    build_process_inference,
+)
 from api.admission import IntakeAdmission
 from api.app import TroupeApp, build_asgi, served_name
 from api.config import Settings
@@ -54,10 +62,23 @@ def model_loader(settings: Settings) -> Callable[[], LoadedModel]:
     """Loads the configured model, or the embedded default generated on first use."""
 
     def load() -> LoadedModel:
-        source = settings.model or str(default_model_dir(settings.model_size))
-        return load_model(source)
+        return load_model(model_source(settings))
 
     return load
+
+
+def model_source(settings: Settings) -> str:
+    """The model directory or hub id (generating the embedded model on first use; blocking)."""
+    return settings.model or str(default_model_dir(settings.model_size))
+
+
+async def build_tree(settings: Settings) -> Inference:
+    """The inference tree ``settings`` ask for (engine in its own process, or a thread)."""
+    if settings.engine == "thread":
+        return build_inference(model_loader(settings), inference_settings(settings))
+    source = await anyio.to_thread.run_sync(model_source, settings)
+    process = EngineProcessSettings(hang_timeout=settings.engine_hang_timeout)
+    return build_process_inference(source, inference_settings(settings), process=process)
 
 
 def model_tag(settings: Settings) -> str:
@@ -133,7 +154,7 @@ def serve(settings: Settings) -> int:
 
 
 async def _serve(settings: Settings, outcome: _Exit) -> None:
-    inference = build_inference(model_loader(settings), inference_settings(settings))
+    inference = await build_tree(settings)
     admission = IntakeAdmission()
     app = TroupeApp(settings, inference, admission)
     config = _hypercorn_config(settings)

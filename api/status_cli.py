@@ -49,10 +49,30 @@ class _Cache(msgspec.Struct):
     breaker: _Breaker | None = None
 
 
+class _Exit(msgspec.Struct):
+    reason: str
+
+
+class _Process(msgspec.Struct):
+    pid: int | None = None
+    uptime_seconds: float | None = None
+    restarts: int = 0
+    heartbeat_age_seconds: float | None = None
+    last_exit: _Exit | None = None
+    retried: int = 0
+    resumed: int = 0
+    poisoned: int = 0
+
+
+class _Engine(msgspec.Struct):
+    process: _Process | None = None
+
+
 class _Extras(msgspec.Struct):
     """The optional parts of the response that are not in ``SystemStatus``."""
 
     cache: _Cache | None = None
+    engine: _Engine | None = None
 
 
 class _Problem(msgspec.Struct):
@@ -69,6 +89,8 @@ class Snapshot:
     status: SystemStatus
     cache_breaker: str | None
     body: bytes
+    engine_process: str | None = None
+    """One line about the engine process, if the engine runs in one."""
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +179,31 @@ def fetch(client: httpx.Client, url: str) -> Snapshot:
     except msgspec.DecodeError as exc:
         raise StatusError(f"{target} did not answer with a supervisor status: {exc}") from None
     breaker = extras.cache.breaker if extras.cache else None
-    return Snapshot(status, breaker.state if breaker else None, response.content)
+    process = extras.engine.process if extras.engine else None
+    return Snapshot(
+        status,
+        breaker.state if breaker else None,
+        response.content,
+        None if process is None else _describe_process(process),
+    )
+
+
+def _describe_process(process: _Process) -> str:
+    """``pid 4441, up 12.3s, 1 restart, heartbeat 0.2s ago; last exit: ...; requests ...``."""
+    if process.pid is None:
+        head = "none serving (starting or restarting)"
+    else:
+        beat = format_duration(process.heartbeat_age_seconds)
+        head = (
+            f"pid {process.pid}, up {format_duration(process.uptime_seconds)}, heartbeat {beat} ago"
+        )
+    restarts = f"{process.restarts} restart{'' if process.restarts == 1 else 's'}"
+    last = f"; last exit: {process.last_exit.reason}" if process.last_exit else ""
+    carried = (
+        f"; requests resumed {process.resumed}, retried {process.retried}, "
+        f"failed as poison {process.poisoned}"
+    )
+    return f"{head}, {restarts}{last}{carried}"
 
 
 def render(snapshot: Snapshot, url: str) -> str:
@@ -171,6 +217,8 @@ def render(snapshot: Snapshot, url: str) -> str:
     ]
     header = ["ACTOR", "STATE", "RESTARTS", "LAST FAILURE", "MAILBOX", "UPTIME"]
     lines += _table([header, *_rows(status.root, 0, status.at)])
+    if snapshot.engine_process is not None:
+        lines.append(f"\nengine process: {snapshot.engine_process}")
     if snapshot.cache_breaker is not None:
         lines.append(f"\ncache breaker: {snapshot.cache_breaker}")
     if status.failure is not None:

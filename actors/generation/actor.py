@@ -196,8 +196,15 @@ class GenerationActor(Actor):
                 self._doorbell.wait, abandon_on_cancel=True, limiter=self._pump_thread
             )
             self._doorbell.clear()
-            for item in self._drain_outbox():
-                self._deliver_item(item)
+            items = self._drain_outbox()
+            # Every batch is delivered before a death is acted on: the engine
+            # reports its death first and then fails its requests.
+            for item in items:
+                if isinstance(item, list):
+                    self._deliver(item)
+            for item in items:
+                if isinstance(item, _EngineDied):
+                    raise EngineCrashed(f"the engine thread died: {item.reason}")
 
     def _drain_outbox(self) -> list[list[StreamEvent] | _EngineDied]:
         items: list[list[StreamEvent] | _EngineDied] = []
@@ -206,13 +213,6 @@ class GenerationActor(Actor):
                 items.append(self._outbox.get_nowait())
             except queue.Empty:
                 return items
-
-    def _deliver_item(self, item: list[StreamEvent] | _EngineDied) -> None:
-        match item:
-            case _EngineDied(reason=reason):
-                raise EngineCrashed(f"the engine thread died: {reason}")
-            case list():
-                self._deliver(item)
 
     def _require_engine(self) -> Engine:
         if self._engine is None:

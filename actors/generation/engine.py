@@ -20,7 +20,9 @@ cancelled request leaves the batch before the next decode step.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import signal
 import threading
 import time
 from collections import deque
@@ -171,8 +173,10 @@ class Engine:
             self._recovery.crashed()
             reason = describe_failure(exc)
             log.error("engine crashed: %s", reason)
-            self._fail_all(FailureKind.ENGINE_CRASHED, "the engine restarted; retry", True)
+            # First: an engine process ends here, leaving its requests to the
+            # parent, which resumes them; an engine thread fails them below.
             self._on_crash(reason)
+            self._fail_all(FailureKind.ENGINE_CRASHED, "the engine restarted; retry", True)
         finally:
             if self._generator is not None:
                 self._generator.close()
@@ -292,6 +296,8 @@ class Engine:
 
     def _step(self) -> None:
         assert self._generator is not None
+        if self.faults.poisons(self._by_id):
+            _die_natively()
         _, responses = self._generator.next()
         self.steps += 1
         events: list[StreamEvent] = []
@@ -329,6 +335,11 @@ class Engine:
                 raise MemoryError("injected allocation failure")
             case EngineFault.CRASH:
                 raise InjectedFault("injected engine fault")
+            case EngineFault.KILL:
+                _die_natively()
+            case EngineFault.HANG:
+                log.warning("engine: injected hang; this thread stops stepping")
+                threading.Event().wait()  # never set: what a native deadlock looks like
 
     def _recover_from_allocation_failure(self, exc: BaseException) -> None:
         """Free what can be freed and fail only the requests in flight.
@@ -365,6 +376,13 @@ class Engine:
         self._waiting.clear()
         if events:
             self._emit(events)
+
+
+def _die_natively() -> None:
+    """Fault injection: end this process the way a native crash does (no cleanup)."""
+    log.warning("engine: injected fault kills the engine process")
+    logging.shutdown()  # the warning reaches the parent before the process ends
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _expired(request: Generate) -> Failed:

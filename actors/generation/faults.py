@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from actors.generation.protocol import EngineFault
@@ -36,23 +36,72 @@ class _Armed:
     """Firings left."""
     countdown: int
     """Tokens left before the next firing."""
+    request_id: str = ""
+    """For a poison fault: the request it targets."""
 
 
 class FaultPlan:
     """Faults the engine raises after a number of generated tokens."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_fire: Callable[[EngineFault], None] | None = None) -> None:
+        """Faults to fire; ``on_fire`` hears of each firing before it takes effect.
+
+        The engine process reports firings to its parent, whose plan outlives it.
+        """
+        self._on_fire = on_fire
         self._lock = threading.Lock()
         self._armed: list[_Armed] = []
         self.fired = 0
         """Faults raised so far, all kinds."""
 
-    def arm(self, kind: EngineFault, after_tokens: int, times: int = 1) -> None:
-        """Fire ``kind`` ``times`` times, each after ``after_tokens`` more tokens."""
+    def arm(
+        self, kind: EngineFault, after_tokens: int, times: int = 1, request_id: str = ""
+    ) -> None:
+        """Fire ``kind`` ``times`` times, each after ``after_tokens`` more tokens.
+
+        A ``POISON`` fault fires instead whenever its request is in the batch,
+        and ``EXIT_ON_LOAD`` when an engine process loads the model.
+        """
         if after_tokens < 1 or times < 1:
             raise ValueError("a fault needs after_tokens >= 1 and times >= 1")
         with self._lock:
-            self._armed.append(_Armed(kind, after_tokens, times, after_tokens))
+            self._armed.append(_Armed(kind, after_tokens, times, after_tokens, request_id))
+
+    def armed(self) -> list[tuple[EngineFault, int, int, str]]:
+        """Each armed fault as (kind, after_tokens, firings left, request id), to hand on."""
+        with self._lock:
+            return [(f.kind, f.after_tokens, f.remaining, f.request_id) for f in self._armed]
+
+    def consume(self, kind: EngineFault) -> bool:
+        """Count one firing of ``kind`` that happened elsewhere (the engine process)."""
+        with self._lock:
+            due = next((fault for fault in self._armed if fault.kind == kind), None)
+            if due is None:
+                return False
+            due.remaining -= 1
+            if due.remaining == 0:
+                self._armed.remove(due)
+            self.fired += 1
+            return True
+
+    def poisons(self, request_ids: Iterable[str]) -> bool:
+        """Whether a poison fault targets one of ``request_ids`` (fires it if so)."""
+        if not self._armed:
+            return False
+        with self._lock:
+            targets = [f for f in self._armed if f.kind == EngineFault.POISON]
+            due = next(
+                (f for f in targets if any(_targets(f.request_id, r) for r in request_ids)), None
+            )
+            if due is None:
+                return False
+            due.remaining -= 1
+            if due.remaining == 0:
+                self._armed.remove(due)
+            self.fired += 1
+        if self._on_fire is not None:
+            self._on_fire(EngineFault.POISON)
+        return True
 
     def clear(self) -> int:
         """Disarm everything; return how many firings were still pending."""
@@ -71,9 +120,10 @@ class FaultPlan:
         if not self._armed:  # the common case, read without the lock
             return None
         with self._lock:
-            for fault in self._armed:
+            counting = [fault for fault in self._armed if fault.kind in _BY_TOKENS]
+            for fault in counting:
                 fault.countdown -= 1
-            due = next((fault for fault in self._armed if fault.countdown <= 0), None)
+            due = next((fault for fault in counting if fault.countdown <= 0), None)
             if due is None:
                 return None
             due.remaining -= 1
@@ -81,13 +131,24 @@ class FaultPlan:
             if due.remaining == 0:
                 self._armed.remove(due)
             self.fired += 1
-            return due.kind
+        if self._on_fire is not None:
+            self._on_fire(due.kind)
+        return due.kind
 
     def reset_countdowns(self) -> None:
         """A new engine starts counting afresh (the old one's tokens died with it)."""
         with self._lock:
             for fault in self._armed:
                 fault.countdown = fault.after_tokens
+
+
+_BY_TOKENS = frozenset({EngineFault.CRASH, EngineFault.OOM, EngineFault.KILL, EngineFault.HANG})
+"""Faults that fire after a number of generated tokens."""
+
+
+def _targets(target: str, request_id: str) -> bool:
+    """Whether the engine's ``request_id`` is ``target``'s (the server adds a suffix)."""
+    return request_id == target or request_id.startswith((f"{target}.", f"{target}~"))
 
 
 class RecoveryTimer:

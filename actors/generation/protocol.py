@@ -49,6 +49,10 @@ class Generate(Message, frozen=True, kw_only=True):
     submitted_at: float | None = None
     """Wall-clock time it was sent; the engine reports the wait until its
     prefill starts as :attr:`Finished.queued_s`."""
+    resumed: list[int] = msgspec.field(default_factory=list)
+    """Tokens this request already produced and delivered before an engine
+    died: the new engine prefills them after the prompt and goes on from
+    there, counting them as completion tokens (not as prompt tokens)."""
 
 
 class Cancel(Message, frozen=True, kw_only=True):
@@ -146,6 +150,44 @@ class EngineStats(Message, frozen=True, kw_only=True):
     """Injected engine faults still to fire."""
     recovery_seconds: list[float] = msgspec.field(default_factory=list)
     """Recent crash-to-next-token intervals (seconds, oldest first)."""
+    process: EngineProcessInfo | None = None
+    """The engine process (``None``: the engine runs in the server's process)."""
+
+
+class EngineExit(Message, frozen=True, kw_only=True):
+    """How an engine process ended."""
+
+    pid: int
+    reason: str
+    """One line: the signal or exit code, or the hang that was detected."""
+    signal: str | None = None
+    """The signal's name (``SIGKILL``) if it died of one."""
+    code: int | None = None
+    """Its exit status if it exited."""
+    at: float
+    """Wall-clock time it was seen to end."""
+
+
+class EngineProcessInfo(Message, frozen=True, kw_only=True):
+    """The engine process as the server sees it."""
+
+    pid: int | None
+    """``None`` while no engine process serves (starting or restarting)."""
+    uptime_seconds: float | None
+    restarts: int
+    """Engine processes started after the first one."""
+    heartbeat_age_seconds: float | None
+    """Seconds since its last heartbeat."""
+    steps: int
+    last_exit: EngineExit | None
+    retried: int
+    """Requests with no token yet that were sent again to a new engine."""
+    resumed: int
+    """Requests with tokens already sent that continued on a new engine."""
+    poisoned: int
+    """Requests failed because the engine died each time they ran."""
+    suspects: int = 0
+    """Requests in flight now that were also in flight at an engine death."""
 
 
 class EngineFault(enum.StrEnum):
@@ -155,6 +197,14 @@ class EngineFault(enum.StrEnum):
     """The engine thread dies; the actor crashes and is restarted."""
     OOM = "oom"
     """An allocation failure: caches are cleared and only the requests in flight fail."""
+    KILL = "kill"
+    """The engine process kills itself with SIGKILL, as a native crash would (process mode)."""
+    HANG = "hang"
+    """The engine stops stepping, as a native deadlock would (process mode)."""
+    POISON = "poison"
+    """The engine process is killed whenever request ``request_id`` is in the batch."""
+    EXIT_ON_LOAD = "exit_on_load"
+    """The engine process exits while it loads the model (process mode)."""
 
 
 class InjectEngineFault(Message, frozen=True, kw_only=True):
@@ -167,6 +217,9 @@ class InjectEngineFault(Message, frozen=True, kw_only=True):
     kind: EngineFault
     after_tokens: int = 1
     times: int = 1
+    request_id: str = ""
+    """For ``POISON``: the request (by the id the client sent, or a prefix of
+    the engine's id) whose presence in the batch kills the engine."""
 
 
 class ClearEngineFaults(Message, frozen=True, kw_only=True):

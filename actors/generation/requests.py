@@ -66,6 +66,21 @@ class ActiveRequest:
             return self._end(reason, text)
         return self._chunk(text)
 
+    def replay(self, tokens: Sequence[int]) -> None:
+        """Take in tokens a previous engine produced and delivered, silently.
+
+        Their text was streamed already; feeding them through the same
+        detokenizer and stop matcher leaves both exactly where the previous
+        engine's were after its last delivered chunk, so the text that follows
+        continues it (a held-back partial stop string included).
+        """
+        for token in tokens:
+            self.completion_tokens += 1
+            if token not in self.special:
+                self.detokenizer.add_token(token)
+            self.stops.feed(self.detokenizer.last_segment)
+        self.tokens_sent += len(tokens)
+
     def finish(self, reason: FinishReason) -> Finished:
         """The terminal event for a request ended from outside (cancellation)."""
         self.done = True
@@ -150,26 +165,28 @@ def admit(
     problem = _problem(request, loaded)
     if problem is not None:
         return problem
-    prompt = request.prompt
-    hit = store.lookup(prompt) if store is not None else None
+    prompt, resumed = request.prompt, request.resumed
+    sequence = [*prompt, *resumed] if resumed else prompt
+    hit = store.lookup(sequence) if store is not None else None
     prefix = 0 if hit is None else hit.length
     params = request.params
     active = ActiveRequest(
         request_id=request.request_id,
         prompt_tokens=len(prompt),
-        cached_tokens=prefix,
+        cached_tokens=min(prefix, len(prompt)),
         detokenizer=loaded.tokenizer.detokenizer,
         stops=StopMatcher(params.stop),
         special=special,
         queued_s=_waited(request),
     )
+    active.replay(resumed)
     return Admission(
         request=active,
-        remaining=list(prompt[prefix:]),
-        cached_prefix=list(prompt[:prefix]),
+        remaining=list(sequence[prefix:]),
+        cached_prefix=list(sequence[:prefix]),
         cache=None if hit is None else hit.cache,
-        max_tokens=min(params.max_tokens, loaded.context_length - len(prompt)),
-        sampler=None if params.temperature == 0.0 else RequestSampler(params),
+        max_tokens=min(params.max_tokens - len(resumed), loaded.context_length - len(sequence)),
+        sampler=None if params.temperature == 0.0 else RequestSampler(params, skip=len(resumed)),
         processors=logits_processors(params),
     )
 
@@ -187,13 +204,15 @@ def _problem(request: Generate, loaded: ModelLike) -> Failed | None:
     vocab = vocab_size(loaded)
     if not prompt:
         return failed(FailureKind.INVALID_REQUEST, "the prompt is empty")
-    if any(not 0 <= token < vocab for token in prompt):
+    if any(not 0 <= token < vocab for token in (*prompt, *request.resumed)):
         return failed(FailureKind.INVALID_REQUEST, f"prompt token ids must be below {vocab}")
     problems = validate(request.params, vocab)
+    if len(request.resumed) >= request.params.max_tokens:
+        problems.append("a resumed request must have tokens left to generate")
     if problems:
         return failed(FailureKind.INVALID_REQUEST, "; ".join(problems))
     window = loaded.context_length
-    if len(prompt) >= window:
+    if len(prompt) + len(request.resumed) >= window:
         return failed(
             FailureKind.PROMPT_TOO_LONG,
             f"the prompt has {len(prompt)} tokens but the context window is {window} "

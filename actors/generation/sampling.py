@@ -22,7 +22,8 @@ LogitsProcessor = Callable[[Any, Any], Any]
 class RequestSampler:
     """Temperature, top-k, top-p and min-p sampling with an optional private seed."""
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParams, *, skip: int = 0) -> None:
+        """``skip``: draws already made for this request (by an engine that died)."""
         self._temperature = params.temperature
         self._filters: list[Callable[[Any], Any]] = []
         if params.top_k > 0:
@@ -41,6 +42,9 @@ class RequestSampler:
         # one from raising inside the engine).
         seed = None if params.seed is None else params.seed % 2**64
         self._key: Any = None if seed is None else mx.random.key(seed)
+        if self._key is not None:
+            for _ in range(skip):  # where the previous engine's key stream had got to
+                self._key, _ = mx.random.split(self._key)
 
     def __call__(self, logprobs: Any) -> Any:
         """Pick one token per row of ``logprobs``."""

@@ -21,6 +21,7 @@ from typing import Any, Final
 import mlx_lm
 from mlx.nn.layers.base import Module  # mypy --strict misses mlx.nn's implicit re-export
 from mlx_lm.utils import get_total_parameters
+from mlx_lm.utils import load_tokenizer as load_tokenizer_files
 
 from runtime import TroupeError
 
@@ -154,6 +155,22 @@ def load_model(path_or_id: str | Path) -> LoadedModel:
         eos_token_ids=eos_token_ids,
         num_parameters=num_parameters,
     )
+
+
+def load_tokenizer(path_or_id: str | Path) -> Any:
+    """Only the tokenizer of a model (mlx_lm's ``TokenizerWrapper``), for the server's prompts.
+
+    Raises:
+        ModelLoadError: If it cannot be loaded (one sanitized line).
+    """
+    text = str(path_or_id)
+    path = Path(text).expanduser()
+    from_hub = not _exists(path) and looks_like_hub_id(text)
+    name = text if from_hub else display_name(path)
+    try:
+        return load_tokenizer_files(text if from_hub else path)  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        raise ModelLoadError(name, [describe_exception(exc)]) from exc
 
 
 def context_length(config: Mapping[str, Any], tokenizer: Any) -> int:

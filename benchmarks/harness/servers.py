@@ -63,6 +63,10 @@ def _troupe(model: str, port: int, batching: Batching) -> list[str]:
     ]
 
 
+def _troupe_thread(model: str, port: int, batching: Batching) -> list[str]:
+    return [*_troupe(model, port, batching), "--engine", "thread"]
+
+
 def _mlx_lm(model: str, port: int, batching: Batching) -> list[str]:
     return [
         *(sys.executable, "-m", "mlx_lm.server", "--model", model, "--port", str(port)),
@@ -79,6 +83,10 @@ def _instant(model: str, port: int, batching: Batching) -> list[str]:
 
 KINDS: Final = {
     "troupe": ServerKind("troupe", "mlx-troupe", "/health/ready", _troupe),
+    # The engine on a thread of the server's process (the default is a child process).
+    "troupe_thread": ServerKind(
+        "troupe_thread", "mlx-troupe (engine thread)", "/health/ready", _troupe_thread
+    ),
     "mlx_lm": ServerKind(
         "mlx_lm", "mlx_lm.server", "/health", _mlx_lm, fixed_model_name="default_model"
     ),

@@ -1,0 +1,258 @@
+"""The engine process: the model, the batch engine and the prefix cache, alone.
+
+Started by the engine actor as ``python -m actors.generation.worker FD``, it
+talks to its parent only through the Unix socket ``FD`` (frames of
+:mod:`runtime.wire`, messages of :mod:`~actors.generation.process_protocol`).
+Threads, no event loop (nothing here imports anyio):
+
+* the main thread reads the parent's frames and hands requests to the engine;
+* the engine thread steps the batch and sends each step's events as one frame;
+* the heartbeat thread reports the step counter every ``heartbeat_interval``;
+* the control thread answers kv-cache requests and runs the pressure checks.
+
+Whatever goes wrong here ends the process: the parent sees the exit, restarts
+a fresh one and resumes the requests. If the parent goes away, so does this
+process (the socket reaches end of file; on Linux the kernel also kills it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+
+from actors.generation.engine import Engine
+from actors.generation.faults import FaultPlan
+from actors.generation.process_protocol import (
+    ArmFault,
+    Boot,
+    CacheCall,
+    CacheReply,
+    DisarmFaults,
+    FaultFired,
+    Heartbeat,
+    LoadFailed,
+    LogLine,
+    Outputs,
+    Ready,
+    Shutdown,
+    ShutdownDone,
+    ToEngine,
+)
+from actors.generation.protocol import (
+    Cancel,
+    EngineFault,
+    Failed,
+    Finished,
+    Generate,
+    StreamEvent,
+)
+from actors.generation.requests import vocab_size
+from actors.kvcache.control import CacheControl
+from actors.kvcache.pressure import MemoryMonitor
+from actors.kvcache.store import PrefixCache
+from actors.model.loader import LoadedModel, ModelLoadError, load_model
+from runtime.breaker import CircuitBreaker
+from runtime.errors import describe_failure
+from runtime.wire import BlockingChannel
+
+log = logging.getLogger("troupe.engine")
+
+EXIT_LOAD_FAILED = 2
+EXIT_INJECTED = 3
+EXIT_CRASHED = 4
+STOP_TIMEOUT = 30.0
+"""Seconds a shutdown waits for the engine's step in progress."""
+
+
+class _ForwardLogs(logging.Handler):
+    """Sends log records to the parent, which writes them in the server's format."""
+
+    def __init__(self, channel: BlockingChannel[ToEngine]) -> None:
+        super().__init__(logging.INFO)
+        self._channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+            self._channel.send(
+                LogLine(logger=record.name, level=record.levelno, message=record.getMessage())
+            )
+
+
+class EngineSession:
+    """One booted engine process: serves until told to stop or its parent leaves."""
+
+    def __init__(self, loaded: LoadedModel, boot: Boot, channel: BlockingChannel[ToEngine]) -> None:
+        self._boot = boot
+        self._channel = channel
+        self._loaded = loaded
+        cache = PrefixCache(
+            max_entries=boot.cache_max_entries,
+            max_bytes=boot.cache_max_bytes,
+            breaker=CircuitBreaker(boot.breaker),
+        )
+        self._monitor = MemoryMonitor(cache, boot.pressure)
+        self._control = CacheControl(cache, self._monitor, boot.cache)
+        self._calls: queue.SimpleQueue[CacheCall | None] = queue.SimpleQueue()
+        self._faults = FaultPlan(on_fire=self._fault_fired)
+        for fault in boot.faults:
+            self._faults.arm(fault.kind, fault.after_tokens, fault.times, fault.request_id)
+        self._engine = Engine(
+            loaded,
+            self._emit,
+            self._crashed,
+            prefix_store=cache,
+            config=boot.engine,
+            faults=self._faults,
+        )
+        self._stopping = threading.Event()
+
+    def serve(self) -> int:
+        """Run until :class:`Shutdown` (0) or the parent's end of file (0)."""
+        self._control.restore()
+        self._engine.start()
+        self._channel.send(
+            Ready(
+                model=self._loaded.name,
+                context_length=self._loaded.context_length,
+                vocab_size=vocab_size(self._loaded),
+                cache=self._control.stats(),
+            )
+        )
+        control = threading.Thread(target=self._answer_calls, name="troupe-control", daemon=True)
+        control.start()
+        threading.Thread(target=self._beat, name="troupe-heartbeat", daemon=True).start()
+        while (message := self._channel.receive()) is not None:
+            match message:
+                case Generate():
+                    self._engine.submit(message)
+                case Cancel(request_id=request_id):
+                    self._engine.cancel(request_id)
+                case CacheCall():
+                    self._calls.put(message)
+                case ArmFault(fault=fault):
+                    self._faults.arm(fault.kind, fault.after_tokens, fault.times, fault.request_id)
+                case DisarmFaults():
+                    self._faults.clear()
+                case Shutdown():
+                    return self._shut_down(control)
+        os._exit(0)  # the parent is gone: nothing to answer, nothing worth saving
+
+    def _shut_down(self, control: threading.Thread) -> int:
+        self._stopping.set()
+        self._engine.stop()
+        self._engine.join(STOP_TIMEOUT)
+        self._calls.put(None)  # the control thread saves the cache, then ends
+        control.join()
+        self._channel.send(ShutdownDone())
+        return 0
+
+    def _emit(self, events: list[StreamEvent]) -> None:
+        """Engine thread: one frame per step."""
+        ended = any(isinstance(event, Finished | Failed) for event in events)
+        # Counters ride with the step that ended a request: the parent reports
+        # them before it delivers that end, so a finished client finds them counted.
+        cache = self._control.stats() if ended else None
+        try:
+            self._channel.send(Outputs(events=events, cache=cache))
+        except OSError:
+            os._exit(0)  # the parent is gone
+
+    def _crashed(self, reason: str) -> None:
+        """Engine thread: the engine raised; the process ends and the parent resumes."""
+        log.error("the engine process ends: %s", reason)
+        os._exit(EXIT_CRASHED)
+
+    def _fault_fired(self, kind: EngineFault) -> None:
+        with contextlib.suppress(OSError):
+            self._channel.send(FaultFired(kind=kind))
+
+    def _beat(self) -> None:
+        interval = self._boot.heartbeat_interval
+        while not self._stopping.wait(interval):
+            engine = self._engine
+            running, waiting = engine.counts()
+            beat = Heartbeat(
+                steps=engine.steps,
+                running=running,
+                waiting=waiting,
+                prompt_tokens=engine.prompt_tokens,
+                generated_tokens=engine.generated_tokens,
+                cached_tokens=engine.cached_tokens,
+                under_pressure=self._monitor.under_pressure,
+                cache=self._control.stats(),
+            )
+            try:
+                self._channel.send(beat)
+            except OSError:
+                os._exit(0)
+
+    def _answer_calls(self) -> None:
+        interval = self._boot.cache.check_interval
+        while True:
+            try:
+                call = self._calls.get(timeout=interval)
+            except queue.Empty:
+                self._check_pressure()
+                continue
+            if call is None:
+                self._control.save_on_stop()
+                return
+            try:
+                answer = self._control.answer(call.request)
+            except Exception as exc:  # a bug in one call must not end the engine
+                log.error("kv-cache call failed: %s", describe_failure(exc))
+                continue
+            with contextlib.suppress(OSError):
+                self._channel.send(CacheReply(call=call.call, answer=answer))  # type: ignore[arg-type]
+
+    def _check_pressure(self) -> None:
+        try:
+            self._control.check_pressure()
+        except Exception as exc:
+            log.warning("kv-cache pressure check failed: %s", describe_failure(exc))
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process when its parent dies, even if it is stopped."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve one engine over the inherited socket named by ``argv[0]``."""
+    args = sys.argv[1:] if argv is None else argv
+    parent = os.getppid()
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this ends
+    channel: BlockingChannel[ToEngine] = BlockingChannel(
+        socket.socket(fileno=int(args[0])), ToEngine
+    )
+    if os.getppid() != parent:
+        return 0  # the parent died before the death signal was armed
+    logging.basicConfig(level=logging.INFO, handlers=[_ForwardLogs(channel)], force=True)
+    boot = channel.receive()
+    if not isinstance(boot, Boot):
+        return EXIT_LOAD_FAILED
+    if boot.exit_on_load:
+        log.warning("engine: injected fault ends the process while it loads")
+        return EXIT_INJECTED
+    try:
+        loaded = load_model(boot.model)
+    except ModelLoadError as exc:
+        channel.send(LoadFailed(reason=str(exc)))
+        return EXIT_LOAD_FAILED
+    return EngineSession(loaded, boot, channel).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
