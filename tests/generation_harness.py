@@ -54,8 +54,15 @@ class Harness:
         return list(self.tokenizer.encode(text))
 
     async def run(self, prompt: list[int], **params: Any) -> Outcome:
+        return await self.run_resumed(prompt, [], **params)
+
+    async def run_resumed(self, prompt: list[int], resumed: list[int], **params: Any) -> Outcome:
+        """Run ``prompt`` as if ``resumed`` had been generated and delivered already."""
         request = Generate(
-            request_id=f"r{next(_ids)}", prompt=prompt, params=SamplingParams(**params)
+            request_id=f"r{next(_ids)}",
+            prompt=prompt,
+            params=SamplingParams(**params),
+            resumed=resumed,
         )
         outcome = Outcome()
         async with self.client.stream(request) as events:

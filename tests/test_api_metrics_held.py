@@ -31,6 +31,7 @@ class HeldMetrics(MetricsActor):
 
     def __init__(self, gate: anyio.Event, inference: Inference) -> None:
         cache = inference.prefix_cache
+        assert cache is not None  # the in-process tree
         super().__init__(
             inference.metrics,
             sources=MetricsSources(cache=lambda: cache_figures(cache.statistics())),

@@ -35,7 +35,7 @@ ALL_TYPES = _import_all()
 _STRUCTS: dict[type, st.SearchStrategy[Any]] = {}
 
 
-def strategy_for(info: mi.Type) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - a case per type
+def strategy_for(info: mi.Type) -> st.SearchStrategy[Any]:  # noqa: PLR0911, PLR0912 - a case per type
     """Values of a msgspec type, every struct field drawn (defaults too).
 
     Built from msgspec's own type description rather than ``st.from_type``,
@@ -49,6 +49,13 @@ def strategy_for(info: mi.Type) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - a 
                     lambda: st.builds(cls, **{f.name: strategy_for(f.type) for f in fields})
                 )
             return _STRUCTS[cls]
+        case mi.DataclassType(cls=cls, fields=fields):
+            # Settings carried inside a message (the engine process's Boot): their
+            # defaults, and small counts where a field has none.
+            required = {f.name: st.integers(0, 2**40) for f in fields if f.required}
+            return st.builds(_valid, st.just(cls), st.fixed_dictionaries(required)).filter(
+                lambda value: value is not None
+            )
         case mi.UnionType(types=types):
             return st.one_of(*(strategy_for(t) for t in types))
         case mi.ListType(item_type=item):
@@ -70,6 +77,14 @@ def strategy_for(info: mi.Type) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - a 
         case mi.NoneType():
             return st.none()
     raise AssertionError(f"add a strategy for {info!r}")
+
+
+def _valid(cls: type, fields: dict[str, Any]) -> Any:
+    """``cls(**fields)``, or ``None`` where its own checks refuse them."""
+    try:
+        return cls(**fields)
+    except ValueError:
+        return None
 
 
 def test_the_registry_sees_the_system_messages() -> None:

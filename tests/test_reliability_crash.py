@@ -1,4 +1,8 @@
-"""Reliability: the generation engine crashing under load, and crashing in a loop.
+"""Reliability: the generation engine on a thread crashing under load, and in a loop.
+
+These scenarios run the engine in the server's process (``--engine thread``),
+where a crash fails what it had streamed; ``tests/test_engine_process.py``
+covers the default, an engine process whose death resumes every request.
 
 Scenario 1: 32 streaming clients while the engine is made to crash ten times.
 Every request must end in a complete answer or, if it had already streamed
@@ -37,6 +41,7 @@ from tests.server import Server, running_server
 
 pytestmark = pytest.mark.timeout(300)
 
+THREAD = ("--engine", "thread")
 NO_EOS = {str(token): -100 for token in range(7)}
 """Bias against the special tokens: every request runs to ``max_tokens``."""
 
@@ -53,6 +58,7 @@ async def test_engine_crashing_ten_times_under_load_loses_no_request(
     crashes, clients = (30, 64) if long_run else (10, 32)
     flags = (
         *DRILL_FLAGS,
+        *THREAD,
         # Ten crashes in seconds are the drill, not a crash loop: the window is
         # widened so that the supervisor keeps restarting, and backoff capped.
         *("--restart-intensity", str(crashes * 2), "--restart-period", "60"),
@@ -123,6 +129,7 @@ def test_a_crash_loop_escalates_answers_in_flight_with_503_and_exits_non_zero(
 ) -> None:
     flags = (
         *DRILL_FLAGS,
+        *THREAD,
         *("--restart-intensity", "2", "--restart-period", "60"),
         *("--restart-backoff-max", "0.05", "--drain-timeout", "60"),
     )

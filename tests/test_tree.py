@@ -47,7 +47,7 @@ async def test_requests_are_served_cached_then_uncached_while_the_cache_is_degra
         assert stats.breaker.state == "open"
         uncached = await generate(inference, system, "open", [*prompt, 20])
         assert uncached.cached_tokens == 0  # served, just without the cache
-        assert inference.host.loads == 1
+        assert inference.host is not None and inference.host.loads == 1
 
         clock.advance(10.0)  # cool-down over: the next request is the probe
         probe = await generate(inference, system, "probe", [*prompt, 21])
