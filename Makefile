@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 OPENBLAS ?= /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
 PRELOAD  := $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS))
 
-.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-observability reliability clean
+.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-engine bench-observability reliability clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -45,6 +45,10 @@ bench-runtime: $(STAMP)
 
 bench-generation: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.generation_bench
+
+# The engine in its own process against the engine on a thread (tok/s, CPU per token, restarts).
+bench-engine: $(STAMP)
+	$(BIN)/python -m benchmarks.engine_process_bench $(BENCH_ARGS)
 
 bench-observability: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.observability_bench

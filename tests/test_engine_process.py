@@ -22,7 +22,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.drills import ADMIN_KEY, DRILL_FLAGS, drill, model_name, until
+from tests.drills import ADMIN_KEY, DRILL_FLAGS, drill, model_name, troupe_status, until
 from tests.load import percentile
 from tests.server import Server, running_server
 
@@ -275,6 +275,7 @@ async def test_a_stopped_engine_is_detected_as_hung_and_replaced(
             with contextlib.suppress(ProcessLookupError):  # never leave it stopped
                 os.kill(pid, signal.SIGKILL)
         process = engine(server)["process"]
+        shown = troupe_status(server)
 
     assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
     assert all(a.json()["choices"][0]["message"]["content"] for a in answers)
@@ -285,6 +286,8 @@ async def test_a_stopped_engine_is_detected_as_hung_and_replaced(
     # The watch counts from the last heartbeat, which came up to one interval before.
     assert hang_timeout - 0.5 <= detected <= hang_timeout + 2.0, detected
     assert process["retried"] >= 1
+    assert f"engine process: pid {process['pid']}" in shown
+    assert "1 restart;" in shown and "last exit: hung" in shown
     figures.update(detected_after_s=round(detected, 2), retried=process["retried"])
 
 
