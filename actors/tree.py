@@ -14,7 +14,7 @@ its weights and its prefix cache in a child process of their own:
 :func:`build_inference` keeps the engine on a thread of the server's process
 (a native crash there ends the server). It builds the parts that must
 outlive actor restarts (the loaded weights, the prefix cache and its memory
-monitor, the per-request stream registry) once, and the supervision tree
+monitor) once, and the supervision tree
 whose actors share them:
 
 ``troupe`` (one_for_one), in start order
@@ -46,7 +46,6 @@ from actors.generation.faults import FaultPlan, RecoveryTimer
 from actors.generation.host import ModelHost
 from actors.generation.process import Spawner
 from actors.generation.process_protocol import Boot
-from actors.generation.protocol import StreamEvent
 from actors.generation.router import GenerationRouter
 from actors.intake.actor import IntakeSettings, IntakeState, intake_child
 from actors.kvcache.actor import KVCacheSettings, kvcache_child
@@ -70,7 +69,6 @@ from runtime import (
 from runtime.breaker import BreakerConfig, CircuitBreaker
 from runtime.events import EventBus
 from runtime.lifecycle import Event
-from runtime.streams import StreamRegistry
 
 GENERATION_SHUTDOWN = 30.0
 """Seconds the generation actor gets to stop: joining the engine thread waits
@@ -114,7 +112,6 @@ class Inference:
     """The weights, when the engine runs in this process (``None``: in its own)."""
     tokenizer: Callable[[], Any]
     """The tokenizer for prompts (loads on first call; blocking)."""
-    streams: StreamRegistry[StreamEvent]
     prefix_cache: PrefixCache | None
     """The prefix cache, when the engine runs in this process."""
     monitor: MemoryMonitor | None
@@ -130,7 +127,7 @@ class Inference:
 
     def client(self, system: ActorSystem) -> GenerationClient:
         """A client of the generation actor of a system started from :attr:`spec`."""
-        return GenerationClient(system.ref("generation"), self.streams)
+        return GenerationClient(system.ref("generation"), system.open_inbox)
 
 
 def build_inference(
@@ -143,7 +140,6 @@ def build_inference(
     settings = settings or InferenceSettings()
     clock = clock or SystemClock()
     host: ModelHost[LoadedModel] = ModelHost(load)
-    streams: StreamRegistry[StreamEvent] = StreamRegistry()
     cache = PrefixCache(
         max_entries=settings.cache_max_entries,
         max_bytes=settings.cache_max_bytes,
@@ -157,7 +153,6 @@ def build_inference(
     def new_generation() -> GenerationActor:
         actor = GenerationActor(
             host,
-            streams,
             prefix_store=cache,
             config=settings.engine,
             faults=faults,
@@ -192,7 +187,6 @@ def build_inference(
     return Inference(
         host,
         lambda: host.get().tokenizer,
-        streams,
         cache,
         monitor,
         intake,
@@ -214,7 +208,6 @@ def build_process_inference(
     """The tree with the engine in a child process that loads ``model`` (a directory or id)."""
     settings = settings or InferenceSettings()
     clock = clock or SystemClock()
-    streams: StreamRegistry[StreamEvent] = StreamRegistry()
     faults, recovery = FaultPlan(), RecoveryTimer()
     boot = Boot(
         model=model,
@@ -239,7 +232,7 @@ def build_process_inference(
             # after it, so that what the engine still sends is delivered.
             ChildSpec(
                 "generation",
-                lambda: GenerationRouter(streams, faults=faults, recovery=recovery),
+                lambda: GenerationRouter(faults=faults, recovery=recovery),
                 mailbox=ROUTER_MAILBOX,
             ),
             ChildSpec(
@@ -260,7 +253,6 @@ def build_process_inference(
     return Inference(
         None,
         _tokenizer_loader(model),
-        streams,
         None,
         None,
         intake,

@@ -41,12 +41,11 @@ from mlx_lm.sample_utils import make_sampler
 from actors.generation.actor import GenerationActor
 from actors.generation.client import GenerationClient
 from actors.generation.host import ModelHost
-from actors.generation.protocol import Generate, SamplingParams, StreamEvent, TokenChunk
+from actors.generation.protocol import Generate, SamplingParams, TokenChunk
 from actors.kvcache.store import PrefixCache
 from actors.model.embedded import default_model_dir
 from actors.model.loader import LoadedModel, load_model
 from runtime import ActorSystem, ChildSpec, SupervisorSpec
-from runtime.streams import StreamRegistry
 
 
 @dataclass
@@ -79,14 +78,13 @@ class Rig:
 async def rig(loaded: LoadedModel) -> AsyncIterator[Rig]:
     """Start a one-actor system around ``loaded``."""
     host: ModelHost[LoadedModel] = ModelHost(lambda: loaded)
-    streams: StreamRegistry[StreamEvent] = StreamRegistry()
     cache = PrefixCache(max_entries=64, max_bytes=4 * 1024**3)
     spec = SupervisorSpec(
         "root",
-        [ChildSpec("generation", lambda: GenerationActor(host, streams, prefix_store=cache))],
+        [ChildSpec("generation", lambda: GenerationActor(host, prefix_store=cache))],
     )
     async with ActorSystem(spec) as system:
-        yield Rig(GenerationClient(system.ref("generation"), streams), cache)
+        yield Rig(GenerationClient(system.ref("generation"), system.open_inbox), cache)
 
 
 def decode_rate(arrivals: Sequence[float]) -> float:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         describe_failure,
     )
     from runtime.events import EventBus, Subscription
+    from runtime.inbox import Inbox, Inboxes, InboxInUse
     from runtime.mailbox import MailboxConfig, Overflow
     from runtime.messages import Message, decode, encode, message_types
     from runtime.node import ExitKind
@@ -53,6 +54,7 @@ _HOMES = {
         "describe_failure",
     ),
     "runtime.events": ("EventBus", "Subscription"),
+    "runtime.inbox": ("Inbox", "InboxInUse", "Inboxes"),
     "runtime.mailbox": ("MailboxConfig", "Overflow"),
     "runtime.messages": ("Message", "decode", "encode", "message_types"),
     "runtime.node": ("ExitKind",),
@@ -82,6 +84,9 @@ __all__ = [
     "EventBus",
     "ExitActor",
     "ExitKind",
+    "Inbox",
+    "InboxInUse",
+    "Inboxes",
     "MailboxConfig",
     "MailboxFull",
     "ManualClock",

@@ -150,6 +150,30 @@ class ActorContext:
             raise LookupError(f"no actor with id {actor_id!r}")
         return cell.ref
 
+    def post(self, inbox: str, message: Message) -> bool:
+        """Put ``message`` in the inbox named ``inbox``, without waiting.
+
+        ``False`` if no such inbox is open or it is full: its reader is gone or
+        too slow, and the caller decides what that means.
+        """
+        return self._cell.services.inboxes.post(inbox, message)
+
+    def seal(self, inbox: str) -> None:
+        """Say that no more messages go to ``inbox``: its reader ends after the buffered ones."""
+        self._cell.services.inboxes.seal(inbox)
+
+    def inbox_open(self, inbox: str) -> bool:
+        """Whether an inbox of that name is open (a requester expects replies there)."""
+        return inbox in self._cell.services.inboxes
+
+    def undelivered(self) -> int:
+        """Messages to this actor refused so far because its mailbox was full or it was stopped.
+
+        Counted by the runtime for the actor's place in the tree, so the count
+        spans incarnations; for an actor that reports what it never received.
+        """
+        return self._cell.services.dead_letters.undelivered(self._cell.mailbox.owner)
+
     def defer_reply(self) -> DeferredReply:
         """Answer the ask being handled later, from another task (gen_server's ``noreply``).
 

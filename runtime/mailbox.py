@@ -73,6 +73,12 @@ class DeadLetters:
         """Count one dead letter."""
         self.counts[(actor, reason)] += 1
 
+    def undelivered(self, actor: str) -> int:
+        """Messages to ``actor`` refused at its mailbox (full, or the actor stopped)."""
+        return (
+            self.counts[(actor, DeadReason.MAILBOX_FULL)] + self.counts[(actor, DeadReason.STOPPED)]
+        )
+
     def total(self, actor: str | None = None) -> int:
         """All dead letters, or those of one actor."""
         return sum(n for (who, _), n in self.counts.items() if actor is None or who == actor)

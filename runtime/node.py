@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 
 from runtime.clock import Clock
 from runtime.events import EventBus
+from runtime.inbox import Inboxes
 from runtime.lifecycle import Event
 from runtime.mailbox import DeadLetters
 from runtime.spec import Restart
@@ -80,6 +81,8 @@ class Services:
     """The system-wide task group that hosts every incarnation and timer."""
     cells: dict[str, ActorCell] = field(default_factory=dict)
     """Worker cells by id, for lookups."""
+    inboxes: Inboxes = field(default_factory=Inboxes)
+    """Inboxes opened by code outside the tree, by name."""
 
     def spawn_group(self) -> TaskGroup:
         """The task group to run tasks in; the system must be running."""

@@ -29,6 +29,7 @@ from runtime.actor import ActorRef
 from runtime.clock import Clock, SystemClock
 from runtime.errors import ChildStartError, SupervisorEscalated
 from runtime.events import EventBus, Subscription
+from runtime.inbox import Inbox
 from runtime.lifecycle import Event
 from runtime.mailbox import DeadLetters
 from runtime.node import ExitInfo, Services
@@ -129,6 +130,14 @@ class ActorSystem:
         if cell is None:
             raise LookupError(f"no actor with id {actor_id!r}")
         return cell.ref
+
+    def open_inbox(self, name: str, capacity: int) -> Inbox:
+        """An inbox under ``name`` that actors can post up to ``capacity`` unread messages to.
+
+        For code outside the tree that expects a stream of replies (see
+        :mod:`runtime.inbox`); close it when done. ``InboxInUse`` if the name is taken.
+        """
+        return self.services.inboxes.open(name, capacity)
 
     def subscribe(self, capacity: int = 256) -> Subscription[Event]:
         """Lifecycle events from now on; a slow subscriber loses events, never stalls the tree."""

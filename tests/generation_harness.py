@@ -28,7 +28,6 @@ from actors.generation.protocol import (
 )
 from actors.kvcache.store import PrefixCache
 from runtime import NO_BACKOFF, ActorSystem, ChildSpec, SupervisorSpec
-from runtime.streams import StreamRegistry
 
 _ids = itertools.count()
 
@@ -92,23 +91,20 @@ async def harness(
     loaded_model: Any, *, prefix_store: PrefixCache | None = None, **config: Any
 ) -> AsyncIterator[Harness]:
     host: ModelHost[Any] = ModelHost(lambda: loaded_model)
-    streams: StreamRegistry[StreamEvent] = StreamRegistry()
     engine_config = EngineConfig(**config)
     spec = SupervisorSpec(
         "root",
         [
             ChildSpec(
                 "generation",
-                lambda: GenerationActor(
-                    host, streams, prefix_store=prefix_store, config=engine_config
-                ),
+                lambda: GenerationActor(host, prefix_store=prefix_store, config=engine_config),
                 shutdown=30.0,
             )
         ],
         backoff=NO_BACKOFF,
     )
     async with ActorSystem(spec) as system:
-        client = GenerationClient(system.ref("generation"), streams)
+        client = GenerationClient(system.ref("generation"), system.open_inbox)
         eos = min(loaded_model.eos_token_ids)
         yield Harness(system, client, host, loaded_model.tokenizer, eos)
 

@@ -1,8 +1,8 @@
 """The generation actor: owns the engine thread and bridges it to the actor world.
 
-Requests arrive as :class:`Generate` messages; their events go to the stream
-the requester opened in the shared :class:`~runtime.streams.StreamRegistry`.
-Each per-request stream is bounded by the request's own ``max_tokens`` (plus
+Requests arrive as :class:`Generate` messages; their events are posted to the
+inbox the requester opened under the request id (:mod:`runtime.inbox`).
+Each inbox is bounded by the request's own ``max_tokens`` (plus
 its terminal event), so the engine never waits for a slow reader and a reader
 can pin no more than it asked for.
 
@@ -43,7 +43,6 @@ from actors.generation.protocol import (
 )
 from actors.generation.requests import vocab_size
 from runtime import Actor, ExitKind, Message, TroupeError
-from runtime.streams import StreamRegistry
 
 log = logging.getLogger("troupe.generation")
 
@@ -63,7 +62,6 @@ class GenerationActor(Actor):
     def __init__(
         self,
         host: ModelHost[Any],
-        streams: StreamRegistry[StreamEvent],
         *,
         prefix_store: PrefixStore | None = None,
         config: EngineConfig | None = None,
@@ -74,7 +72,6 @@ class GenerationActor(Actor):
         # Both outlive this incarnation when the composition root shares them.
         self._faults = faults or FaultPlan()
         self._recovery = recovery or RecoveryTimer()
-        self._streams = streams
         self._prefix_store = prefix_store
         self._config = config or EngineConfig()
         self._engine: Engine | None = None
@@ -118,7 +115,7 @@ class GenerationActor(Actor):
         engine = self._require_engine()
         match message:
             case Generate(request_id=request_id):
-                if request_id not in self._streams or request_id in self._owned:
+                if not self.ctx.inbox_open(request_id) or request_id in self._owned:
                     # Events are routed by id: a second request under a live id
                     # would receive the first one's events.
                     return Failed(
@@ -180,14 +177,14 @@ class GenerationActor(Actor):
             request_id = event.request_id
             if isinstance(event, Finished | Failed):
                 self._terminate(request_id, event)
-            elif not self._streams.offer(request_id, event):
+            elif not self.ctx.post(request_id, event):
                 # The reader is gone (disconnected): free its batch slot.
                 self._engine.cancel(request_id)
 
     def _terminate(self, request_id: str, event: StreamEvent) -> None:
         self._owned.discard(request_id)
-        self._streams.offer(request_id, event)
-        self._streams.finish(request_id)
+        self.ctx.post(request_id, event)
+        self.ctx.seal(request_id)
 
     async def _pump(self) -> None:
         """Deliver the engine's events on the event loop; crash if the engine died."""

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from actors.generation.protocol import (
     Accepted,
@@ -15,9 +14,9 @@ from actors.generation.protocol import (
     Finished,
     Generate,
     StreamEvent,
+    TokenChunk,
 )
-from runtime import ActorRef, DeliveryError
-from runtime.streams import StreamRegistry
+from runtime import ActorRef, DeliveryError, Inbox
 
 ADMISSION_TIMEOUT = 30.0
 """Seconds to wait for the generation actor to take a request in."""
@@ -26,15 +25,15 @@ ADMISSION_TIMEOUT = 30.0
 class EventStream:
     """One request's events; iteration ends after its ``Finished`` or ``Failed``."""
 
-    def __init__(self, receive: MemoryObjectReceiveStream[StreamEvent]) -> None:
-        self._receive = receive
+    def __init__(self, inbox: Inbox) -> None:
+        self._inbox = inbox
         self._first: StreamEvent | None = None
         self.ended = False
 
     @classmethod
-    def of_one(cls, receive: MemoryObjectReceiveStream[StreamEvent], event: Failed) -> EventStream:
+    def of_one(cls, inbox: Inbox, event: Failed) -> EventStream:
         """A stream holding only ``event`` (a request refused at admission)."""
-        stream = cls(receive)
+        stream = cls(inbox)
         stream._first = event
         return stream
 
@@ -48,19 +47,30 @@ class EventStream:
             event, self._first = self._first, None
         else:
             try:
-                event = await self._receive.receive()
+                message = await self._inbox.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 raise StopAsyncIteration from None
+            if not isinstance(message, TokenChunk | Finished | Failed):
+                raise TypeError(f"unexpected {type(message).__name__} in a result inbox")
+            event = message
         self.ended = isinstance(event, Finished | Failed)
         return event
 
 
-class GenerationClient:
-    """Opens per-request result streams and talks to the generation actor."""
+OpenInbox = Callable[[str, int], Inbox]
+"""Opens an inbox of the actor system by name and capacity (:meth:`ActorSystem.open_inbox`)."""
 
-    def __init__(self, ref: ActorRef, streams: StreamRegistry[StreamEvent]) -> None:
+
+class GenerationClient:
+    """Submits requests to the generation actor and reads their events from an inbox.
+
+    Holds a reference and the system's inbox opener, no object of the actor:
+    the events arrive as messages posted to the inbox named by the request id.
+    """
+
+    def __init__(self, ref: ActorRef, open_inbox: OpenInbox) -> None:
         self.ref = ref
-        self.streams = streams
+        self._open_inbox = open_inbox
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -73,18 +83,17 @@ class GenerationClient:
         request is cancelled so it leaves the batch before the next step.
         """
         # Room for one chunk per token plus the terminal event: never full.
-        receive = self.streams.open(request.request_id, max(request.params.max_tokens, 0) + 2)
-        events = EventStream(receive)
+        inbox = self._open_inbox(request.request_id, max(request.params.max_tokens, 0) + 2)
+        events = EventStream(inbox)
         try:
             answer = await self.ref.ask(request, timeout=timeout)
             if isinstance(answer, Failed):
-                events = EventStream.of_one(receive, answer)
+                events = EventStream.of_one(inbox, answer)
             else:
                 assert isinstance(answer, Accepted)
             yield events
         finally:
-            self.streams.finish(request.request_id)
-            receive.close()
+            inbox.close()
             if not events.ended:
                 self._cancel(request.request_id)
 

@@ -1,9 +1,9 @@
 """Messages of the generation actor.
 
 A request streams back explicit structs: any number of :class:`TokenChunk`,
-then exactly one of :class:`Finished` or :class:`Failed`. They travel over a
-bounded per-request stream (see :mod:`runtime.streams`), keyed by request id,
-so the messages themselves stay plain data that round-trips through msgpack.
+then exactly one of :class:`Finished` or :class:`Failed`. They are posted to
+the inbox the requester opened under the request id (see :mod:`runtime.inbox`),
+so they are plain data that round-trips through msgpack like every message.
 """
 
 from __future__ import annotations

@@ -66,7 +66,6 @@ from runtime.actor import Actor, ActorRef
 from runtime.errors import DeliveryError
 from runtime.messages import Message
 from runtime.node import ExitKind
-from runtime.streams import StreamRegistry
 
 log = logging.getLogger("troupe.generation")
 
@@ -107,12 +106,10 @@ class GenerationRouter(Actor):
 
     def __init__(
         self,
-        streams: StreamRegistry[StreamEvent],
         *,
         faults: FaultPlan | None = None,
         recovery: RecoveryTimer | None = None,
     ) -> None:
-        self._streams = streams
         self._faults = faults or FaultPlan()
         self._recovery = recovery or RecoveryTimer()
         self._tracked: dict[str, _Tracked] = {}
@@ -180,7 +177,7 @@ class GenerationRouter(Actor):
 
     def _admit(self, request: Generate) -> Message:
         request_id = request.request_id
-        if request_id not in self._streams or request_id in self._tracked:
+        if not self.ctx.inbox_open(request_id) or request_id in self._tracked:
             # Events are routed by id: a second request under a live id would
             # receive the first one's events.
             return Failed(
@@ -214,7 +211,7 @@ class GenerationRouter(Actor):
             else:
                 served = True
                 tracked.delivered.extend(event.token_ids)
-                if not self._streams.offer(event.request_id, event):
+                if not self.ctx.post(event.request_id, event):
                     self._cancel(event.request_id)  # the reader is gone
             if event.request_id == self._solo:
                 self._clear_solo(tracked)
@@ -226,8 +223,8 @@ class GenerationRouter(Actor):
         if request_id == self._solo:
             self._solo = None
             self._dispatch()
-        self._streams.offer(request_id, event)
-        self._streams.finish(request_id)
+        self.ctx.post(request_id, event)
+        self.ctx.seal(request_id)
 
     # -- the engine process -----------------------------------------------------------
 
