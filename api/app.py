@@ -76,7 +76,7 @@ class TroupeApp:
         self.start_failure: str | None = None
         """Why startup failed (one sanitized line), if it did."""
         self.created = int(time.time())
-        self.observer = Observer(inference.metrics.dropped)
+        self.observer = Observer()
         self.completions = Completions(
             CompletionSettings(
                 model_name=self.model_name,

@@ -15,7 +15,6 @@ import msgspec
 
 from actors.metrics.protocol import (
     CATEGORIES,
-    DropCounter,
     GetMetricsSnapshot,
     MetricsSnapshot,
     PrometheusText,
@@ -63,8 +62,7 @@ class Timing:
 class Observer:
     """Sends request events to the metrics actor of a running system."""
 
-    def __init__(self, dropped: DropCounter) -> None:
-        self.dropped = dropped
+    def __init__(self) -> None:
         self.ref: ActorRef | None = None
 
     def bind(self, system: ActorSystem) -> None:
@@ -73,7 +71,7 @@ class Observer:
 
     def _send(self, event: Message) -> None:
         if self.ref is not None:
-            record(self.ref, event, self.dropped)
+            record(self.ref, event)
 
     def completed(self, event: RequestCompleted) -> None:
         """A request ended (successfully or not)."""

@@ -65,9 +65,8 @@ async def test_a_held_metrics_actor_drops_and_counts_instead_of_slowing_requests
             # every request here completes while it is stuck.
             assert (await http.post("/v1/completions", json=body)).status_code == 200
         assert (await http.get("/health/ready")).status_code == 200
-        dropped = server.inference.metrics.dropped.value
         # One event held in the handler, CAPACITY waiting in the mailbox, the rest dropped.
-        assert dropped == REQUESTS - 1 - CAPACITY
+        dropped = REQUESTS - 1 - CAPACITY
         gate.set()
         snapshot = (await http.get("/v1/metrics?category=requests,throughput")).json()
         assert snapshot["requests"]["dropped_events"] == dropped

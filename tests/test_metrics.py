@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import anyio
@@ -16,7 +15,6 @@ from actors.generation.requests import Admission, admit
 from actors.metrics import (
     CATEGORIES,
     CacheFigures,
-    DropCounter,
     GetMetricsSnapshot,
     Load,
     MemoryFigures,
@@ -372,21 +370,6 @@ def test_free_form_labels_are_capped() -> None:
     assert state.totals.shed["other"] == 68
 
 
-def test_the_drop_counter_is_thread_safe() -> None:
-    dropped = DropCounter()
-
-    def hammer() -> None:
-        for _ in range(1000):
-            dropped.add()
-
-    threads = [threading.Thread(target=hammer) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert dropped.value == 8000
-
-
 @pytest.mark.parametrize(
     "message",
     [
@@ -451,7 +434,7 @@ async def test_the_actor_answers_snapshots_and_renders() -> None:
     async with system_with(state) as system:
         metrics = system.ref("metrics")
         for i in range(1, 11):
-            assert record(metrics, completed(float(i)), state.dropped)
+            assert record(metrics, completed(float(i)))
         snapshot = await metrics.ask(
             GetMetricsSnapshot(categories=["latency", "cache"]), timeout=5.0, expect=MetricsSnapshot
         )
@@ -468,16 +451,16 @@ async def test_a_full_mailbox_drops_and_counts_instead_of_blocking() -> None:
     async with system_with(state, capacity=2) as system:
         metrics = system.ref("metrics")
         # No await in between: the actor cannot make room, and record never waits.
-        accepted = sum(record(metrics, completed(), state.dropped) for _ in range(10))
+        accepted = sum(record(metrics, completed()) for _ in range(10))
         assert 2 <= accepted <= 3  # the mailbox, plus one handed straight to a waiting actor
-        assert state.dropped.value == 10 - accepted
+        assert system.services.dead_letters.undelivered("metrics") == 10 - accepted
         await anyio.wait_all_tasks_blocked()  # the actor has emptied its mailbox
         snapshot = await metrics.ask(GetMetricsSnapshot(), timeout=5.0, expect=MetricsSnapshot)
         assert snapshot.requests is not None
         assert snapshot.requests.completed == accepted
         assert snapshot.requests.dropped_events == 10 - accepted
-    assert not record(metrics, completed(), state.dropped)  # stopped: counted too
-    assert state.dropped.value == 11 - accepted
+    assert not record(metrics, completed())  # stopped: counted too
+    assert system.services.dead_letters.undelivered("metrics") == 11 - accepted
 
 
 @pytest.mark.anyio

@@ -107,11 +107,11 @@ class MetricsActor(Actor):
                 self._reported = message
             case GetMetricsSnapshot(categories=categories):
                 self._catch_up()
-                self.state.refresh(self._sources)
+                self.state.refresh(self._sources, dropped=self.ctx.undelivered())
                 return self.state.snapshot(categories)
             case RenderPrometheus():
                 self._catch_up()
-                self.state.refresh(self._sources)
+                self.state.refresh(self._sources, dropped=self.ctx.undelivered())
                 return PrometheusText(text=self.state.registry.render())
         # Anything else is ignored: a stray message must not crash the metrics.
         return None

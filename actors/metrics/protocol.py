@@ -3,8 +3,8 @@
 Other actors and the HTTP layer report what happened with :func:`record`,
 which uses ``tell_nowait``: reporting a metric must never slow down or fail a
 request. When the metrics mailbox is full (or the actor is down) the event is
-dropped and counted in a :class:`DropCounter`, which the metrics actor exports
-as ``troupe_metric_events_dropped_total``.
+dropped; the runtime counts it as a dead letter of the metrics actor, which
+exports that count as ``troupe_metric_events_dropped_total``.
 
 =======================  ==================  =========
 message                  answer              send with
@@ -25,7 +25,6 @@ milliseconds and memory in MiB, as ``GET /v1/metrics`` shows them.
 
 from __future__ import annotations
 
-import threading
 from typing import Annotated
 
 import msgspec
@@ -244,43 +243,20 @@ class MetricsSnapshot(Message, frozen=True, kw_only=True):
     unknown_categories: list[str] = msgspec.field(default_factory=list)
 
 
-class DropCounter:
-    """A thread-safe count of metric events that could not be delivered.
-
-    Thread-safe because the generation engine reports from its own thread.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._value = 0
-
-    def add(self, n: int = 1) -> None:
-        """Count ``n`` more dropped events."""
-        with self._lock:
-            self._value += n
-
-    @property
-    def value(self) -> int:
-        """Events dropped so far."""
-        with self._lock:
-            return self._value
-
-
-def record(ref: ActorRef, event: Message, dropped: DropCounter) -> bool:
+def record(ref: ActorRef, event: Message) -> bool:
     """Send ``event`` to the metrics actor without ever waiting.
 
     Args:
         ref: The metrics actor.
         event: A ``RequestCompleted``, ``RequestShed`` or ``RequestCancelled``.
-        dropped: Counts the event when it cannot be delivered.
 
     Returns:
-        Whether the event was enqueued.
+        Whether the event was enqueued. The runtime counts one that was not
+        as a dead letter of the metrics actor, which exports that count.
     """
     try:
         ref.tell_nowait(event)
     except (MailboxFull, ActorStopped):
         # Metrics are best effort: a lost sample must never fail the request.
-        dropped.add()
         return False
     return True

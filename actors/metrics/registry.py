@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info, gener
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from actors.metrics.protocol import DropCounter, RequestCompleted
+from actors.metrics.protocol import RequestCompleted
 from runtime.lifecycle import Crashed, Escalated, Event, Restarted, Started, Stopped
 
 try:
@@ -113,8 +113,8 @@ class _Labels:
 class _Figures(Collector):
     """Yields the stored figures each time the registry is collected."""
 
-    def __init__(self, dropped: DropCounter) -> None:
-        self.dropped = dropped
+    def __init__(self) -> None:
+        self.dropped = 0
         self.cache: CacheFigures | None = None
         self.load: Load | None = None
         self.memory = MemoryFigures()
@@ -125,9 +125,10 @@ class _Figures(Collector):
         yield from self._load()
         yield from self._memory()
         dropped = CounterMetricFamily(
-            "troupe_metric_events_dropped", "Metric events lost to a full metrics mailbox."
+            "troupe_metric_events_dropped",
+            "Messages to the metrics actor refused at its mailbox (full, or the actor down).",
         )
-        dropped.add_metric([], self.dropped.value)
+        dropped.add_metric([], self.dropped)
         yield dropped
         states = GaugeMetricFamily(
             "troupe_actor_state", "1 for each actor's current state.", labels=["actor", "state"]
@@ -182,16 +183,15 @@ class _Figures(Collector):
 class MetricsRegistry:
     """Every ``troupe_`` family, on a private registry."""
 
-    def __init__(self, dropped: DropCounter, config: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Mapping[str, str] | None = None) -> None:
         """Create the families.
 
         Args:
-            dropped: The counter producers pass to :func:`~actors.metrics.protocol.record`.
             config: The effective configuration as strings; must hold no secrets.
         """
         self.registry = CollectorRegistry()
         registry = self.registry
-        self._figures = _Figures(dropped)
+        self._figures = _Figures()
         registry.register(self._figures)
         self._endpoints = _Labels()
         self._reasons = _Labels()
@@ -276,6 +276,10 @@ class MetricsRegistry:
     def set_memory(self, memory: MemoryFigures) -> None:
         """Store the memory figures read at query time."""
         self._figures.memory = memory
+
+    def set_dropped(self, dropped: int) -> None:
+        """Events refused at the metrics mailbox so far."""
+        self._figures.dropped = dropped
 
     def render(self) -> str:
         """The text exposition format (``text/plain; version=0.0.4``)."""

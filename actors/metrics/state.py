@@ -17,7 +17,6 @@ from actors.metrics.protocol import (
     CATEGORIES,
     ActorsSnapshot,
     CacheSnapshot,
-    DropCounter,
     LatencySnapshot,
     MemorySnapshot,
     MetricsSnapshot,
@@ -98,7 +97,6 @@ class MetricsState:
         clock: Clock,
         *,
         config: Mapping[str, str] | None = None,
-        dropped: DropCounter | None = None,
         window_size: int = 1024,
         window_age: float = 300.0,
         rate_window: float = 300.0,
@@ -108,15 +106,15 @@ class MetricsState:
         Args:
             clock: The system's clock (windows and rates read its monotonic time).
             config: The effective configuration for ``troupe_config_info``; no secrets.
-            dropped: The counter producers pass to ``record``; ``None``: a new one.
             window_size: Observations each latency window keeps at most.
             window_age: Seconds an observation stays in a latency window.
             rate_window: Seconds the rates are averaged over.
         """
         self.clock = clock
         self.created = clock.monotonic()
-        self.dropped = dropped or DropCounter()
-        self.registry = MetricsRegistry(self.dropped, config)
+        self.dropped = 0
+        """Events refused at the metrics actor's mailbox (the runtime counts them)."""
+        self.registry = MetricsRegistry(config)
         now = clock.monotonic
 
         def window() -> SlidingWindow:
@@ -170,8 +168,14 @@ class MetricsState:
         if isinstance(event, Restarted):
             self.totals.restarts[event.path] += 1
 
-    def refresh(self, sources: MetricsSources) -> None:
-        """Read the figures owned by others, now; failures leave them unset."""
+    def refresh(self, sources: MetricsSources, *, dropped: int | None = None) -> None:
+        """Read the figures owned by others, now; failures leave them unset.
+
+        ``dropped``: the events refused at the metrics mailbox so far, if known.
+        """
+        if dropped is not None:
+            self.dropped = dropped
+            self.registry.set_dropped(dropped)
         previous = self.memory
         self.memory = _safely(lambda: sources.memory(previous)) or MemoryFigures()
         self.cache = _safely(sources.cache)
@@ -264,7 +268,7 @@ class MetricsState:
             waiting=None if self.load is None else self.load.waiting,
             shed=dict(totals.shed),
             cancelled=dict(totals.cancelled),
-            dropped_events=self.dropped.value,
+            dropped_events=self.dropped,
         )
 
     def _actors(self) -> ActorsSnapshot:
