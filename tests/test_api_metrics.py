@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.drills import supervisor
 from tests.server import Server, running_server
 from tests.test_api import assert_problem, client, model_name
 from tests.test_metrics import FAMILIES
@@ -53,6 +55,8 @@ SCHEMA: dict[str, set[str]] = {
         "mlx_active_mb",
         "mlx_peak_mb",
         "mlx_cache_mb",
+        "engine_current_mb",
+        "engine_peak_mb",
     },
     "requests": {
         "completed",
@@ -175,6 +179,26 @@ def test_zero_traffic_figures(observed: Observed) -> None:
     zero = samples(observed.zero_text)
     assert not FAMILIES - zero.keys()
     assert value(zero, "troupe_requests_total") == 0.0
+
+
+def test_the_engine_process_memory_is_reported(observed: Observed) -> None:
+    """The weights live in the engine process: its memory is shown, and MLX's figures are its."""
+    srv = observed.server
+
+    def reported() -> bool:
+        return metrics_json(srv, "?category=memory")["memory"]["engine_current_mb"] is not None
+
+    eventually(reported)  # the first heartbeat after the engine came up
+    memory = metrics_json(srv, "?category=memory")["memory"]
+    assert memory["engine_current_mb"] > 0
+    assert memory["engine_peak_mb"] >= memory["engine_current_mb"]
+    assert memory["mlx_active_mb"] > 0  # the weights, in the engine; the server holds none
+    pid = supervisor(srv)["engine"]["process"]["pid"]
+    rss_mb = psutil.Process(pid).memory_info().rss / 2**20
+    assert memory["engine_current_mb"] == pytest.approx(rss_mb, rel=0.5)
+    parsed = samples(metrics_text(srv))
+    assert value(parsed, "troupe_engine_resident_memory_bytes") > 0
+    assert value(parsed, "troupe_engine_resident_memory_peak_bytes") > 0
 
 
 def test_category_filters_and_refusals(observed: Observed) -> None:

@@ -30,6 +30,7 @@ from actors.generation.protocol import (
 from actors.kvcache.control import CacheAnswer, CacheRequest, KVCacheSettings
 from actors.kvcache.pressure import PressureConfig
 from actors.kvcache.protocol import CacheStats
+from actors.memory import MemoryFigures
 from runtime.breaker import BreakerConfig
 from runtime.messages import Message
 
@@ -120,6 +121,8 @@ class Heartbeat(Message, frozen=True, kw_only=True):
     cached_tokens: int
     under_pressure: bool
     cache: CacheStats | None = None
+    memory: MemoryFigures | None = None
+    """The engine process's own memory (the metrics cannot read another process)."""
 
 
 class CacheReply(Message, frozen=True, kw_only=True):

@@ -248,6 +248,7 @@ class GenerationRouter(Actor):
             cache_nbytes=cache.nbytes,
             cache_entries=cache.entries,
             cache_breaker=str(cache.breaker.state.value),
+            engine_memory=self._beat.memory if self._beat is not None else None,
         )
         with contextlib.suppress(DeliveryError, LookupError):  # a full metrics mailbox drops
             self.ctx.lookup(METRICS).tell_nowait(report)

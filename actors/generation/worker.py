@@ -57,6 +57,7 @@ from actors.generation.requests import vocab_size
 from actors.kvcache.control import CacheControl
 from actors.kvcache.pressure import MemoryMonitor
 from actors.kvcache.store import PrefixCache
+from actors.memory import MemoryFigures, read_memory
 from actors.model.loader import LoadedModel, ModelLoadError, load_model
 from runtime.breaker import CircuitBreaker
 from runtime.errors import describe_failure
@@ -98,6 +99,8 @@ class EngineSession:
             breaker=CircuitBreaker(boot.breaker),
         )
         self._monitor = MemoryMonitor(cache, boot.pressure)
+        self._memory: MemoryFigures | None = None
+        """This process's memory, as last read for a heartbeat (peaks carry over)."""
         self._control = CacheControl(cache, self._monitor, boot.cache)
         self._calls: queue.SimpleQueue[CacheCall | None] = queue.SimpleQueue()
         self._faults = FaultPlan(on_fire=self._fault_fired)
@@ -178,6 +181,7 @@ class EngineSession:
         while not self._stopping.wait(interval):
             engine = self._engine
             running, waiting = engine.counts()
+            self._memory = read_memory(self._memory)
             beat = Heartbeat(
                 steps=engine.steps,
                 running=running,
@@ -187,6 +191,7 @@ class EngineSession:
                 cached_tokens=engine.cached_tokens,
                 under_pressure=self._monitor.under_pressure,
                 cache=self._control.stats(),
+                memory=self._memory,
             )
             try:
                 self._channel.send(beat)

@@ -1,5 +1,6 @@
 """The metrics actor: request and lifecycle events in, snapshots and Prometheus text out."""
 
+from actors.memory import MemoryFigures, read_memory
 from actors.metrics.actor import DEFAULT_MAILBOX, MetricsActor, metrics_child
 from actors.metrics.protocol import (
     CATEGORIES,
@@ -21,7 +22,7 @@ from actors.metrics.protocol import (
     cap_samples,
     record,
 )
-from actors.metrics.registry import CacheFigures, Load, MemoryFigures, MetricsRegistry, read_memory
+from actors.metrics.registry import CacheFigures, Load, MetricsRegistry
 from actors.metrics.state import MetricsSources, MetricsState, cache_figures
 from actors.metrics.windows import RollingRate, SlidingWindow, percentile
 

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import anyio
 
+from actors.memory import MemoryFigures
 from actors.metrics.protocol import (
     EngineReport,
     GetMetricsSnapshot,
@@ -71,7 +72,11 @@ class MetricsActor(Actor):
         self._subscription: Subscription[Event] | None = None
         self._reported: EngineReport | None = None
         if sources is None:  # nothing to read: the figures are pushed (EngineReport)
-            self._sources = MetricsSources(cache=self._reported_cache, load=self._reported_load)
+            self._sources = MetricsSources(
+                cache=self._reported_cache,
+                load=self._reported_load,
+                engine_memory=self._reported_engine_memory,
+            )
 
     async def on_start(self) -> None:
         """Note the baseline memory; follow lifecycle events in a task of this incarnation."""
@@ -129,6 +134,9 @@ class MetricsActor(Actor):
             entries=report.cache_entries,
             breaker_state=report.cache_breaker,
         )
+
+    def _reported_engine_memory(self) -> MemoryFigures | None:
+        return None if self._reported is None else self._reported.engine_memory
 
     def _reported_load(self) -> Load | None:
         report = self._reported

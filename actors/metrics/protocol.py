@@ -29,6 +29,7 @@ from typing import Annotated
 
 import msgspec
 
+from actors.memory import MemoryFigures
 from runtime.actor import ActorRef
 from runtime.errors import ActorStopped, MailboxFull
 from runtime.messages import Message
@@ -114,6 +115,8 @@ class EngineReport(Message, frozen=True, kw_only=True):
     cache_nbytes: int
     cache_entries: int
     cache_breaker: str
+    engine_memory: MemoryFigures | None = None
+    """The engine process's memory, as of its last heartbeat."""
 
 
 class GetMetricsSnapshot(Message, frozen=True, kw_only=True):
@@ -198,8 +201,13 @@ class MemorySnapshot(msgspec.Struct, frozen=True, kw_only=True):
     growth_mb: float | None
     """``current_mb - initial_mb``: growth while serving."""
     mlx_active_mb: float | None
+    """MLX's memory in live arrays, in the process that runs the engine (as every mlx_ figure)."""
     mlx_peak_mb: float | None
     mlx_cache_mb: float | None
+    engine_current_mb: float | None = None
+    """The engine process's resident set size (``None`` when the engine runs in the server)."""
+    engine_peak_mb: float | None = None
+    """The engine process's largest resident set size so far."""
 
 
 class RequestsSnapshot(msgspec.Struct, frozen=True, kw_only=True):

@@ -12,23 +12,16 @@ Prometheus counter can only be incremented, never set to another total.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-import mlx.core as mx
-import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from actors.memory import MemoryFigures
 from actors.metrics.protocol import RequestCompleted
 from runtime.lifecycle import Crashed, Escalated, Event, Restarted, Started, Stopped
-
-try:
-    import resource
-except ImportError:  # Windows: no peak RSS from the kernel
-    resource = None  # type: ignore[assignment]  # reason: optional platform module
 
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
@@ -64,17 +57,6 @@ class Load:
 
     running: int
     waiting: int
-
-
-@dataclass(frozen=True)
-class MemoryFigures:
-    """Memory in bytes; ``None`` where it could not be read."""
-
-    rss: int | None = None
-    peak_rss: int | None = None
-    mlx_active: int | None = None
-    mlx_peak: int | None = None
-    mlx_cache: int | None = None
 
 
 def safe_config(config: Mapping[str, str]) -> dict[str, str]:
@@ -118,6 +100,7 @@ class _Figures(Collector):
         self.cache: CacheFigures | None = None
         self.load: Load | None = None
         self.memory = MemoryFigures()
+        self.engine_memory: MemoryFigures | None = None
         self.states: dict[str, str] = {}
 
     def collect(self) -> Iterator[Metric]:
@@ -166,13 +149,24 @@ class _Figures(Collector):
         yield waiting
 
     def _memory(self) -> Iterator[Metric]:
-        memory = self.memory
+        memory, engine = self.memory, self.engine_memory
+        mlx = engine or memory  # MLX's arrays live where the engine runs
         for name, doc, value in (
             ("process_resident_memory_bytes", "Resident set size.", memory.rss),
             ("process_resident_memory_peak_bytes", "Peak resident set size.", memory.peak_rss),
-            ("mlx_active_memory_bytes", "MLX memory in live arrays.", memory.mlx_active),
-            ("mlx_peak_memory_bytes", "Peak MLX memory.", memory.mlx_peak),
-            ("mlx_cache_memory_bytes", "MLX allocator cache.", memory.mlx_cache),
+            (
+                "engine_resident_memory_bytes",
+                "Resident set size of the engine process.",
+                None if engine is None else engine.rss,
+            ),
+            (
+                "engine_resident_memory_peak_bytes",
+                "Peak resident set size of the engine process.",
+                None if engine is None else engine.peak_rss,
+            ),
+            ("mlx_active_memory_bytes", "MLX memory in live arrays.", mlx.mlx_active),
+            ("mlx_peak_memory_bytes", "Peak MLX memory.", mlx.mlx_peak),
+            ("mlx_cache_memory_bytes", "MLX allocator cache.", mlx.mlx_cache),
         ):
             family = GaugeMetricFamily(f"troupe_{name}", doc)
             if value is not None:
@@ -273,9 +267,10 @@ class MetricsRegistry:
         """Store the engine's running and waiting requests (``None``: unknown, not set)."""
         self._figures.load = load
 
-    def set_memory(self, memory: MemoryFigures) -> None:
-        """Store the memory figures read at query time."""
+    def set_memory(self, memory: MemoryFigures, engine: MemoryFigures | None = None) -> None:
+        """Store the server's memory, and the engine process's where it has one."""
         self._figures.memory = memory
+        self._figures.engine_memory = engine
 
     def set_dropped(self, dropped: int) -> None:
         """Events refused at the metrics mailbox so far."""
@@ -284,43 +279,3 @@ class MetricsRegistry:
     def render(self) -> str:
         """The text exposition format (``text/plain; version=0.0.4``)."""
         return generate_latest(self.registry).decode("utf-8")
-
-
-def _rss() -> int | None:
-    try:
-        return int(psutil.Process().memory_info().rss)
-    except Exception:  # memory figures are optional, never fatal
-        return None
-
-
-def _max_rss() -> int | None:
-    """The kernel's peak RSS, in bytes (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
-    try:
-        peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    except Exception:  # no resource module (Windows), or no figure
-        return None
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-def _mlx(name: str) -> int | None:
-    try:
-        return int(getattr(mx, name)())
-    except Exception:  # an older MLX, or no device: leave it unset
-        return None
-
-
-def read_memory(previous: MemoryFigures | None = None) -> MemoryFigures:
-    """Read memory now; each figure is ``None`` where its source fails.
-
-    The peak RSS is the largest of the kernel's figure, the RSS seen now and
-    the peak read ``previous``-ly, so it never goes down.
-    """
-    rss = _rss()
-    peaks = [p for p in (rss, _max_rss(), previous.peak_rss if previous else None) if p is not None]
-    return MemoryFigures(
-        rss=rss,
-        peak_rss=max(peaks) if peaks else None,
-        mlx_active=_mlx("get_active_memory"),
-        mlx_peak=_mlx("get_peak_memory"),
-        mlx_cache=_mlx("get_cache_memory"),
-    )

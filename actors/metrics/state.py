@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from actors.memory import MemoryFigures, read_memory
 from actors.metrics.protocol import (
     CATEGORIES,
     ActorsSnapshot,
@@ -28,7 +29,7 @@ from actors.metrics.protocol import (
     ThroughputSnapshot,
     cap_samples,
 )
-from actors.metrics.registry import CacheFigures, Load, MemoryFigures, MetricsRegistry, read_memory
+from actors.metrics.registry import CacheFigures, Load, MetricsRegistry
 from actors.metrics.windows import RollingRate, SlidingWindow
 from runtime.clock import Clock
 from runtime.lifecycle import Event, Restarted
@@ -67,6 +68,8 @@ class MetricsSources:
     cache: Callable[[], CacheFigures | None] | None = None
     load: Callable[[], Load | None] | None = None
     memory: Callable[[MemoryFigures | None], MemoryFigures] = read_memory
+    engine_memory: Callable[[], MemoryFigures | None] | None = None
+    """The engine process's memory, where the engine runs in a process of its own."""
 
 
 def _safely(read: Callable[[], T | None] | None) -> T | None:
@@ -127,6 +130,7 @@ class MetricsState:
         self.generated_rate = RollingRate(now, window=rate_window)
         self.totals = _Totals()
         self.memory: MemoryFigures | None = None
+        self.engine_memory: MemoryFigures | None = None
         self.initial_memory: MemoryFigures | None = None
         """Memory when the first incarnation started: the baseline of ``growth_mb``."""
         self.cache: CacheFigures | None = None
@@ -178,9 +182,10 @@ class MetricsState:
             self.registry.set_dropped(dropped)
         previous = self.memory
         self.memory = _safely(lambda: sources.memory(previous)) or MemoryFigures()
+        self.engine_memory = _safely(sources.engine_memory)
         self.cache = _safely(sources.cache)
         self.load = _safely(sources.load)
-        self.registry.set_memory(self.memory)
+        self.registry.set_memory(self.memory, self.engine_memory)
         self.registry.set_cache(self.cache)
         self.registry.set_load(self.load)
 
@@ -247,14 +252,19 @@ class MetricsState:
         memory = self.memory or MemoryFigures()
         initial = self.initial_memory or MemoryFigures()
         growth = None if memory.rss is None or initial.rss is None else memory.rss - initial.rss
+        engine = self.engine_memory
+        # MLX's arrays live in the process that runs the engine.
+        mlx = engine or memory
         return MemorySnapshot(
             current_mb=_mib(memory.rss),
             peak_mb=_mib(memory.peak_rss),
             initial_mb=_mib(initial.rss),
             growth_mb=_mib(growth),
-            mlx_active_mb=_mib(memory.mlx_active),
-            mlx_peak_mb=_mib(memory.mlx_peak),
-            mlx_cache_mb=_mib(memory.mlx_cache),
+            mlx_active_mb=_mib(mlx.mlx_active),
+            mlx_peak_mb=_mib(mlx.mlx_peak),
+            mlx_cache_mb=_mib(mlx.mlx_cache),
+            engine_current_mb=None if engine is None else _mib(engine.rss),
+            engine_peak_mb=None if engine is None else _mib(engine.peak_rss),
         )
 
     def _requests(self) -> RequestsSnapshot:
