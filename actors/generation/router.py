@@ -1,7 +1,7 @@
 """The generation actor over an engine process: keeps every request across engine deaths.
 
 Requests arrive as :class:`Generate` messages, as with the in-process engine,
-and their events go to the stream the requester opened. Here the engine runs
+and their events are posted to the inbox the requester opened. Here the engine runs
 in a process owned by the ``engine`` actor; this actor outlives it and keeps,
 for every request, what was delivered so far. When the process dies (any
 signal, any exit, a hang), the requests it held are sent to the next one:
@@ -25,7 +25,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from actors.generation.engine_link import (
     BootFaults,
@@ -59,6 +58,7 @@ from actors.generation.protocol import (
     InjectEngineFault,
     StreamEvent,
 )
+from actors.generation.tracking import EngineTotals, TrackedRequest
 from actors.intake.protocol import ReportPressure
 from actors.kvcache.protocol import CacheStats
 from actors.metrics.protocol import EngineReport
@@ -77,30 +77,6 @@ SUSPECT_AFTER = 2
 """Engine deaths in a row a request may be in flight for before it is quarantined."""
 
 
-@dataclass
-class _Tracked:
-    request: Generate
-    delivered: list[int] = field(default_factory=list)
-    """Token ids delivered to the client so far."""
-    engine: int | None = None
-    """The pid of the engine process it runs on; ``None``: waiting for one."""
-    deaths: int = 0
-    """Engine deaths in a row it was in flight for."""
-    cancelled: bool = False
-
-
-@dataclass
-class _Totals:
-    """Counters over every engine process so far."""
-
-    retried: int = 0
-    resumed: int = 0
-    poisoned: int = 0
-    ups: int = 0
-    dead: Heartbeat | None = None
-    """The counters of the processes that ended, summed."""
-
-
 class GenerationRouter(Actor):
     """Keeps requests across engine processes; the engine actor runs them."""
 
@@ -112,7 +88,7 @@ class GenerationRouter(Actor):
     ) -> None:
         self._faults = faults or FaultPlan()
         self._recovery = recovery or RecoveryTimer()
-        self._tracked: dict[str, _Tracked] = {}
+        self._tracked: dict[str, TrackedRequest] = {}
         self._engine: int | None = None
         self._ready: Ready | None = None
         self._up_at: float | None = None
@@ -121,7 +97,7 @@ class GenerationRouter(Actor):
         self._last_exit: EngineExit | None = None
         self._solo: str | None = None
         self._pressure = False
-        self._totals = _Totals()
+        self._totals = EngineTotals()
 
     async def handle(self, message: Message) -> Message | None:  # noqa: PLR0912 - one case per message
         """Admit and cancel requests; follow the engine process; report; inject faults."""
@@ -186,7 +162,7 @@ class GenerationRouter(Actor):
                 retryable=False,
                 detail="no result stream is open for this request id, or it is in use",
             )
-        self._tracked[request_id] = _Tracked(request)
+        self._tracked[request_id] = TrackedRequest(request)
         self._dispatch()
         return Accepted(request_id=request_id)
 
@@ -198,7 +174,7 @@ class GenerationRouter(Actor):
         if tracked.engine is not None:
             self._tell_engine(CancelOn(pid=tracked.engine, request_id=request_id))
         else:
-            self._terminate(request_id, _cancelled(tracked))
+            self._terminate(request_id, tracked.finished(FinishReason.CANCELLED))
 
     def _deliver(self, events: list[StreamEvent]) -> None:
         served = False
@@ -272,22 +248,19 @@ class GenerationRouter(Actor):
                 continue
             tracked.engine = None
             if tracked.cancelled:
-                self._terminate(request_id, _cancelled(tracked))
+                self._terminate(request_id, tracked.finished(FinishReason.CANCELLED))
             elif request_id == culprit:
                 self._totals.poisoned += 1
                 log.error(
                     "request failed alone: the engine died each time it ran",
                     extra={"event": "request_poisoned", "request_id": request_id},
                 )
-                self._terminate(request_id, _poisoned(tracked))
+                self._terminate(request_id, tracked.poisoned())
             else:
                 tracked.deaths += 1
 
     def _fold_counters(self) -> None:
-        beat, dead = self._beat, self._totals.dead
-        if beat is None:
-            return
-        self._totals.dead = beat if dead is None else _sum(dead, beat)
+        self._totals.fold(self._beat)
         self._beat = None
 
     def _dispatch(self) -> None:
@@ -310,7 +283,7 @@ class GenerationRouter(Actor):
         for tracked in waiting:
             self._submit(pid, tracked)
 
-    def _submit(self, pid: int, tracked: _Tracked) -> None:
+    def _submit(self, pid: int, tracked: TrackedRequest) -> None:
         request = tracked.request
         if tracked.deaths:
             event = "request_resumed" if tracked.delivered else "request_retried"
@@ -329,21 +302,12 @@ class GenerationRouter(Actor):
                 },
             )
         if len(tracked.delivered) >= request.params.max_tokens:  # only its end was lost
-            self._terminate(request.request_id, _ran_out(tracked))
+            self._terminate(request.request_id, tracked.finished(FinishReason.LENGTH))
             return
-        if tracked.delivered:
-            request = Generate(
-                request_id=request.request_id,
-                prompt=request.prompt,
-                params=request.params,
-                deadline=request.deadline,
-                submitted_at=request.submitted_at,
-                resumed=list(tracked.delivered),
-            )
         tracked.engine = pid
-        self._tell_engine(Submit(pid=pid, request=request))
+        self._tell_engine(Submit(pid=pid, request=tracked.resubmission()))
 
-    def _clear_solo(self, tracked: _Tracked) -> None:
+    def _clear_solo(self, tracked: TrackedRequest) -> None:
         """The quarantined request got through a step: it is not the cause."""
         tracked.deaths = 0
         self._solo = None
@@ -421,62 +385,8 @@ class GenerationRouter(Actor):
         )
 
     def _counters(self) -> Heartbeat:
-        dead, beat = self._totals.dead, self._beat
-        if dead is None:
-            return beat or _ZERO
-        return dead if beat is None else _sum(dead, beat)
+        return self._totals.with_live(self._beat)
 
     def tracked(self) -> Iterator[str]:
         """Ids of the requests held now (for tests)."""
         return iter(list(self._tracked))
-
-
-_ZERO = Heartbeat(
-    steps=0,
-    running=0,
-    waiting=0,
-    prompt_tokens=0,
-    generated_tokens=0,
-    cached_tokens=0,
-    under_pressure=False,
-)
-
-
-def _sum(a: Heartbeat, b: Heartbeat) -> Heartbeat:
-    return Heartbeat(
-        steps=a.steps + b.steps,
-        running=b.running,
-        waiting=b.waiting,
-        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
-        generated_tokens=a.generated_tokens + b.generated_tokens,
-        cached_tokens=a.cached_tokens + b.cached_tokens,
-        under_pressure=b.under_pressure,
-    )
-
-
-def _cancelled(tracked: _Tracked) -> Finished:
-    return Finished(
-        request_id=tracked.request.request_id,
-        reason=FinishReason.CANCELLED,
-        prompt_tokens=len(tracked.request.prompt),
-        completion_tokens=len(tracked.delivered),
-    )
-
-
-def _ran_out(tracked: _Tracked) -> Finished:
-    return Finished(
-        request_id=tracked.request.request_id,
-        reason=FinishReason.LENGTH,
-        prompt_tokens=len(tracked.request.prompt),
-        completion_tokens=len(tracked.delivered),
-    )
-
-
-def _poisoned(tracked: _Tracked) -> Failed:
-    return Failed(
-        request_id=tracked.request.request_id,
-        kind=FailureKind.ENGINE_CRASHED,
-        retryable=False,
-        detail="the engine died each time this request ran; it was not retried",
-        tokens_sent=len(tracked.delivered),
-    )
