@@ -12,8 +12,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtime.actor import DEFAULT_ASK_TIMEOUT, Actor, ActorContext, ActorRef
+    from runtime.actor import DEFAULT_ASK_TIMEOUT, Actor, ActorRef
     from runtime.clock import Clock, ManualClock, SystemClock
+    from runtime.context import ActorContext, DeferredReply
     from runtime.errors import (
         ActorDied,
         ActorStopped,
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
     from runtime.system import ActorSystem
 
 _HOMES = {
-    "runtime.actor": ("DEFAULT_ASK_TIMEOUT", "Actor", "ActorContext", "ActorRef"),
+    "runtime.actor": ("DEFAULT_ASK_TIMEOUT", "Actor", "ActorRef"),
+    "runtime.context": ("ActorContext", "DeferredReply"),
     "runtime.clock": ("Clock", "ManualClock", "SystemClock"),
     "runtime.errors": (
         "ActorDied",
@@ -80,6 +82,7 @@ __all__ = [
     "ChildSpec",
     "ChildStartError",
     "Clock",
+    "DeferredReply",
     "DeliveryError",
     "EventBus",
     "ExitActor",

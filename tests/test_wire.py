@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from runtime import Actor, ActorDied, ActorSystem, ChildSpec, Message, SupervisorSpec
-from runtime.actor import DeferredReply
+from runtime.context import DeferredReply
 from runtime.wire import HEADER, MAX_FRAME, BlockingChannel, FrameDecoder, FrameError, frame
 
 pytestmark = pytest.mark.timeout(30)

@@ -54,7 +54,8 @@ from actors.generation.process_protocol import (
     ShutdownDone,
 )
 from actors.generation.protocol import Cancel, EngineExit, Failed, Finished
-from runtime.actor import Actor, DeferredReply
+from runtime.actor import Actor
+from runtime.context import DeferredReply
 from runtime.errors import TroupeError
 from runtime.messages import Message
 from runtime.node import ExitKind
