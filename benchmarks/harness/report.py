@@ -137,8 +137,9 @@ def markdown(result: RunResult, charts: list[str], command: str) -> str:
         lines.append(f"| {server.label} | `{command_line}` | {', '.join(server.blas) or '-'} |")
     lines += [
         "",
-        "BLAS mapped: every BLAS library in the server's memory map; a preloaded one",
-        "resolves the BLAS symbols first, so it is the one in use.",
+        "BLAS mapped: every BLAS library in the memory maps of the server and its child",
+        "processes (mlx-troupe's engine process); a preloaded one resolves the BLAS symbols",
+        "first, so it is the one in use.",
         "",
         "## Targets (ratio mlx-troupe / mlx_lm.server)",
         "",
@@ -151,7 +152,8 @@ def markdown(result: RunResult, charts: list[str], command: str) -> str:
         "E2E: request sent to end of stream. Output tok/s and req/s count successful requests",
         "over the scenario's wall time; every failed request is counted under its error kind.",
         "Client CPU: the load generator's CPU seconds per second (1.0 = one core); server CPU:",
-        "the server process's CPU seconds per second, and per output token.",
+        "the CPU seconds per second of the server and its child processes (mlx-troupe's",
+        "engine process), and per output token.",
         "",
     ]
     lines += [f"![{name}]({name})" for name in charts]

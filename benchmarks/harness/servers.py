@@ -159,24 +159,45 @@ class ManagedServer:
             return "default"
 
     def cpu_seconds(self) -> float | None:
-        """User and system CPU seconds of the server process so far (``None``: unknown)."""
+        """CPU seconds of the server so far, its child processes included (``None``: unknown).
+
+        mlx-troupe runs its engine in a child process: counting only the server's
+        own process would leave out the work that generates the tokens.
+        Children that ended and were reaped count through ``children_*``.
+        """
         if self.pid is None:
             return None
         try:
-            times = psutil.Process(self.pid).cpu_times()
+            process = psutil.Process(self.pid)
+            times = process.cpu_times()
+            children = process.children(recursive=True)
         except psutil.Error:
             return None
-        return float(times.user + times.system)
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in children:
+            try:
+                child_times = child.cpu_times()
+            except psutil.Error:  # it ended between the listing and the reading
+                continue
+            total += child_times.user + child_times.system
+        return float(total)
 
     def blas(self) -> list[str]:
-        """The BLAS libraries the server process has mapped (Linux), by file name."""
+        """The BLAS libraries the server and its child processes have mapped (Linux), by name."""
         if self.pid is None:
             return []
         try:
-            maps = Path(f"/proc/{self.pid}/maps").read_text()
-        except OSError:
-            return []
-        names = {line.split()[-1].rsplit("/", 1)[-1] for line in maps.splitlines() if "/" in line}
+            pids = [self.pid, *(c.pid for c in psutil.Process(self.pid).children(recursive=True))]
+        except psutil.Error:
+            pids = [self.pid]
+        names: set[str] = set()
+        for pid in pids:
+            try:
+                maps = Path(f"/proc/{pid}/maps").read_text()
+            except OSError:
+                continue
+            mapped = (line.split()[-1] for line in maps.splitlines() if "/" in line)
+            names |= {path.rsplit("/", 1)[-1] for path in mapped}
         return sorted(name for name in names if "blas" in name.lower())
 
     def stop(self) -> int | None:
