@@ -259,5 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     return EngineSession(loaded, boot, channel).serve()
 
 
+def _exit_without_teardown(code: int) -> None:
+    """End the process once everything is saved and answered.
+
+    The interpreter's teardown can meet MLX's native threads still alive and
+    abort ("terminate called without an active exception" on stderr, which
+    breaks the server's JSON log and turns exit 0 into SIGABRT). The api's CLI
+    ends the same way for the same reason.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_without_teardown(main())
