@@ -34,6 +34,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 
 from actors.generation.faults import FaultPlan, RecoveryTimer
+from actors.generation.grammar_mask import GrammarBook
 from actors.generation.ports import ModelLike, PrefixStore
 from actors.generation.protocol import (
     EngineFault,
@@ -44,7 +45,13 @@ from actors.generation.protocol import (
     Generate,
     StreamEvent,
 )
-from actors.generation.requests import ActiveRequest, Admission, admit, special_tokens
+from actors.generation.requests import (
+    ActiveRequest,
+    Admission,
+    admit,
+    special_tokens,
+    vocab_size,
+)
 from runtime.errors import describe_failure
 
 log = logging.getLogger("troupe.engine")
@@ -108,6 +115,7 @@ class Engine:
         self._prefix_store = prefix_store
         self._exclusive = exclusive or threading.Lock()
         self._special = special_tokens(loaded)
+        self._grammars = GrammarBook(loaded, vocab_size(loaded))
         self.config = config or EngineConfig()
         self._commands: queue.SimpleQueue[Generate | _Cancel | _Stop] = queue.SimpleQueue()
         self._requests: dict[int, ActiveRequest] = {}
@@ -233,7 +241,9 @@ class Engine:
             self._emit([_duplicate(request)])
             return
         try:
-            admission = admit(request, self._loaded, self._prefix_store, self._special)
+            admission = admit(
+                request, self._loaded, self._prefix_store, self._special, self._grammars
+            )
         except Exception as exc:
             if is_allocation_failure(exc):
                 raise  # the engine's own recovery: caches cleared, requests in flight failed

@@ -35,6 +35,9 @@ class SamplingParams(Message, frozen=True, kw_only=True):
     logit_bias: dict[int, float] = msgspec.field(default_factory=dict)
     stop: list[str] = msgspec.field(default_factory=list)
     """Stop strings; never part of the returned text."""
+    grammar: str | None = None
+    """What the output must match, as llguidance grammar text built and checked by
+    :mod:`actors.generation.constraints`; ``None``: unconstrained."""
 
 
 class Generate(Message, frozen=True, kw_only=True):

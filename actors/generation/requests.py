@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from actors.generation.constraints import ConstraintError
+from actors.generation.grammar_mask import GrammarBook, TokenMask
 from actors.generation.protocol import (
     Failed,
     FailureKind,
@@ -160,11 +162,21 @@ def admit(
     loaded: ModelLike,
     store: PrefixStore | None,
     special: frozenset[int] = frozenset(),
+    grammars: GrammarBook | None = None,
 ) -> Admission | Failed:
     """Check ``request`` and prepare it, or say why it cannot run."""
     problem = _problem(request, loaded)
     if problem is not None:
         return problem
+    try:
+        processors = _processors(request, loaded, grammars)
+    except ConstraintError as exc:
+        return Failed(
+            request_id=request.request_id,
+            kind=FailureKind.INVALID_REQUEST,
+            retryable=False,
+            detail=f"the output constraint cannot be enforced: {exc}",
+        )
     prompt, resumed = request.prompt, request.resumed
     sequence = [*prompt, *resumed] if resumed else prompt
     hit = store.lookup(sequence) if store is not None else None
@@ -187,8 +199,23 @@ def admit(
         cache=None if hit is None else hit.cache,
         max_tokens=min(params.max_tokens - len(resumed), loaded.context_length - len(sequence)),
         sampler=None if params.temperature == 0.0 else RequestSampler(params, skip=len(resumed)),
-        processors=logits_processors(params),
+        processors=processors,
     )
+
+
+def _processors(
+    request: Generate, loaded: ModelLike, grammars: GrammarBook | None
+) -> list[LogitsProcessor]:
+    """The request's logits processors: its penalties and biases, then its grammar's mask."""
+    processors = logits_processors(request.params)
+    grammar = request.params.grammar
+    if grammar is None:
+        return processors
+    if grammars is None:
+        raise ConstraintError("this engine does not support constrained decoding")
+    matcher = grammars.matcher(grammar, consumed=request.resumed)
+    # Last: a bias or penalty must not bring back a token the grammar forbids.
+    return [*processors, TokenMask(matcher, vocab_size(loaded), sorted(loaded.eos_token_ids))]
 
 
 def _waited(request: Generate) -> float | None:
