@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 OPENBLAS ?= /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
 PRELOAD  := $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS))
 
-.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-engine bench-observability reliability clean
+.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-engine bench-constrained bench-observability reliability clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -49,6 +49,10 @@ bench-generation: $(STAMP)
 # The engine in its own process against the engine on a thread (tok/s, CPU per token, restarts).
 bench-engine: $(STAMP)
 	$(BIN)/python -m benchmarks.engine_process_bench $(BENCH_ARGS)
+
+# Half of 16 streams constrained by a JSON Schema against none (tok/s ratio, mask cost).
+bench-constrained: $(STAMP)
+	$(PRELOAD) $(BIN)/python -m benchmarks.constrained_bench $(BENCH_ARGS)
 
 bench-observability: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.observability_bench

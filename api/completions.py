@@ -41,6 +41,7 @@ from api.outcome import Outcome, Reporter
 from api.problems import HTTPProblem, problem_for
 from api.prompts import sampling_params, template_message, templated
 from api.responses import Reply, chat_reply, text_reply
+from api.structured import response_grammar
 from runtime import ActorDied, ActorSystem
 
 log = logging.getLogger("troupe.http")
@@ -119,6 +120,8 @@ class Job:
     messages: int = 1
     reply: Reply | None = None
     """How the response is written, once the prompt is known."""
+    grammar: str | None = None
+    """What the output must match (``response_format``); ``None``: free text."""
 
 
 class Completions:
@@ -195,6 +198,7 @@ class Completions:
             prompt_chars=sum(len(message.text) for message in body.messages),
             make_prompt=lambda: self._chat_prompt(messages),
             messages=len(messages),
+            grammar=response_grammar(body.response_format),
         )
 
     async def _text_job(self, request: Request) -> Job:
@@ -250,7 +254,7 @@ class Completions:
     ) -> None:
         body = job.body
         params = sampling_params(
-            body, self.settings.max_tokens_limit or self.settings.context_length
+            body, self.settings.max_tokens_limit or self.settings.context_length, job.grammar
         )
         self._check_max_tokens(body)
         try:

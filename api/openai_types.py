@@ -128,18 +128,45 @@ ChatMessage = (
 """A message of the conversation, by role."""
 
 
-class TextFormat(Struct, frozen=True, kw_only=True):
-    """``response_format`` as this server can honour it: plain text."""
+class TextFormat(Struct, frozen=True, kw_only=True, tag_field="type", tag="text"):
+    """``response_format: {"type": "text"}``: unconstrained text (the default)."""
 
-    type: Literal["text"]
+
+class JsonObjectFormat(Struct, frozen=True, kw_only=True, tag_field="type", tag="json_object"):
+    """``response_format: {"type": "json_object"}``: the answer is one JSON object."""
+
+
+SchemaName = Annotated[str, Meta(pattern="^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class JsonSchemaSpec(Struct, frozen=True, kw_only=True):
+    """The schema the answer must be valid against, as OpenAI names it."""
+
+    name: SchemaName
+    description: str | None = None
+    schema: dict[str, Any] | None = None
+    """A JSON Schema; absent means any JSON value."""
+    strict: bool | None = None
+    """Accepted either way: this server always enforces the schema (by constrained
+    decoding), which is what ``strict: true`` asks of OpenAI."""
+
+
+class JsonSchemaFormat(Struct, frozen=True, kw_only=True, tag_field="type", tag="json_schema"):
+    """``response_format: {"type": "json_schema", ...}``: the answer is valid against a schema."""
+
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = TextFormat | JsonObjectFormat | JsonSchemaFormat
 
 
 class ChatCompletionRequest(SamplingFields, frozen=True, kw_only=True):
     """``POST /v1/chat/completions``.
 
     The fields after ``messages`` are typed as narrowly as the server can
-    honour them today: tools, structured output and logprobs are refused
-    (see :data:`NOT_HONOURED`), never accepted and ignored.
+    honour them today: tools and logprobs are refused (see
+    :data:`NOT_HONOURED`), never accepted and ignored; ``response_format`` is
+    enforced by constrained decoding (:mod:`api.structured`).
     """
 
     messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=4096)]
@@ -148,7 +175,7 @@ class ChatCompletionRequest(SamplingFields, frozen=True, kw_only=True):
     parallel_tool_calls: bool | None = None
     functions: Nothing | None = None
     function_call: Literal["none", "auto"] | None = None
-    response_format: TextFormat | None = None
+    response_format: ResponseFormat | None = None
     logprobs: Literal[False] | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=0)] | None = None
     modalities: list[Literal["text"]] | None = None
@@ -172,7 +199,6 @@ NOT_HONOURED = {
     "tool_choice": "tool calling is not supported yet: only `none` or `auto` (without tools)",
     "functions": "function calling is not supported yet: send no functions",
     "function_call": "function calling is not supported yet: only `none` or `auto`",
-    "response_format": 'structured output is not supported yet: only `{"type": "text"}`',
     "logprobs": "logprobs are not supported yet",
     "top_logprobs": "logprobs are not supported yet",
     "modalities": "this server generates text only",

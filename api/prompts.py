@@ -72,8 +72,13 @@ def templated(make_prompt: Callable[[], list[int]]) -> list[int]:
         ) from None
 
 
-def sampling_params(body: SamplingFields, default_max_tokens: int) -> SamplingParams:
-    """The engine's parameters for an OpenAI request (``default_max_tokens`` if it names none)."""
+def sampling_params(
+    body: SamplingFields, default_max_tokens: int, grammar: str | None = None
+) -> SamplingParams:
+    """The engine's parameters for an OpenAI request (``default_max_tokens`` if it names none).
+
+    ``grammar``: what the output must match (see :mod:`api.structured`).
+    """
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     try:
         bias = {int(token): value for token, value in (body.logit_bias or {}).items()}
@@ -91,4 +96,5 @@ def sampling_params(body: SamplingFields, default_max_tokens: int) -> SamplingPa
         frequency_penalty=body.frequency_penalty or 0.0,
         logit_bias=bias,
         stop=stops,
+        grammar=grammar,
     )

@@ -131,8 +131,6 @@ def test_the_document_describes_this_server(server: Server) -> None:
         ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
         ("tool_choice", "required"),
         ("tool_choice", {"type": "function", "function": {"name": "f"}}),
-        ("response_format", {"type": "json_object"}),
-        ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
         ("logprobs", True),
         ("top_logprobs", 2),
         ("functions", [{"name": "f"}]),
