@@ -42,6 +42,7 @@ from api.problems import HTTPProblem, problem_for
 from api.prompts import sampling_params, template_message, templated
 from api.responses import Reply, chat_reply, text_reply
 from api.structured import response_grammar
+from api.tools import ToolPlan, plan_tools
 from runtime import ActorDied, ActorSystem
 
 log = logging.getLogger("troupe.http")
@@ -121,7 +122,9 @@ class Job:
     reply: Reply | None = None
     """How the response is written, once the prompt is known."""
     grammar: str | None = None
-    """What the output must match (``response_format``); ``None``: free text."""
+    """What the output must match (``response_format``, a forced tool call); ``None``: free."""
+    tools: ToolPlan | None = None
+    """A chat request's tools: offered in the prompt, parsed out of the answer."""
 
 
 class Completions:
@@ -193,12 +196,23 @@ class Completions:
         )
         self._check_model(body.model)
         messages = [template_message(message) for message in body.messages]
+        tools = plan_tools(body, self._tokenizer())
+        grammar = response_grammar(body.response_format)
+        if tools.grammar is not None:
+            grammar = tools.grammar  # a forced call is the whole answer: no text to format
+        elif grammar is not None and tools.syntax is not None:
+            raise HTTPProblem(
+                400,
+                "conflicting-fields",
+                "`response_format`: with `tools`, only when `tool_choice` forces a call or is none",
+            )
         return Job(
             body=body,
             prompt_chars=sum(len(message.text) for message in body.messages),
-            make_prompt=lambda: self._chat_prompt(messages),
+            make_prompt=lambda: self._chat_prompt(messages, tools.template_tools),
             messages=len(messages),
-            grammar=response_grammar(body.response_format),
+            grammar=grammar,
+            tools=tools,
         )
 
     async def _text_job(self, request: Request) -> Job:
@@ -235,8 +249,12 @@ class Completions:
                     422, "invalid-field", f"`{field}` is above this server's limit of {limit}"
                 )
 
-    def _chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
-        tokens = self._tokenizer().apply_chat_template(messages, add_generation_prompt=True)
+    def _chat_prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int]:
+        tokens = self._tokenizer().apply_chat_template(
+            messages, tools=tools, add_generation_prompt=True
+        )
         return [int(token) for token in tokens]
 
     def _text_prompt(self, text: str) -> list[int]:
@@ -272,8 +290,10 @@ class Completions:
         )
         outcome.prompt_tokens = len(prompt)
         self._admission.tokenized(request.request_id, len(prompt))
-        job.reply = (chat_reply if endpoint == "chat" else text_reply)(
-            request.request_id, self.settings.model_name, body, len(prompt)
+        job.reply = (
+            chat_reply(request.request_id, self.settings.model_name, body, job.tools)
+            if endpoint == "chat"
+            else text_reply(request.request_id, self.settings.model_name, body)
         )
         # Clients choose X-Request-ID and may reuse one; the engine's id must be unique.
         generate = Generate(

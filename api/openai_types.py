@@ -160,18 +160,54 @@ class JsonSchemaFormat(Struct, frozen=True, kw_only=True, tag_field="type", tag=
 ResponseFormat = TextFormat | JsonObjectFormat | JsonSchemaFormat
 
 
+FunctionName = Annotated[str, Meta(pattern="^[a-zA-Z0-9_.-]{1,64}$")]
+
+
+class FunctionDefinition(Struct, frozen=True, kw_only=True):
+    """A function the model may call; ``parameters`` is a JSON Schema of its arguments."""
+
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+    """Accepted either way: forced calls always follow ``parameters`` (constrained decoding)."""
+
+
+class ToolDefinition(Struct, frozen=True, kw_only=True):
+    """One tool of ``tools``: a function."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionChoice(Struct, frozen=True, kw_only=True):
+    """The function ``tool_choice`` names."""
+
+    name: FunctionName
+
+
+class NamedToolChoice(Struct, frozen=True, kw_only=True):
+    """``tool_choice`` naming the one function the model must call."""
+
+    type: Literal["function"]
+    function: FunctionChoice
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class ChatCompletionRequest(SamplingFields, frozen=True, kw_only=True):
     """``POST /v1/chat/completions``.
 
     The fields after ``messages`` are typed as narrowly as the server can
-    honour them today: tools and logprobs are refused (see
-    :data:`NOT_HONOURED`), never accepted and ignored; ``response_format`` is
-    enforced by constrained decoding (:mod:`api.structured`).
+    honour them today: logprobs are refused (see :data:`NOT_HONOURED`), never
+    accepted and ignored; ``response_format`` and forced tool calls are
+    enforced by constrained decoding (:mod:`api.structured`, :mod:`api.tools`).
     """
 
     messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=4096)]
-    tools: Nothing | None = None
-    tool_choice: Literal["none", "auto"] | None = None
+    tools: Annotated[list[ToolDefinition], Meta(max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     functions: Nothing | None = None
     function_call: Literal["none", "auto"] | None = None
@@ -195,8 +231,6 @@ class CompletionRequest(SamplingFields, frozen=True, kw_only=True):
 
 
 NOT_HONOURED = {
-    "tools": "tool calling is not supported yet: send no tools",
-    "tool_choice": "tool calling is not supported yet: only `none` or `auto` (without tools)",
     "functions": "function calling is not supported yet: send no functions",
     "function_call": "function calling is not supported yet: only `none` or `auto`",
     "logprobs": "logprobs are not supported yet",
@@ -228,11 +262,36 @@ class Usage(Struct, frozen=True, kw_only=True):
     total_tokens: int
 
 
+class CalledFunction(Struct, frozen=True, kw_only=True):
+    """The function a tool call calls, and its arguments as JSON text."""
+
+    name: str
+    arguments: str
+
+
+class ToolCallOut(Struct, frozen=True, kw_only=True):
+    """One tool call the model made."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class ToolCallDelta(Struct, frozen=True, kw_only=True):
+    """A whole tool call in one streamed chunk (name and arguments together)."""
+
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class AssistantMessage(Struct, frozen=True, kw_only=True):
-    """The generated message."""
+    """The generated message: text, tool calls, or both."""
 
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(Struct, frozen=True, kw_only=True):
@@ -260,6 +319,7 @@ class Delta(Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     role: str | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(Struct, frozen=True, kw_only=True):

@@ -28,10 +28,14 @@ from api.openai_types import (
     StreamError,
     StreamErrorDetail,
     TextChoice,
+    ToolCallDelta,
+    ToolCallOut,
     Usage,
     encode_event,
 )
 from api.problems import Problem
+from api.tool_calls import ToolCallScanner, split_tool_calls
+from api.tools import ToolPlan
 
 SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 
@@ -46,6 +50,13 @@ class Reply:
     include_usage: bool
     chat: bool
     created: int = field(default_factory=lambda: int(time.time()))
+    tools: ToolPlan | None = None
+    """Set when the answer may hold tool calls: they are parsed out of the text."""
+    _scanner: ToolCallScanner | None = None
+
+    def __post_init__(self) -> None:
+        if self.tools is not None and self.tools.syntax is not None:
+            self._scanner = ToolCallScanner(self.tools)
 
     @property
     def response_id(self) -> str:
@@ -54,10 +65,18 @@ class Reply:
 
     async def send_delta(self, respond: Responder, text: str) -> None:
         """Stream ``text`` (starting the event stream on the first call)."""
-        if not text:
+        calls: list[ToolCallOut] = []
+        before = 0
+        if self._scanner is not None:
+            before = len(self._scanner.calls)
+            text, calls = self._scanner.feed(text)
+        if not text and not calls:
             return
         await self._ensure_started(respond)
-        await respond.chunk(encode_event(self._chunk(text, None)))
+        events = encode_event(self._chunk(text, None)) if text else b""
+        for offset, call in enumerate(calls):
+            events += encode_event(self._call_chunk(before + offset, call))
+        await respond.chunk(events)
 
     async def send_end(self, respond: Responder, text: str, end: Finished) -> None:
         """Finish: the whole body, or the last events of the stream."""
@@ -70,8 +89,12 @@ class Reply:
         if not self.streaming:
             await respond.json(200, self._whole(text, reason, usage))
             return
+        rest = "" if self._scanner is None else self._scanner.flush()
+        if self._scanner is not None and self._scanner.calls and reason == "stop":
+            reason = "tool_calls"
         await self._ensure_started(respond)
-        events = encode_event(self._chunk("", reason))
+        events = encode_event(self._chunk(rest, None)) if rest else b""
+        events += encode_event(self._chunk("", reason))
         if self.include_usage:
             events += encode_event(self._usage_chunk(usage))
         await respond.chunk(events + DONE_EVENT, more=False)
@@ -117,6 +140,15 @@ class Reply:
             choices=[TextChoice(text=text, finish_reason=reason)],
         )
 
+    def _call_chunk(self, index: int, call: ToolCallOut) -> msgspec.Struct:
+        delta = Delta(tool_calls=[ToolCallDelta(index=index, id=call.id, function=call.function)])
+        return ChatCompletionChunk(
+            id=self.response_id,
+            created=self.created,
+            model=self.model,
+            choices=[ChunkChoice(delta=delta)],
+        )
+
     def _usage_chunk(self, usage: Usage) -> msgspec.Struct:
         if self.chat:
             return ChatCompletionChunk(
@@ -128,11 +160,12 @@ class Reply:
 
     def _whole(self, text: str, reason: str, usage: Usage) -> msgspec.Struct:
         if self.chat:
+            message, reason = self._message(text, reason)
             return ChatCompletion(
                 id=self.response_id,
                 created=self.created,
                 model=self.model,
-                choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)],
+                choices=[ChatChoice(message=message, finish_reason=reason)],
                 usage=usage,
             )
         return Completion(
@@ -143,17 +176,31 @@ class Reply:
             usage=usage,
         )
 
+    def _message(self, text: str, reason: str) -> tuple[AssistantMessage, str]:
+        """The whole message, tool calls parsed out; ``tool_calls`` ends a turn that made some."""
+        if self.tools is None or self.tools.syntax is None:
+            return AssistantMessage(content=text), reason
+        content, calls = split_tool_calls(self.tools, text)
+        if not calls:
+            return AssistantMessage(content=content), reason
+        message = AssistantMessage(content=content or None, tool_calls=calls)
+        return message, "tool_calls" if reason == "stop" else reason
 
-def _reply(request_id: str, model: str, body: SamplingFields, *, chat: bool) -> Reply:
+
+def _reply(
+    request_id: str, model: str, body: SamplingFields, *, chat: bool, tools: ToolPlan | None = None
+) -> Reply:
     include = bool(body.stream_options and body.stream_options.include_usage)
-    return Reply(request_id, model, body.stream, include, chat)
+    return Reply(request_id, model, body.stream, include, chat, tools=tools)
 
 
-def chat_reply(request_id: str, model: str, body: SamplingFields, prompt_tokens: int) -> Reply:
-    """The reply shape of a chat completion."""
-    return _reply(request_id, model, body, chat=True)
+def chat_reply(
+    request_id: str, model: str, body: SamplingFields, tools: ToolPlan | None = None
+) -> Reply:
+    """The reply shape of a chat completion (tool calls parsed out when ``tools`` says so)."""
+    return _reply(request_id, model, body, chat=True, tools=tools)
 
 
-def text_reply(request_id: str, model: str, body: SamplingFields, prompt_tokens: int) -> Reply:
+def text_reply(request_id: str, model: str, body: SamplingFields) -> Reply:
     """The reply shape of a text completion."""
     return _reply(request_id, model, body, chat=False)

@@ -128,9 +128,6 @@ def test_the_document_describes_this_server(server: Server) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-        ("tool_choice", "required"),
-        ("tool_choice", {"type": "function", "function": {"name": "f"}}),
         ("logprobs", True),
         ("top_logprobs", 2),
         ("functions", [{"name": "f"}]),

@@ -28,7 +28,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 # Bump whenever the generator's output changes for reasons the cache name does
 # not already capture (the corpus and the presets are hashed into it).
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 DEFAULT_SEED: Final = 0
 BOS, EOS, UNK, PAD = "<s>", "</s>", "<unk>", "<pad>"
 ROLE_MARKERS: Final = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -46,6 +46,13 @@ MODEL_FILES: Final = (
 # plain completions and assistant turns.
 CHAT_TEMPLATE: Final = (
     "{{ bos_token }}"
+    # Tools as Hermes-style templates offer them: a system turn listing their
+    # JSON definitions and how to call one.
+    "{% if tools %}"
+    "{{ '<|system|>\\nYou may call these tools:\\n<tools>' + (tools | tojson) + '</tools>\\n' }}"
+    '{{ \'Call one as <tool_call>{"name": ..., "arguments": {...}}</tool_call>\' }}'
+    "{{ eos_token + '\\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
     "{{ raise_exception('unsupported chat role: ' + message['role']) }}"
@@ -325,6 +332,8 @@ def _tokenizer_config(shape: ModelPreset) -> dict[str, Any]:
         "add_bos_token": False,
         "add_eos_token": False,
         "chat_template": CHAT_TEMPLATE,
+        # mlx-lm's parser for <tool_call>{"name": ..., "arguments": ...}</tool_call>.
+        "tool_parser_type": "json_tools",
     }
 
 

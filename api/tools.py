@@ -1,0 +1,178 @@
+"""Tool calling: what the template is given, what is forced, and what is parsed back.
+
+The model's own tool-call syntax comes from its tokenizer as mlx-lm loads it
+(``tool_call_start``, ``tool_call_end`` and one of mlx-lm's maintained
+``tool_parsers``, inferred from the chat template or named in
+``tokenizer_config.json``). ``tool_choice: "required"`` and a named function
+are forced by a grammar in that syntax whose arguments follow the function's
+``parameters``; that needs the syntax to be ``<start>{"name", "arguments"}<end>``
+(Hermes, Qwen), the one mlx-lm's ``json_tools`` parser reads. Other syntaxes
+are parsed for ``auto`` but refused for forced calls, by name.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import llguidance
+
+from actors.generation.constraints import ConstraintError, check
+from api.openai_types import (
+    CalledFunction,
+    ChatCompletionRequest,
+    NamedToolChoice,
+    ToolCallOut,
+    ToolDefinition,
+)
+from api.problems import HTTPProblem
+
+JSON_TOOLS = "mlx_lm.tool_parsers.json_tools"
+MAX_PARALLEL_CALLS = 8
+"""Most calls a forced turn may make when ``parallel_tool_calls`` allows several."""
+
+
+@dataclass(frozen=True)
+class ToolSyntax:
+    """How this model writes a tool call, and mlx-lm's parser for it."""
+
+    start: str
+    end: str
+    parse: Callable[[str, Any], Any]
+    forcible: bool
+    """Whether a call can be forced by grammar (the ``json_tools`` shape)."""
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> ToolSyntax | None:
+        """The syntax of ``tokenizer`` (mlx-lm's ``TokenizerWrapper``); ``None`` if it has none."""
+        if not getattr(tokenizer, "has_tool_calling", False):
+            return None
+        parse = tokenizer.tool_parser
+        start, end = tokenizer.tool_call_start, tokenizer.tool_call_end
+        if not start or not end or parse is None:
+            return None
+        return cls(start, end, parse, getattr(parse, "__module__", "") == JSON_TOOLS)
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a chat request's tools mean for its prompt, its decoding and its answer."""
+
+    template_tools: list[dict[str, Any]] | None = None
+    """Tools as ``apply_chat_template(tools=...)`` takes them; ``None``: none offered."""
+    grammar: str | None = None
+    """A forced call's grammar; ``None``: the model chooses."""
+    syntax: ToolSyntax | None = None
+    """How to find calls in the answer; ``None``: the answer is only text."""
+    tools: tuple[ToolDefinition, ...] = ()
+    single: bool = False
+    """``parallel_tool_calls: false``: at most the first call is kept."""
+
+
+def plan_tools(body: ChatCompletionRequest, tokenizer: Any) -> ToolPlan:
+    """The plan for ``body``'s tools, or the problem that says why they cannot be honoured.
+
+    Fields that contradict each other are 400s (as OpenAI answers them): each
+    is valid alone, so no schema in ``/openapi.json`` can state the rule.
+    """
+    tools = tuple(body.tools or ())
+    choice = body.tool_choice
+    if not tools:
+        if choice not in (None, "none", "auto"):
+            raise HTTPProblem(
+                400, "conflicting-fields", "`tool_choice` needs `tools` to choose from"
+            )
+        return ToolPlan()
+    names = [tool.function.name for tool in tools]
+    if len(set(names)) != len(names):
+        raise HTTPProblem(400, "conflicting-fields", "`tools` names a function more than once")
+    if choice == "none":
+        return ToolPlan()  # the model is not to call any: tools are neither offered nor parsed
+    syntax = ToolSyntax.of(tokenizer)
+    if syntax is None:
+        raise HTTPProblem(
+            422, "unsupported-field", "`tools`: this model's chat template has no tool-call format"
+        )
+    forced = _forced(tools, choice)
+    single = body.parallel_tool_calls is False
+    grammar = None if forced is None else _call_grammar(syntax, forced, single)
+    return ToolPlan(
+        template_tools=[msgspec_to_builtins(tool) for tool in tools],
+        grammar=grammar,
+        syntax=syntax,
+        tools=tools,
+        single=single,
+    )
+
+
+def msgspec_to_builtins(tool: ToolDefinition) -> dict[str, Any]:
+    """A tool as templates read it: plain dicts, unset fields left out."""
+    function: dict[str, Any] = {"name": tool.function.name}
+    if tool.function.description is not None:
+        function["description"] = tool.function.description
+    function["parameters"] = tool.function.parameters or {"type": "object", "properties": {}}
+    return {"type": "function", "function": function}
+
+
+def _forced(tools: tuple[ToolDefinition, ...], choice: Any) -> list[ToolDefinition] | None:
+    """The tools one of which must be called; ``None`` if the model may answer in text."""
+    if choice == "required":
+        return list(tools)
+    if isinstance(choice, NamedToolChoice):
+        named = [tool for tool in tools if tool.function.name == choice.function.name]
+        if not named:
+            raise HTTPProblem(
+                400, "conflicting-fields", "`tool_choice` names a function that is not in `tools`"
+            )
+        return named
+    return None
+
+
+def _call_grammar(syntax: ToolSyntax, tools: list[ToolDefinition], single: bool) -> str:
+    """One call (or up to :data:`MAX_PARALLEL_CALLS`) of ``tools``, arguments per their schema."""
+    if not syntax.forcible:
+        raise HTTPProblem(
+            422,
+            "unsupported-field",
+            "`tool_choice`: forcing a tool call is not supported for this model's tool-call format",
+        )
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool.function.name},
+                "arguments": tool.function.parameters or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    schema = {"anyOf": calls, "x-guidance": {"whitespace_flexible": False, "lenient": False}}
+    most = 1 if single else MAX_PARALLEL_CALLS
+    lark = (
+        f"start: call{{1,{most}}}\n"
+        f"call: {json.dumps(syntax.start)} json {json.dumps(syntax.end)}\n"
+        f"json: %json {json.dumps(schema)}\n"
+    )
+    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    try:
+        check(grammar)
+    except ConstraintError as exc:
+        raise HTTPProblem(
+            422,
+            "unsupported-schema",
+            f"`tools`: a function's `parameters` cannot be enforced: {exc}",
+        ) from None
+    return grammar
+
+
+def new_call(name: str, arguments: Any) -> ToolCallOut:
+    """A tool call in OpenAI's shape, with a fresh id; arguments as JSON text."""
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return ToolCallOut(
+        id=f"call_{uuid.uuid4().hex[:24]}", function=CalledFunction(name=name, arguments=text)
+    )
