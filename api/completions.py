@@ -30,6 +30,8 @@ from actors.generation.protocol import (
     TokenChunk,
 )
 from api.http import Request, Responder
+from api.jobs import Job, chat_job, text_job
+from api.logprobs import TokenNames
 from api.observe import Observer
 from api.openai_types import (
     NOT_HONOURED,
@@ -39,10 +41,8 @@ from api.openai_types import (
 )
 from api.outcome import Outcome, Reporter
 from api.problems import HTTPProblem, problem_for
-from api.prompts import sampling_params, template_message, templated
+from api.prompts import sampling_params, templated
 from api.responses import Reply, chat_reply, text_reply
-from api.structured import response_grammar
-from api.tools import ToolPlan, plan_tools
 from runtime import ActorDied, ActorSystem
 
 log = logging.getLogger("troupe.http")
@@ -109,24 +109,6 @@ class Deadline:
         return cls(wall=time.time() + timeout, loop=anyio.current_time() + timeout)
 
 
-@dataclass
-class Job:
-    """A decoded request, ready to be admitted and run."""
-
-    body: SamplingFields
-    prompt_chars: int
-    """Characters of the prompt (all message texts together), for intake's estimate."""
-    make_prompt: Callable[[], list[int]]
-    """Templates and tokenizes the prompt (on a worker thread)."""
-    messages: int = 1
-    reply: Reply | None = None
-    """How the response is written, once the prompt is known."""
-    grammar: str | None = None
-    """What the output must match (``response_format``, a forced tool call); ``None``: free."""
-    tools: ToolPlan | None = None
-    """A chat request's tools: offered in the prompt, parsed out of the answer."""
-
-
 class Completions:
     """The handlers of ``/v1/chat/completions`` and ``/v1/completions``."""
 
@@ -149,6 +131,7 @@ class Completions:
         """Raises the problem (503 not ready) that refuses every request now;
         called first, so that refused requests are reported and audited too."""
         self._tokenizing = anyio.CapacityLimiter(TOKENIZING_THREADS)
+        self._names = TokenNames(tokenizer)
 
     async def chat(self, request: Request, respond: Responder) -> None:
         """``POST /v1/chat/completions``."""
@@ -195,42 +178,14 @@ class Completions:
             ChatCompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
         )
         self._check_model(body.model)
-        messages = [template_message(message) for message in body.messages]
-        tools = plan_tools(body, self._tokenizer())
-        grammar = response_grammar(body.response_format)
-        if tools.grammar is not None:
-            grammar = tools.grammar  # a forced call is the whole answer: no text to format
-        elif grammar is not None and tools.syntax is not None:
-            raise HTTPProblem(
-                400,
-                "conflicting-fields",
-                "`response_format`: with `tools`, only when `tool_choice` forces a call or is none",
-            )
-        return Job(
-            body=body,
-            prompt_chars=sum(len(message.text) for message in body.messages),
-            make_prompt=lambda: self._chat_prompt(messages, tools.template_tools),
-            messages=len(messages),
-            grammar=grammar,
-            tools=tools,
-        )
+        return chat_job(body, self._tokenizer)
 
     async def _text_job(self, request: Request) -> Job:
         body = await request.json_body(
             CompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
         )
         self._check_model(body.model)
-        prompt = body.prompt
-        if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
-            ids = [int(token) for token in prompt]
-            return Job(body=body, prompt_chars=len(ids), make_prompt=lambda: ids)
-        if isinstance(prompt, list) and (len(prompt) != 1 or not isinstance(prompt[0], str)):
-            raise HTTPProblem(
-                422, "invalid-field", "`prompt` must be a string, one string, or token ids"
-            )
-        text = prompt[0] if isinstance(prompt, list) else prompt
-        assert isinstance(text, str)
-        return Job(body=body, prompt_chars=len(text), make_prompt=lambda: self._text_prompt(text))
+        return text_job(body, self._tokenizer)
 
     def _check_model(self, model: str) -> None:
         if model != self.settings.model_name:
@@ -249,17 +204,6 @@ class Completions:
                     422, "invalid-field", f"`{field}` is above this server's limit of {limit}"
                 )
 
-    def _chat_prompt(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
-    ) -> list[int]:
-        tokens = self._tokenizer().apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True
-        )
-        return [int(token) for token in tokens]
-
-    def _text_prompt(self, text: str) -> list[int]:
-        return [int(token) for token in self._tokenizer().encode(text)]
-
     async def _serve(
         self,
         request: Request,
@@ -271,9 +215,8 @@ class Completions:
         deadline: Deadline,
     ) -> None:
         body = job.body
-        params = sampling_params(
-            body, self.settings.max_tokens_limit or self.settings.context_length, job.grammar
-        )
+        limit = self.settings.max_tokens_limit or self.settings.context_length
+        params = sampling_params(body, limit, job.grammar, job.logprobs)
         self._check_max_tokens(body)
         try:
             await self._admission.admit(
@@ -290,10 +233,14 @@ class Completions:
         )
         outcome.prompt_tokens = len(prompt)
         self._admission.tokenized(request.request_id, len(prompt))
+        names = None
+        if job.logprobs is not None:
+            names = self._names
+            await anyio.to_thread.run_sync(names.prepare, limiter=self._tokenizing)
         job.reply = (
-            chat_reply(request.request_id, self.settings.model_name, body, job.tools)
+            chat_reply(request.request_id, self.settings.model_name, body, job.tools, names)
             if endpoint == "chat"
-            else text_reply(request.request_id, self.settings.model_name, body)
+            else text_reply(request.request_id, self.settings.model_name, body, names)
         )
         # Clients choose X-Request-ID and may reuse one; the engine's id must be unique.
         generate = Generate(
@@ -368,12 +315,14 @@ class Completions:
         async with self._client().stream(generate) as events:
             async for event in events:
                 match event:
-                    case TokenChunk(text=text, token_ids=ids):
+                    case TokenChunk(text=text, token_ids=ids, logprobs=logprobs):
                         outcome.timing.token()
                         outcome.tokens_sent += len(ids)
                         outcome.text += text
                         if reply.streaming:
-                            await reply.send_delta(respond, text)
+                            await reply.send_delta(respond, text, logprobs)
+                        elif logprobs:
+                            outcome.logprobs.extend(logprobs)
                     case Finished() | Failed():
                         outcome.end = event
 
@@ -388,7 +337,7 @@ class Completions:
                 await respond.problem(problem_for(end))
             return
         assert isinstance(end, Finished)
-        await reply.send_end(respond, outcome.text, end)
+        await reply.send_end(respond, outcome.text, end, outcome.logprobs)
 
     async def _deadline_passed(self, respond: Responder, reply: Reply | None) -> None:
         problem = HTTPProblem(504, "deadline-exceeded", "the request's deadline passed").problem

@@ -200,8 +200,8 @@ class ChatCompletionRequest(SamplingFields, frozen=True, kw_only=True):
     """``POST /v1/chat/completions``.
 
     The fields after ``messages`` are typed as narrowly as the server can
-    honour them today: logprobs are refused (see :data:`NOT_HONOURED`), never
-    accepted and ignored; ``response_format`` and forced tool calls are
+    honour them today are refused (see :data:`NOT_HONOURED`), never accepted
+    and ignored; ``response_format`` and forced tool calls are
     enforced by constrained decoding (:mod:`api.structured`, :mod:`api.tools`).
     """
 
@@ -212,8 +212,8 @@ class ChatCompletionRequest(SamplingFields, frozen=True, kw_only=True):
     functions: Nothing | None = None
     function_call: Literal["none", "auto"] | None = None
     response_format: ResponseFormat | None = None
-    logprobs: Literal[False] | None = None
-    top_logprobs: Annotated[int, Meta(ge=0, le=0)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     modalities: list[Literal["text"]] | None = None
     audio: None = None
     web_search_options: None = None
@@ -224,7 +224,7 @@ class CompletionRequest(SamplingFields, frozen=True, kw_only=True):
 
     # msgspec allows one array type per union; the handler checks the list's shape.
     prompt: str | Annotated[list[str | TokenId], Meta(min_length=1)]
-    logprobs: None = None
+    logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     echo: Literal[False] | None = None
     best_of: Annotated[int, Meta(ge=1, le=1)] | None = None
     suffix: Annotated[str, Meta(max_length=0)] | None = None
@@ -233,8 +233,6 @@ class CompletionRequest(SamplingFields, frozen=True, kw_only=True):
 NOT_HONOURED = {
     "functions": "function calling is not supported yet: send no functions",
     "function_call": "function calling is not supported yet: only `none` or `auto`",
-    "logprobs": "logprobs are not supported yet",
-    "top_logprobs": "logprobs are not supported yet",
     "modalities": "this server generates text only",
     "audio": "this server generates text only",
     "web_search_options": "this server cannot search the web",
@@ -294,13 +292,46 @@ class AssistantMessage(Struct, frozen=True, kw_only=True):
     tool_calls: list[ToolCallOut] | None = None
 
 
+class TopLogprob(Struct, frozen=True, kw_only=True):
+    """One of the most likely tokens at a position."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(Struct, frozen=True, kw_only=True):
+    """A generated token's log-probability, with the most likely tokens at its place."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(Struct, frozen=True, kw_only=True):
+    """``choices[].logprobs`` of a chat completion (or of one of its chunks)."""
+
+    content: list[ChatTokenLogprob] | None
+    refusal: None = None
+
+
+class CompletionLogprobs(Struct, frozen=True, kw_only=True):
+    """``choices[].logprobs`` of a text completion, in the legacy shape."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
 class ChatChoice(Struct, frozen=True, kw_only=True):
     """The one choice of a chat completion."""
 
     index: int = 0
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(Struct, frozen=True, kw_only=True):
@@ -328,7 +359,7 @@ class ChunkChoice(Struct, frozen=True, kw_only=True):
     index: int = 0
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(Struct, frozen=True, kw_only=True):
@@ -348,7 +379,7 @@ class TextChoice(Struct, frozen=True, kw_only=True):
     index: int = 0
     text: str
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(Struct, frozen=True, kw_only=True):

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from actors.generation.protocol import Failed, Finished
+from actors.generation.protocol import Failed, Finished, TokenLogprob
 from actors.metrics.protocol import RequestCompleted
 from api.audit_routes import AuditLog
 from api.http import ClientDisconnected, Request
@@ -32,6 +32,8 @@ class Outcome:
     """What a request produced, for the response, intake, metrics, audit and logs."""
 
     text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    """Of the tokens of ``text``, when the request asked for them."""
     end: Finished | Failed | None = None
     tokens_sent: int = 0
     cancelled_by: str = ""

@@ -73,11 +73,15 @@ def templated(make_prompt: Callable[[], list[int]]) -> list[int]:
 
 
 def sampling_params(
-    body: SamplingFields, default_max_tokens: int, grammar: str | None = None
+    body: SamplingFields,
+    default_max_tokens: int,
+    grammar: str | None = None,
+    logprobs: int | None = None,
 ) -> SamplingParams:
     """The engine's parameters for an OpenAI request (``default_max_tokens`` if it names none).
 
-    ``grammar``: what the output must match (see :mod:`api.structured`).
+    ``grammar``: what the output must match (see :mod:`api.structured`);
+    ``logprobs``: alternatives per token to report (``None``: no log-probabilities).
     """
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     try:
@@ -97,4 +101,5 @@ def sampling_params(
         logit_bias=bias,
         stop=stops,
         grammar=grammar,
+        logprobs=logprobs,
     )

@@ -13,16 +13,19 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from actors.generation.protocol import Finished
+from actors.generation.protocol import Finished, TokenLogprob
 from api.http import Responder
+from api.logprobs import TokenNames, chat_logprobs, completion_logprobs
 from api.openai_types import (
     DONE_EVENT,
     AssistantMessage,
     ChatChoice,
     ChatCompletion,
     ChatCompletionChunk,
+    ChatLogprobs,
     ChunkChoice,
     Completion,
+    CompletionLogprobs,
     Delta,
     SamplingFields,
     StreamError,
@@ -52,7 +55,11 @@ class Reply:
     created: int = field(default_factory=lambda: int(time.time()))
     tools: ToolPlan | None = None
     """Set when the answer may hold tool calls: they are parsed out of the text."""
+    names: TokenNames | None = None
+    """Set when the request asked for log-probabilities."""
     _scanner: ToolCallScanner | None = None
+    _unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
+    _text_offset: int = 0
 
     def __post_init__(self) -> None:
         if self.tools is not None and self.tools.syntax is not None:
@@ -63,22 +70,31 @@ class Reply:
         """The OpenAI-style id of this completion."""
         return ("chatcmpl-" if self.chat else "cmpl-") + self.request_id
 
-    async def send_delta(self, respond: Responder, text: str) -> None:
+    async def send_delta(
+        self, respond: Responder, text: str, logprobs: list[TokenLogprob] | None = None
+    ) -> None:
         """Stream ``text`` (starting the event stream on the first call)."""
         calls: list[ToolCallOut] = []
         before = 0
         if self._scanner is not None:
             before = len(self._scanner.calls)
             text, calls = self._scanner.feed(text)
+        self._unsent_logprobs.extend(logprobs or ())
         if not text and not calls:
-            return
+            return  # held back: its log-probabilities go with what is sent next
         await self._ensure_started(respond)
         events = encode_event(self._chunk(text, None)) if text else b""
         for offset, call in enumerate(calls):
             events += encode_event(self._call_chunk(before + offset, call))
         await respond.chunk(events)
 
-    async def send_end(self, respond: Responder, text: str, end: Finished) -> None:
+    async def send_end(
+        self,
+        respond: Responder,
+        text: str,
+        end: Finished,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> None:
         """Finish: the whole body, or the last events of the stream."""
         usage = Usage(
             prompt_tokens=end.prompt_tokens,
@@ -87,13 +103,14 @@ class Reply:
         )
         reason = end.reason.value
         if not self.streaming:
+            self._unsent_logprobs = list(logprobs or ())
             await respond.json(200, self._whole(text, reason, usage))
             return
         rest = "" if self._scanner is None else self._scanner.flush()
         if self._scanner is not None and self._scanner.calls and reason == "stop":
             reason = "tool_calls"
         await self._ensure_started(respond)
-        events = encode_event(self._chunk(rest, None)) if rest else b""
+        events = encode_event(self._chunk(rest, None)) if rest or self._unsent_logprobs else b""
         events += encode_event(self._chunk("", reason))
         if self.include_usage:
             events += encode_event(self._usage_chunk(usage))
@@ -127,18 +144,34 @@ class Reply:
     def _chunk(self, text: str, reason: str | None) -> msgspec.Struct:
         if self.chat:
             delta = Delta(content=text) if text else Delta()
+            choice = ChunkChoice(delta=delta, finish_reason=reason, logprobs=self._chat_logprobs())
             return ChatCompletionChunk(
-                id=self.response_id,
-                created=self.created,
-                model=self.model,
-                choices=[ChunkChoice(delta=delta, finish_reason=reason)],
+                id=self.response_id, created=self.created, model=self.model, choices=[choice]
             )
         return Completion(
             id=self.response_id,
             created=self.created,
             model=self.model,
-            choices=[TextChoice(text=text, finish_reason=reason)],
+            choices=[
+                TextChoice(text=text, finish_reason=reason, logprobs=self._text_logprobs(text))
+            ],
         )
+
+    def _chat_logprobs(self) -> ChatLogprobs | None:
+        """The log-probabilities not sent yet, in chat's shape (``None`` if not asked for)."""
+        if self.names is None:
+            return None
+        entries, self._unsent_logprobs = self._unsent_logprobs, []
+        return chat_logprobs(entries, self.names)
+
+    def _text_logprobs(self, text: str) -> CompletionLogprobs | None:
+        """The log-probabilities not sent yet, in the legacy shape, offsets running on."""
+        if self.names is None:
+            return None
+        entries, self._unsent_logprobs = self._unsent_logprobs, []
+        found = completion_logprobs(entries, self.names, self._text_offset)
+        self._text_offset += len(text)
+        return found
 
     def _call_chunk(self, index: int, call: ToolCallOut) -> msgspec.Struct:
         delta = Delta(tool_calls=[ToolCallDelta(index=index, id=call.id, function=call.function)])
@@ -165,14 +198,20 @@ class Reply:
                 id=self.response_id,
                 created=self.created,
                 model=self.model,
-                choices=[ChatChoice(message=message, finish_reason=reason)],
+                choices=[
+                    ChatChoice(
+                        message=message, finish_reason=reason, logprobs=self._chat_logprobs()
+                    )
+                ],
                 usage=usage,
             )
         return Completion(
             id=self.response_id,
             created=self.created,
             model=self.model,
-            choices=[TextChoice(text=text, finish_reason=reason)],
+            choices=[
+                TextChoice(text=text, finish_reason=reason, logprobs=self._text_logprobs(text))
+            ],
             usage=usage,
         )
 
@@ -187,20 +226,24 @@ class Reply:
         return message, "tool_calls" if reason == "stop" else reason
 
 
-def _reply(
-    request_id: str, model: str, body: SamplingFields, *, chat: bool, tools: ToolPlan | None = None
-) -> Reply:
-    include = bool(body.stream_options and body.stream_options.include_usage)
-    return Reply(request_id, model, body.stream, include, chat, tools=tools)
-
-
 def chat_reply(
-    request_id: str, model: str, body: SamplingFields, tools: ToolPlan | None = None
+    request_id: str,
+    model: str,
+    body: SamplingFields,
+    tools: ToolPlan | None = None,
+    names: TokenNames | None = None,
 ) -> Reply:
-    """The reply shape of a chat completion (tool calls parsed out when ``tools`` says so)."""
-    return _reply(request_id, model, body, chat=True, tools=tools)
+    """The reply shape of a chat completion (tool calls parsed out when ``tools`` says so).
+
+    ``names``: given when the request asked for log-probabilities.
+    """
+    include = bool(body.stream_options and body.stream_options.include_usage)
+    return Reply(request_id, model, body.stream, include, True, tools=tools, names=names)
 
 
-def text_reply(request_id: str, model: str, body: SamplingFields) -> Reply:
+def text_reply(
+    request_id: str, model: str, body: SamplingFields, names: TokenNames | None = None
+) -> Reply:
     """The reply shape of a text completion."""
-    return _reply(request_id, model, body, chat=False)
+    include = bool(body.stream_options and body.stream_options.include_usage)
+    return Reply(request_id, model, body.stream, include, False, names=names)

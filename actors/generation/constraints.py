@@ -88,6 +88,21 @@ def check(grammar: str) -> None:
         raise ConstraintError(_readable(messages[0] if messages else "the grammar is invalid"))
 
 
+def llg_tokenizer(
+    tokenizer: Any, vocab: int | None = None, eos: list[int] | None = None
+) -> llguidance.LLTokenizer:
+    """The tokenizer as llguidance reads it, from mlx-lm's wrapper of a Hugging Face one.
+
+    Only fast tokenizers (a ``tokenizer.json``) can be read. About a second
+    for a 50k vocabulary: build it once, off the event loop.
+    """
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "to_str"):
+        raise ConstraintError("this model's tokenizer does not support constrained decoding")
+    return llguidance.LLTokenizer(backend.to_str(), n_vocab=vocab, eos_token=eos)
+
+
 def _readable(message: str) -> str:
     """The library's message, bounded, with its internal prefixes dropped."""
     message = " ".join(message.split())

@@ -35,6 +35,7 @@ from mlx_lm.generate import BatchGenerator
 
 from actors.generation.faults import FaultPlan, RecoveryTimer
 from actors.generation.grammar_mask import GrammarBook
+from actors.generation.logprobs import token_logprob
 from actors.generation.ports import ModelLike, PrefixStore
 from actors.generation.protocol import (
     EngineFault,
@@ -323,7 +324,11 @@ class Engine:
             self._emit(events)
 
     def _advance(self, response: Any, request: ActiveRequest) -> list[StreamEvent]:
-        events = request.on_token(int(response.token), response.finish_reason)
+        token = int(response.token)
+        logprob = None
+        if request.logprobs is not None and response.finish_reason != "stop":
+            logprob = token_logprob(response.logprobs, token, request.logprobs)
+        events = request.on_token(token, response.finish_reason, logprob)
         if not request.done:
             return events
         uid = self._by_id.pop(request.request_id)

@@ -22,7 +22,7 @@ import llguidance
 import mlx.core as mx
 import numpy as np
 
-from actors.generation.constraints import ConstraintError, parser_limits
+from actors.generation.constraints import ConstraintError, llg_tokenizer, parser_limits
 
 if TYPE_CHECKING:
     from actors.generation.ports import ModelLike
@@ -68,19 +68,10 @@ class GrammarBook:
         # Built on the first constrained request, not at start: it takes about a
         # second for a 50k vocabulary, which would delay every engine restart.
         if self._tokenizer is None:
-            self._tokenizer = _llg_tokenizer(self._loaded, self._vocab)
+            self._tokenizer = llg_tokenizer(
+                self._loaded.tokenizer, self._vocab, sorted(self._loaded.eos_token_ids)
+            )
         return self._tokenizer
-
-
-def _llg_tokenizer(loaded: ModelLike, vocab: int) -> llguidance.LLTokenizer:
-    """The tokenizer as llguidance reads it: a Hugging Face fast tokenizer's JSON."""
-    hf = getattr(loaded.tokenizer, "_tokenizer", loaded.tokenizer)
-    backend = getattr(hf, "backend_tokenizer", None)
-    if backend is None or not hasattr(backend, "to_str"):
-        raise ConstraintError("this model's tokenizer does not support constrained decoding")
-    return llguidance.LLTokenizer(
-        backend.to_str(), n_vocab=vocab, eos_token=sorted(loaded.eos_token_ids)
-    )
 
 
 class TokenMask:

@@ -38,6 +38,9 @@ class SamplingParams(Message, frozen=True, kw_only=True):
     grammar: str | None = None
     """What the output must match, as llguidance grammar text built and checked by
     :mod:`actors.generation.constraints`; ``None``: unconstrained."""
+    logprobs: int | None = None
+    """``None``: no log-probabilities; ``k``: each token's, and the ``k`` (at most
+    :data:`MAX_TOP_LOGPROBS`) most likely alternatives at its position."""
 
 
 class Generate(Message, frozen=True, kw_only=True):
@@ -70,12 +73,34 @@ class Accepted(Message, frozen=True, kw_only=True):
     request_id: str
 
 
+MAX_TOP_LOGPROBS = 20
+"""The most alternatives a request may ask for per token (OpenAI's limit)."""
+LOGPROB_FLOOR = -9999.0
+"""Stands for minus infinity (a token a grammar forbids), which JSON cannot carry."""
+
+
+class TokenLogprob(Message, frozen=True, kw_only=True):
+    """One generated token's log-probability, and the most likely tokens at its place.
+
+    Of the distribution it was sampled from: after logit bias, penalties and a
+    grammar's mask, before temperature and top-k/p/min-p filtering.
+    """
+
+    token: int
+    logprob: float
+    top_tokens: list[int] = msgspec.field(default_factory=list)
+    top_logprobs: list[float] = msgspec.field(default_factory=list)
+    """Most likely first, aligned with ``top_tokens``."""
+
+
 class TokenChunk(Message, frozen=True, kw_only=True):
     """New text (stop strings held back) and the token ids that produced it."""
 
     request_id: str
     text: str
     token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    """One per token id, when the request asked for them."""
 
 
 class FinishReason(enum.StrEnum):

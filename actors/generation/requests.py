@@ -24,6 +24,7 @@ from actors.generation.protocol import (
     Generate,
     StreamEvent,
     TokenChunk,
+    TokenLogprob,
 )
 from actors.generation.sampling import LogitsProcessor, RequestSampler, logits_processors, validate
 from actors.generation.stops import StopMatcher
@@ -48,9 +49,14 @@ class ActiveRequest:
     done: bool = False
     queued_s: float | None = None
     """Seconds it waited before its prefill started (``None``: unknown)."""
+    logprobs: int | None = None
+    """Alternatives per token to report (``None``: no log-probabilities)."""
     _unsent: list[int] = field(default_factory=list)
+    _unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
 
-    def on_token(self, token: int, finish_reason: str | None) -> list[StreamEvent]:
+    def on_token(
+        self, token: int, finish_reason: str | None, logprob: TokenLogprob | None = None
+    ) -> list[StreamEvent]:
         """Account for one sampled token; return the events it produces."""
         self.completion_tokens += 1
         if finish_reason == "stop":  # an EOS token: it ends the text, it is not text
@@ -58,6 +64,8 @@ class ActiveRequest:
         if token not in self.special:
             self.detokenizer.add_token(token)
         self._unsent.append(token)
+        if logprob is not None:
+            self._unsent_logprobs.append(logprob)
         text = self.stops.feed(self.detokenizer.last_segment)
         if self.stops.stopped:
             return self._end(FinishReason.STOP, text)
@@ -113,18 +121,26 @@ class ActiveRequest:
     def _chunk(self, text: str) -> list[StreamEvent]:
         if not text:
             return []  # token ids wait until their text is released
-        ids, self._unsent = self._unsent, []
-        self.tokens_sent += len(ids)
-        return [TokenChunk(request_id=self.request_id, text=text, token_ids=ids)]
+        return [self._release(text)]
 
     def _end(self, reason: FinishReason, text: str) -> list[StreamEvent]:
         events: list[StreamEvent] = []
         if text or self._unsent:
-            ids, self._unsent = self._unsent, []
-            self.tokens_sent += len(ids)
-            events.append(TokenChunk(request_id=self.request_id, text=text, token_ids=ids))
+            events.append(self._release(text))
         events.append(self.finish(reason))
         return events
+
+    def _release(self, text: str) -> TokenChunk:
+        """``text`` with the token ids (and log-probabilities) held back for it."""
+        ids, self._unsent = self._unsent, []
+        logprobs, self._unsent_logprobs = self._unsent_logprobs, []
+        self.tokens_sent += len(ids)
+        return TokenChunk(
+            request_id=self.request_id,
+            text=text,
+            token_ids=ids,
+            logprobs=logprobs if self.logprobs is not None else None,
+        )
 
 
 @dataclass
@@ -190,6 +206,7 @@ def admit(
         stops=StopMatcher(params.stop),
         special=special,
         queued_s=_waited(request),
+        logprobs=params.logprobs,
     )
     active.replay(resumed)
     return Admission(

@@ -13,7 +13,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
-from actors.generation.protocol import SamplingParams
+from actors.generation.protocol import MAX_TOP_LOGPROBS, SamplingParams
 
 Sampler = Callable[[Any], Any]
 LogitsProcessor = Callable[[Any, Any], Any]
@@ -94,10 +94,18 @@ def validate(params: SamplingParams, vocab_size: int) -> list[str]:
         problems.append("frequency_penalty must be between -2 and 2")
     if params.penalty_window < 1:
         problems.append("penalty_window must be at least 1")
+    problems.extend(_bias_problems(params, vocab_size))
+    if params.logprobs is not None and not 0 <= params.logprobs <= MAX_TOP_LOGPROBS:
+        problems.append(f"logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+    if len(params.stop) > 16:
+        problems.append("at most 16 stop strings")
+    return problems
+
+
+def _bias_problems(params: SamplingParams, vocab_size: int) -> list[str]:
+    problems = []
     if any(not 0 <= token < vocab_size for token in params.logit_bias):
         problems.append(f"logit_bias keys must be token ids below {vocab_size}")
     if any(not -100.0 <= bias <= 100.0 for bias in params.logit_bias.values()):
         problems.append("logit_bias values must be between -100 and 100")
-    if len(params.stop) > 16:
-        problems.append("at most 16 stop strings")
     return problems
