@@ -20,9 +20,7 @@ cancelled request leaves the batch before the next decode step.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import signal
 import threading
 import time
 from collections import deque
@@ -33,7 +31,13 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 
-from actors.generation.faults import FaultPlan, RecoveryTimer
+from actors.generation.faults import (
+    FaultPlan,
+    InjectedFault,
+    RecoveryTimer,
+    die_natively,
+    is_allocation_failure,
+)
 from actors.generation.grammar_mask import GrammarBook
 from actors.generation.logprobs import token_logprob
 from actors.generation.ports import ModelLike, PrefixStore
@@ -41,7 +45,6 @@ from actors.generation.protocol import (
     EngineFault,
     Failed,
     FailureKind,
-    Finished,
     FinishReason,
     Generate,
     StreamEvent,
@@ -50,9 +53,13 @@ from actors.generation.requests import (
     ActiveRequest,
     Admission,
     admit,
+    duplicate,
+    expired,
+    never_started,
     special_tokens,
     vocab_size,
 )
+from actors.generation.shared_prefill import SharedPrefills
 from runtime.errors import describe_failure
 
 log = logging.getLogger("troupe.engine")
@@ -72,10 +79,6 @@ class EngineConfig:
     """Prompt tokens prefilled per step: the most a new prompt delays running streams."""
 
 
-class InjectedFault(RuntimeError):
-    """Raised inside the engine by fault injection (tests, the fault switch)."""
-
-
 class _Stop:
     pass
 
@@ -83,16 +86,6 @@ class _Stop:
 @dataclass(frozen=True)
 class _Cancel:
     request_id: str
-
-
-def is_allocation_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is MLX (or Python) failing to allocate memory."""
-    if isinstance(exc, MemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        marker in text for marker in ("malloc", "allocat", "out of memory")
-    )
 
 
 class Engine:
@@ -121,6 +114,7 @@ class Engine:
         self._commands: queue.SimpleQueue[Generate | _Cancel | _Stop] = queue.SimpleQueue()
         self._requests: dict[int, ActiveRequest] = {}
         self._waiting: deque[Generate] = deque()
+        self._shared = SharedPrefills(loaded.model, self.config.prefill_step_size)
         self._by_id: dict[str, int] = {}
         self.faults = faults or FaultPlan()
         self._recovery = recovery or RecoveryTimer()
@@ -159,7 +153,8 @@ class Engine:
         """(running, waiting): decoding sequences, and those queued or in prefill."""
         requests = list(self._requests.values())
         running = sum(1 for r in requests if r.completion_tokens > 0)
-        return running, len(requests) - running + len(self._waiting)
+        waiting = len(self._waiting) + self._shared.waiting()
+        return running, len(requests) - running + waiting
 
     # -- the engine thread -------------------------------------------------------
 
@@ -173,8 +168,9 @@ class Engine:
         self.faults.reset_countdowns()
         try:
             self._generator = self._new_generator()
-            while self._apply_commands(block=not self._requests and not self._waiting):
+            while self._apply_commands(block=self._idle()):
                 self._fill_batch()
+                self._prefill_shared()
                 if self._requests:
                     self._step_guarded()
             self._fail_all(FailureKind.SHUTTING_DOWN, "the server is shutting down", True)
@@ -189,6 +185,17 @@ class Engine:
         finally:
             if self._generator is not None:
                 self._generator.close()
+
+    def _idle(self) -> bool:
+        return not self._requests and not self._waiting and not self._shared
+
+    def _prefill_shared(self) -> None:
+        """One chunk of a shared prompt; its choices enter the batch once it is done."""
+        for request, group in self._shared.step():
+            if request.deadline is not None and time.time() >= request.deadline:
+                self._emit([expired(request)])
+            else:
+                self._admit(request, store=group)
 
     def _new_generator(self) -> Any:
         eos = [[token] for token in sorted(self._loaded.eos_token_ids)]
@@ -230,20 +237,21 @@ class Engine:
         ):
             request = self._waiting.popleft()
             if request.deadline is not None and time.time() >= request.deadline:
-                self._emit([_expired(request)])
-            else:
+                self._emit([expired(request)])
+            elif not self._shared.hold(request):
                 self._admit(request)
 
     def _prefilling(self) -> int:
         return sum(1 for request in self._requests.values() if request.completion_tokens == 0)
 
-    def _admit(self, request: Generate) -> None:
+    def _admit(self, request: Generate, store: PrefixStore | None = None) -> None:
+        """Put ``request`` in the batch (``store``: its prefix source, if not the cache)."""
         if request.request_id in self._by_id:
-            self._emit([_duplicate(request)])
+            self._emit([duplicate(request)])
             return
         try:
             admission = admit(
-                request, self._loaded, self._prefix_store, self._special, self._grammars
+                request, self._loaded, store or self._prefix_store, self._special, self._grammars
             )
         except Exception as exc:
             if is_allocation_failure(exc):
@@ -291,10 +299,14 @@ class Engine:
         self._emit([request.finish(FinishReason.CANCELLED)])
 
     def _cancel_waiting(self, request_id: str) -> None:
+        held = self._shared.cancel(request_id)
+        if held is not None:
+            self._emit([never_started(held)])
+            return
         for request in self._waiting:
             if request.request_id == request_id:
                 self._waiting.remove(request)
-                self._emit([_never_started(request)])
+                self._emit([never_started(request)])
                 return
 
     def _step_guarded(self) -> None:
@@ -308,7 +320,7 @@ class Engine:
     def _step(self) -> None:
         assert self._generator is not None
         if self.faults.poisons(self._by_id):
-            _die_natively()
+            die_natively()
         _, responses = self._generator.next()
         self.steps += 1
         events: list[StreamEvent] = []
@@ -351,7 +363,7 @@ class Engine:
             case EngineFault.CRASH:
                 raise InjectedFault("injected engine fault")
             case EngineFault.KILL:
-                _die_natively()
+                die_natively()
             case EngineFault.HANG:
                 log.warning("engine: injected hang; this thread stops stepping")
                 threading.Event().wait()  # never set: what a native deadlock looks like
@@ -367,6 +379,7 @@ class Engine:
         if self._prefix_store is not None:
             self._prefix_store.clear()
         self._fail_in_flight(FailureKind.OUT_OF_MEMORY, "out of memory; retry later", True)
+        self._waiting.extendleft(reversed(self._shared.drain()))  # their prefill starts over
         if self._generator is not None:
             self._generator.close()
         self._generator = self._new_generator()
@@ -384,6 +397,7 @@ class Engine:
     def _fail_all(self, kind: FailureKind, detail: str, retryable: bool) -> None:
         """Fail the requests in the batch and the waiting ones (the engine is ending)."""
         self._fail_in_flight(kind, detail, retryable)
+        self._waiting.extend(self._shared.drain())
         events: list[StreamEvent] = [
             Failed(request_id=r.request_id, kind=kind, retryable=retryable, detail=detail)
             for r in self._waiting
@@ -391,37 +405,3 @@ class Engine:
         self._waiting.clear()
         if events:
             self._emit(events)
-
-
-def _die_natively() -> None:
-    """Fault injection: end this process the way a native crash does (no cleanup)."""
-    log.warning("engine: injected fault kills the engine process")
-    logging.shutdown()  # the warning reaches the parent before the process ends
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _expired(request: Generate) -> Failed:
-    return Failed(
-        request_id=request.request_id,
-        kind=FailureKind.DEADLINE_EXCEEDED,
-        retryable=False,
-        detail="the request's deadline passed while it was queued",
-    )
-
-
-def _never_started(request: Generate) -> Finished:
-    return Finished(
-        request_id=request.request_id,
-        reason=FinishReason.CANCELLED,
-        prompt_tokens=len(request.prompt),
-        completion_tokens=0,
-    )
-
-
-def _duplicate(request: Generate) -> Failed:
-    return Failed(
-        request_id=request.request_id,
-        kind=FailureKind.INVALID_REQUEST,
-        retryable=False,
-        detail="a request with this id is already running",
-    )

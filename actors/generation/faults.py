@@ -16,6 +16,9 @@ and read from the event loop, under a lock.
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import threading
 import time
 from collections import deque
@@ -23,6 +26,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from actors.generation.protocol import EngineFault
+
+log = logging.getLogger("troupe.engine")
 
 RECOVERY_SAMPLES = 256
 """Recovery times kept (the most recent ones)."""
@@ -179,3 +184,24 @@ class RecoveryTimer:
         """The recorded intervals in seconds, oldest first."""
         with self._lock:
             return list(self._samples)
+
+
+class InjectedFault(RuntimeError):
+    """Raised inside the engine by fault injection (tests, the fault switch)."""
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is MLX (or Python) failing to allocate memory."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("malloc", "allocat", "out of memory")
+    )
+
+
+def die_natively() -> None:
+    """Fault injection: end this process the way a native crash does (no cleanup)."""
+    log.warning("engine: injected fault kills the engine process")
+    logging.shutdown()  # the warning reaches the parent before the process ends
+    os.kill(os.getpid(), signal.SIGKILL)

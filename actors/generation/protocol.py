@@ -59,6 +59,10 @@ class Generate(Message, frozen=True, kw_only=True):
     """Tokens this request already produced and delivered before an engine
     died: the new engine prefills them after the prompt and goes on from
     there, counting them as completion tokens (not as prompt tokens)."""
+    prefill_group: str | None = None
+    """Requests naming the same group (the ``n`` choices of one API request,
+    same prompt) share one prefill of the prompt (see
+    :mod:`actors.generation.shared_prefill`)."""
 
 
 class Cancel(Message, frozen=True, kw_only=True):

@@ -263,3 +263,33 @@ def _problem(request: Generate, loaded: ModelLike) -> Failed | None:
             "tokens, which must also hold at least one generated token",
         )
     return None
+
+
+def expired(request: Generate) -> Failed:
+    """The end of a request whose deadline passed before its prefill started."""
+    return Failed(
+        request_id=request.request_id,
+        kind=FailureKind.DEADLINE_EXCEEDED,
+        retryable=False,
+        detail="the request's deadline passed while it was queued",
+    )
+
+
+def never_started(request: Generate) -> Finished:
+    """The end of a request cancelled before its prefill started."""
+    return Finished(
+        request_id=request.request_id,
+        reason=FinishReason.CANCELLED,
+        prompt_tokens=len(request.prompt),
+        completion_tokens=0,
+    )
+
+
+def duplicate(request: Generate) -> Failed:
+    """The refusal of a request whose id is already running."""
+    return Failed(
+        request_id=request.request_id,
+        kind=FailureKind.INVALID_REQUEST,
+        retryable=False,
+        detail="a request with this id is already running",
+    )
