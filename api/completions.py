@@ -29,6 +29,7 @@ from actors.generation.protocol import (
     Generate,
     TokenChunk,
 )
+from api.choices import choice_requests, combined_end, retry_of
 from api.http import Request, Responder
 from api.jobs import Job, chat_job, text_job
 from api.logprobs import TokenNames
@@ -38,11 +39,12 @@ from api.openai_types import (
     ChatCompletionRequest,
     CompletionRequest,
     SamplingFields,
+    Usage,
 )
 from api.outcome import Outcome, Reporter
 from api.problems import HTTPProblem, problem_for
 from api.prompts import sampling_params, templated
-from api.responses import Reply, chat_reply, text_reply
+from api.responses import ChoiceResult, Reply, chat_reply, text_reply
 from runtime import ActorDied, ActorSystem
 
 log = logging.getLogger("troupe.http")
@@ -243,21 +245,24 @@ class Completions:
             else text_reply(request.request_id, self.settings.model_name, body, names)
         )
         # Clients choose X-Request-ID and may reuse one; the engine's id must be unique.
-        generate = Generate(
-            request_id=f"{request.request_id}.{uuid.uuid4().hex[:8]}",
-            prompt=prompt,
-            params=params,
-            deadline=deadline.wall,
-            submitted_at=time.time(),
+        generates = choice_requests(
+            Generate(
+                request_id=f"{request.request_id}.{uuid.uuid4().hex[:8]}",
+                prompt=prompt,
+                params=params,
+                deadline=deadline.wall,
+                submitted_at=time.time(),
+            ),
+            body.n,
         )
-        await self._run_watching_client(request, respond, job.reply, generate, outcome)
+        await self._run_watching_client(request, respond, job.reply, generates, outcome)
 
     async def _run_watching_client(
         self,
         request: Request,
         respond: Responder,
         reply: Reply,
-        generate: Generate,
+        generates: list[Generate],
         outcome: Outcome,
     ) -> None:
         async with anyio.create_task_group() as tg:
@@ -272,17 +277,40 @@ class Completions:
                     tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
-            await self._generate(respond, reply, generate, outcome)
+            runs = await self._run_choices(respond, reply, generates, outcome)
+            await self._finish(respond, reply, outcome, runs)
             tg.cancel_scope.cancel()
 
-    async def _generate(
-        self, respond: Responder, reply: Reply, generate: Generate, outcome: Outcome
+    async def _run_choices(
+        self, respond: Responder, reply: Reply, generates: list[Generate], outcome: Outcome
+    ) -> list[Outcome]:
+        """Every choice to its end; the first to fail stops the others."""
+        if len(generates) == 1:
+            await self._run_choice(respond, reply, generates[0], outcome, 0)
+            return [outcome]
+        runs = [Outcome(timing=outcome.timing) for _ in generates]
+        async with anyio.create_task_group() as tg:
+
+            async def run(index: int) -> None:
+                await self._run_choice(respond, reply, generates[index], runs[index], index)
+                if isinstance(runs[index].end, Failed):
+                    tg.cancel_scope.cancel()
+
+            for index in range(len(generates)):
+                tg.start_soon(run, index)
+        outcome.tokens_sent = sum(run.tokens_sent for run in runs)
+        outcome.end = combined_end(runs)
+        return runs
+
+    async def _run_choice(
+        self, respond: Responder, reply: Reply, generate: Generate, run: Outcome, index: int
     ) -> None:
+        """One choice, retried transparently while nothing of it was sent."""
         for attempt in range(TRANSPARENT_RETRIES + 1):
-            request = generate if attempt == 0 else _retry_of(generate, attempt)
-            await self._attempt(respond, reply, request, outcome)
-            end = outcome.end
-            retry = isinstance(end, Failed) and end.retryable and outcome.tokens_sent == 0
+            request = generate if attempt == 0 else retry_of(generate, attempt)
+            await self._attempt(respond, reply, request, run, index)
+            end = run.end
+            retry = isinstance(end, Failed) and end.retryable and run.tokens_sent == 0
             if not retry or attempt == TRANSPARENT_RETRIES:
                 break
             kind = end.kind.value if isinstance(end, Failed) else None
@@ -291,18 +319,19 @@ class Completions:
                 kind,
                 extra={"event": "retry", "error_type": kind, "attempt": attempt + 1},
             )
-        await self._finish(respond, reply, outcome)
+        if reply.streaming and isinstance(run.end, Finished):
+            await reply.send_choice_end(respond, run.end.reason.value, index)
 
     async def _attempt(
-        self, respond: Responder, reply: Reply, generate: Generate, outcome: Outcome
+        self, respond: Responder, reply: Reply, generate: Generate, run: Outcome, index: int
     ) -> None:
-        outcome.end = None
+        run.end = None
         try:
-            await self._stream_into(respond, reply, generate, outcome)
+            await self._stream_into(respond, reply, generate, run, index)
         except ActorDied:
             # The generation actor died while taking the request in: nothing was
             # generated, so this is the same retryable failure as a crash.
-            outcome.end = Failed(
+            run.end = Failed(
                 request_id=generate.request_id,
                 kind=FailureKind.ENGINE_CRASHED,
                 retryable=True,
@@ -310,23 +339,25 @@ class Completions:
             )
 
     async def _stream_into(
-        self, respond: Responder, reply: Reply, generate: Generate, outcome: Outcome
+        self, respond: Responder, reply: Reply, generate: Generate, run: Outcome, index: int
     ) -> None:
         async with self._client().stream(generate) as events:
             async for event in events:
                 match event:
                     case TokenChunk(text=text, token_ids=ids, logprobs=logprobs):
-                        outcome.timing.token()
-                        outcome.tokens_sent += len(ids)
-                        outcome.text += text
+                        run.timing.token()
+                        run.tokens_sent += len(ids)
+                        run.text += text
                         if reply.streaming:
-                            await reply.send_delta(respond, text, logprobs)
+                            await reply.send_delta(respond, text, logprobs, index)
                         elif logprobs:
-                            outcome.logprobs.extend(logprobs)
+                            run.logprobs.extend(logprobs)
                     case Finished() | Failed():
-                        outcome.end = event
+                        run.end = event
 
-    async def _finish(self, respond: Responder, reply: Reply, outcome: Outcome) -> None:
+    async def _finish(
+        self, respond: Responder, reply: Reply, outcome: Outcome, runs: list[Outcome]
+    ) -> None:
         end = outcome.end
         if isinstance(end, Failed):
             # Answered here, not raised: this runs inside the disconnect
@@ -337,7 +368,21 @@ class Completions:
                 await respond.problem(problem_for(end))
             return
         assert isinstance(end, Finished)
-        await reply.send_end(respond, outcome.text, end, outcome.logprobs)
+        # The prompt is counted once, however many choices shared it.
+        usage = Usage(
+            prompt_tokens=end.prompt_tokens,
+            completion_tokens=end.completion_tokens,
+            total_tokens=end.prompt_tokens + end.completion_tokens,
+        )
+        if reply.streaming:
+            await reply.send_done(respond, usage)
+            return
+        results = [
+            ChoiceResult(run.text, run.end.reason.value, run.logprobs)
+            for run in runs
+            if isinstance(run.end, Finished)
+        ]
+        await reply.send_whole(respond, results, usage)
 
     async def _deadline_passed(self, respond: Responder, reply: Reply | None) -> None:
         problem = HTTPProblem(504, "deadline-exceeded", "the request's deadline passed").problem
@@ -346,13 +391,3 @@ class Completions:
                 await reply.send_error(respond, problem)
             else:
                 await respond.problem(problem)
-
-
-def _retry_of(generate: Generate, attempt: int) -> Generate:
-    return Generate(
-        request_id=f"{generate.request_id}~{attempt}",
-        prompt=generate.prompt,
-        params=generate.params,
-        deadline=generate.deadline,
-        submitted_at=time.time(),  # the wait before this attempt, not the failed one's
-    )

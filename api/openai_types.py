@@ -18,6 +18,8 @@ Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 MAX_TOKENS_ACCEPTED = 1_000_000
 """The most tokens a request may name when the server sets no lower limit."""
 TokenCount = Annotated[int, Meta(ge=1, le=MAX_TOKENS_ACCEPTED)]
+MAX_CHOICES = 16
+"""The most choices (``n``) one request may ask for: they share the batch with everyone else."""
 
 
 class StreamOptions(Struct, frozen=True, kw_only=True):
@@ -52,7 +54,7 @@ class SamplingFields(Struct, frozen=True, kw_only=True):
     stop: (
         Annotated[str, Meta(max_length=256)] | Annotated[list[str], Meta(max_length=16)] | None
     ) = None
-    n: Annotated[int, Meta(ge=1, le=1)] = 1
+    n: Annotated[int, Meta(ge=1, le=MAX_CHOICES)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -239,7 +241,6 @@ NOT_HONOURED = {
     "echo": "echoing the prompt is not supported",
     "best_of": "best_of above 1 is not supported",
     "suffix": "a suffix (fill-in-the-middle) is not supported",
-    "n": "only one choice per request (n=1) is supported yet",
 }
 """Fields that would change the answer and that the server cannot honour yet, and why.
 

@@ -4,6 +4,10 @@ A streamed response starts with its first token (or at the end), never
 before: an error before any text is still answered with a proper status and
 a problem body. After the stream has started, an error is sent as an event
 carrying the request id, then ``[DONE]``.
+
+A request with ``n`` choices has one :class:`ChoiceReply` per choice: each
+holds what its own text still owes (tool calls being parsed, log-probabilities
+not yet sent), and its chunks carry its index.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from actors.generation.protocol import Finished, TokenLogprob
+from actors.generation.protocol import TokenLogprob
 from api.http import Responder
 from api.logprobs import TokenNames, chat_logprobs, completion_logprobs
 from api.openai_types import (
@@ -43,6 +47,57 @@ from api.tools import ToolPlan
 SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 
 
+@dataclass(frozen=True)
+class ChoiceResult:
+    """How one choice ended, for the whole (non-streamed) body."""
+
+    text: str
+    reason: str
+    logprobs: list[TokenLogprob]
+
+
+@dataclass
+class ChoiceReply:
+    """What one choice's text still owes the response."""
+
+    index: int
+    tools: ToolPlan | None
+    names: TokenNames | None
+    scanner: ToolCallScanner | None = None
+    unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
+    text_offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tools is not None and self.tools.syntax is not None:
+            self.scanner = ToolCallScanner(self.tools)
+
+    def chat_logprobs(self) -> ChatLogprobs | None:
+        """The log-probabilities not sent yet, in chat's shape (``None`` if not asked for)."""
+        if self.names is None:
+            return None
+        entries, self.unsent_logprobs = self.unsent_logprobs, []
+        return chat_logprobs(entries, self.names)
+
+    def text_logprobs(self, text: str) -> CompletionLogprobs | None:
+        """The log-probabilities not sent yet, in the legacy shape, offsets running on."""
+        if self.names is None:
+            return None
+        entries, self.unsent_logprobs = self.unsent_logprobs, []
+        found = completion_logprobs(entries, self.names, self.text_offset)
+        self.text_offset += len(text)
+        return found
+
+    def message(self, text: str, reason: str) -> tuple[AssistantMessage, str]:
+        """The whole message, tool calls parsed out; ``tool_calls`` ends a turn that made some."""
+        if self.tools is None or self.tools.syntax is None:
+            return AssistantMessage(content=text), reason
+        content, calls = split_tool_calls(self.tools, text)
+        if not calls:
+            return AssistantMessage(content=content), reason
+        message = AssistantMessage(content=content or None, tool_calls=calls)
+        return message, "tool_calls" if reason == "stop" else reason
+
+
 @dataclass
 class Reply:
     """The response of one completion request, in either shape."""
@@ -57,13 +112,11 @@ class Reply:
     """Set when the answer may hold tool calls: they are parsed out of the text."""
     names: TokenNames | None = None
     """Set when the request asked for log-probabilities."""
-    _scanner: ToolCallScanner | None = None
-    _unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
-    _text_offset: int = 0
+    n: int = 1
+    choices: list[ChoiceReply] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.tools is not None and self.tools.syntax is not None:
-            self._scanner = ToolCallScanner(self.tools)
+        self.choices = [ChoiceReply(i, self.tools, self.names) for i in range(self.n)]
 
     @property
     def response_id(self) -> str:
@@ -71,50 +124,52 @@ class Reply:
         return ("chatcmpl-" if self.chat else "cmpl-") + self.request_id
 
     async def send_delta(
-        self, respond: Responder, text: str, logprobs: list[TokenLogprob] | None = None
-    ) -> None:
-        """Stream ``text`` (starting the event stream on the first call)."""
-        calls: list[ToolCallOut] = []
-        before = 0
-        if self._scanner is not None:
-            before = len(self._scanner.calls)
-            text, calls = self._scanner.feed(text)
-        self._unsent_logprobs.extend(logprobs or ())
-        if not text and not calls:
-            return  # held back: its log-probabilities go with what is sent next
-        await self._ensure_started(respond)
-        events = encode_event(self._chunk(text, None)) if text else b""
-        for offset, call in enumerate(calls):
-            events += encode_event(self._call_chunk(before + offset, call))
-        await respond.chunk(events)
-
-    async def send_end(
         self,
         respond: Responder,
         text: str,
-        end: Finished,
         logprobs: list[TokenLogprob] | None = None,
+        index: int = 0,
     ) -> None:
-        """Finish: the whole body, or the last events of the stream."""
-        usage = Usage(
-            prompt_tokens=end.prompt_tokens,
-            completion_tokens=end.completion_tokens,
-            total_tokens=end.prompt_tokens + end.completion_tokens,
-        )
-        reason = end.reason.value
-        if not self.streaming:
-            self._unsent_logprobs = list(logprobs or ())
-            await respond.json(200, self._whole(text, reason, usage))
-            return
-        rest = "" if self._scanner is None else self._scanner.flush()
-        if self._scanner is not None and self._scanner.calls and reason == "stop":
+        """Stream ``text`` of choice ``index`` (starting the event stream on the first call)."""
+        choice = self.choices[index]
+        calls: list[ToolCallOut] = []
+        before = 0
+        if choice.scanner is not None:
+            before = len(choice.scanner.calls)
+            text, calls = choice.scanner.feed(text)
+        choice.unsent_logprobs.extend(logprobs or ())
+        if not text and not calls:
+            return  # held back: its log-probabilities go with what is sent next
+        await self._ensure_started(respond)
+        events = encode_event(self._chunk(choice, text, None)) if text else b""
+        for offset, call in enumerate(calls):
+            events += encode_event(self._call_chunk(choice, before + offset, call))
+        await respond.chunk(events)
+
+    async def send_choice_end(self, respond: Responder, reason: str, index: int = 0) -> None:
+        """A streamed choice's last events: what its text held back, then its finish reason."""
+        choice = self.choices[index]
+        rest = "" if choice.scanner is None else choice.scanner.flush()
+        if choice.scanner is not None and choice.scanner.calls and reason == "stop":
             reason = "tool_calls"
         await self._ensure_started(respond)
-        events = encode_event(self._chunk(rest, None)) if rest or self._unsent_logprobs else b""
-        events += encode_event(self._chunk("", reason))
-        if self.include_usage:
-            events += encode_event(self._usage_chunk(usage))
+        events = b""
+        if rest or choice.unsent_logprobs:
+            events += encode_event(self._chunk(choice, rest, None))
+        events += encode_event(self._chunk(choice, "", reason))
+        await respond.chunk(events)
+
+    async def send_done(self, respond: Responder, usage: Usage) -> None:
+        """End a stream whose choices have all ended: the usage (if asked for), then ``[DONE]``."""
+        await self._ensure_started(respond)
+        events = encode_event(self._usage_chunk(usage)) if self.include_usage else b""
         await respond.chunk(events + DONE_EVENT, more=False)
+
+    async def send_whole(
+        self, respond: Responder, results: list[ChoiceResult], usage: Usage
+    ) -> None:
+        """The whole response body, every choice in it."""
+        await respond.json(200, self._whole(results, usage))
 
     async def send_error(self, respond: Responder, problem: Problem) -> None:
         """End a started stream with an error event that names the request."""
@@ -132,54 +187,46 @@ class Reply:
         if respond.started:
             return
         await respond.start(200, "text/event-stream", SSE_HEADERS)
-        if self.chat:  # OpenAI's first chat chunk announces the role
+        if self.chat:  # OpenAI's first chat chunk of each choice announces the role
             first = ChatCompletionChunk(
                 id=self.response_id,
                 created=self.created,
                 model=self.model,
-                choices=[ChunkChoice(delta=Delta(role="assistant", content=""))],
+                choices=[
+                    ChunkChoice(index=i, delta=Delta(role="assistant", content=""))
+                    for i in range(self.n)
+                ],
             )
             await respond.chunk(encode_event(first))
 
-    def _chunk(self, text: str, reason: str | None) -> msgspec.Struct:
+    def _chunk(self, choice: ChoiceReply, text: str, reason: str | None) -> msgspec.Struct:
         if self.chat:
             delta = Delta(content=text) if text else Delta()
-            choice = ChunkChoice(delta=delta, finish_reason=reason, logprobs=self._chat_logprobs())
-            return ChatCompletionChunk(
-                id=self.response_id, created=self.created, model=self.model, choices=[choice]
+            chunk = ChunkChoice(
+                index=choice.index,
+                delta=delta,
+                finish_reason=reason,
+                logprobs=choice.chat_logprobs(),
             )
+            return ChatCompletionChunk(
+                id=self.response_id, created=self.created, model=self.model, choices=[chunk]
+            )
+        text_choice = TextChoice(
+            index=choice.index, text=text, finish_reason=reason, logprobs=choice.text_logprobs(text)
+        )
         return Completion(
-            id=self.response_id,
-            created=self.created,
-            model=self.model,
-            choices=[
-                TextChoice(text=text, finish_reason=reason, logprobs=self._text_logprobs(text))
-            ],
+            id=self.response_id, created=self.created, model=self.model, choices=[text_choice]
         )
 
-    def _chat_logprobs(self) -> ChatLogprobs | None:
-        """The log-probabilities not sent yet, in chat's shape (``None`` if not asked for)."""
-        if self.names is None:
-            return None
-        entries, self._unsent_logprobs = self._unsent_logprobs, []
-        return chat_logprobs(entries, self.names)
-
-    def _text_logprobs(self, text: str) -> CompletionLogprobs | None:
-        """The log-probabilities not sent yet, in the legacy shape, offsets running on."""
-        if self.names is None:
-            return None
-        entries, self._unsent_logprobs = self._unsent_logprobs, []
-        found = completion_logprobs(entries, self.names, self._text_offset)
-        self._text_offset += len(text)
-        return found
-
-    def _call_chunk(self, index: int, call: ToolCallOut) -> msgspec.Struct:
-        delta = Delta(tool_calls=[ToolCallDelta(index=index, id=call.id, function=call.function)])
+    def _call_chunk(
+        self, choice: ChoiceReply, call_index: int, call: ToolCallOut
+    ) -> msgspec.Struct:
+        delta = Delta(
+            tool_calls=[ToolCallDelta(index=call_index, id=call.id, function=call.function)]
+        )
+        chunk = ChunkChoice(index=choice.index, delta=delta, logprobs=choice.chat_logprobs())
         return ChatCompletionChunk(
-            id=self.response_id,
-            created=self.created,
-            model=self.model,
-            choices=[ChunkChoice(delta=delta)],
+            id=self.response_id, created=self.created, model=self.model, choices=[chunk]
         )
 
     def _usage_chunk(self, usage: Usage) -> msgspec.Struct:
@@ -191,39 +238,45 @@ class Reply:
             id=self.response_id, created=self.created, model=self.model, choices=[], usage=usage
         )
 
-    def _whole(self, text: str, reason: str, usage: Usage) -> msgspec.Struct:
+    def _whole(self, results: list[ChoiceResult], usage: Usage) -> msgspec.Struct:
         if self.chat:
-            message, reason = self._message(text, reason)
+            chat_choices = []
+            for choice, result in zip(self.choices, results, strict=True):
+                choice.unsent_logprobs = list(result.logprobs)
+                message, reason = choice.message(result.text, result.reason)
+                chat_choices.append(
+                    ChatChoice(
+                        index=choice.index,
+                        message=message,
+                        finish_reason=reason,
+                        logprobs=choice.chat_logprobs(),
+                    )
+                )
             return ChatCompletion(
                 id=self.response_id,
                 created=self.created,
                 model=self.model,
-                choices=[
-                    ChatChoice(
-                        message=message, finish_reason=reason, logprobs=self._chat_logprobs()
-                    )
-                ],
+                choices=chat_choices,
                 usage=usage,
+            )
+        text_choices = []
+        for choice, result in zip(self.choices, results, strict=True):
+            choice.unsent_logprobs = list(result.logprobs)
+            text_choices.append(
+                TextChoice(
+                    index=choice.index,
+                    text=result.text,
+                    finish_reason=result.reason,
+                    logprobs=choice.text_logprobs(result.text),
+                )
             )
         return Completion(
             id=self.response_id,
             created=self.created,
             model=self.model,
-            choices=[
-                TextChoice(text=text, finish_reason=reason, logprobs=self._text_logprobs(text))
-            ],
+            choices=text_choices,
             usage=usage,
         )
-
-    def _message(self, text: str, reason: str) -> tuple[AssistantMessage, str]:
-        """The whole message, tool calls parsed out; ``tool_calls`` ends a turn that made some."""
-        if self.tools is None or self.tools.syntax is None:
-            return AssistantMessage(content=text), reason
-        content, calls = split_tool_calls(self.tools, text)
-        if not calls:
-            return AssistantMessage(content=content), reason
-        message = AssistantMessage(content=content or None, tool_calls=calls)
-        return message, "tool_calls" if reason == "stop" else reason
 
 
 def chat_reply(
@@ -238,7 +291,7 @@ def chat_reply(
     ``names``: given when the request asked for log-probabilities.
     """
     include = bool(body.stream_options and body.stream_options.include_usage)
-    return Reply(request_id, model, body.stream, include, True, tools=tools, names=names)
+    return Reply(request_id, model, body.stream, include, True, tools=tools, names=names, n=body.n)
 
 
 def text_reply(
@@ -246,4 +299,4 @@ def text_reply(
 ) -> Reply:
     """The reply shape of a text completion."""
     include = bool(body.stream_options and body.stream_options.include_usage)
-    return Reply(request_id, model, body.stream, include, False, names=names)
+    return Reply(request_id, model, body.stream, include, False, names=names, n=body.n)

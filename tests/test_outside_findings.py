@@ -128,11 +128,10 @@ def test_the_document_describes_this_server(server: Server) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("logprobs", True),
-        ("top_logprobs", 2),
         ("functions", [{"name": "f"}]),
+        ("modalities", ["text", "audio"]),
+        ("web_search_options", {}),
         ("audio", {"voice": "alloy", "format": "wav"}),
-        ("n", 2),
     ],
 )
 def test_a_field_the_server_cannot_honour_is_refused_by_name(
@@ -144,7 +143,7 @@ def test_a_field_the_server_cannot_honour_is_refused_by_name(
     assert str(problem["detail"]).startswith(f"`{field}`")
 
 
-@pytest.mark.parametrize(("field", "value"), [("logprobs", 1), ("echo", True), ("best_of", 2)])
+@pytest.mark.parametrize(("field", "value"), [("suffix", "end"), ("echo", True), ("best_of", 2)])
 def test_text_completion_fields_the_server_cannot_honour_are_refused(
     server: Server, field: str, value: object
 ) -> None:
