@@ -1,4 +1,4 @@
-"""Tool calling end to end: the ``openai`` client and the Agents SDK against ``troupe serve``.
+"""Tool calling end to end: the ``openai`` client, the Agents SDK and LangChain.
 
 The generated model writes gibberish, so every call that validates against its
 function's schema is the constrained decoding's doing (``tool_choice``
@@ -18,7 +18,11 @@ import anyio
 import httpx
 import jsonschema
 import pytest
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
 from openai import AsyncOpenAI
+from pydantic import SecretStr
 
 from tests.server import Server, running_server
 from tests.test_api import assert_problem, client, model_name
@@ -202,3 +206,28 @@ def test_an_openai_agents_sdk_agent_calls_a_tool_and_answers(server: Server) -> 
     result = anyio.run(run)
     assert seen and seen[0] in ("Paris", "Rome"), "the SDK ran the tool the model called"
     assert isinstance(result.final_output, str)
+
+
+def test_a_langchain_bind_tools_round_trip(server: Server) -> None:
+    @tool
+    def get_time(zone: Literal["UTC", "CET", "JST"]) -> str:
+        """The time in a time zone."""
+        return f"12:00 {zone}"
+
+    model = ChatOpenAI(
+        base_url=server.url + "/v1",
+        api_key=SecretStr("unused"),
+        model=model_name(server),
+        max_completion_tokens=60,
+        seed=2,
+        max_retries=0,
+    )
+    forced = model.bind_tools([get_time], tool_choice="required")
+    history: list[Any] = [HumanMessage("What time is it in Tokyo?")]
+    asked = forced.invoke(history)
+    assert asked.tool_calls and asked.tool_calls[0]["name"] == "get_time"
+    call = asked.tool_calls[0]
+    assert call["args"]["zone"] in ("UTC", "CET", "JST")
+    history += [asked, ToolMessage(get_time.invoke(call["args"]), tool_call_id=call["id"])]
+    answer = model.bind_tools([get_time]).invoke(history)
+    assert isinstance(answer.content, str)
