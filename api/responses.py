@@ -149,13 +149,18 @@ class Reply:
     async def send_choice_end(self, respond: Responder, reason: str, index: int = 0) -> None:
         """A streamed choice's last events: what its text held back, then its finish reason."""
         choice = self.choices[index]
-        rest = "" if choice.scanner is None else choice.scanner.flush()
-        if choice.scanner is not None and choice.scanner.calls and reason == "stop":
-            reason = "tool_calls"
+        rest, calls, before = "", list[ToolCallOut](), 0
+        if choice.scanner is not None:
+            before = len(choice.scanner.calls)
+            rest, calls = choice.scanner.flush()
+            if choice.scanner.calls and reason == "stop":
+                reason = "tool_calls"
         await self._ensure_started(respond)
         events = b""
-        if rest or choice.unsent_logprobs:
+        if rest or (choice.unsent_logprobs and not calls):
             events += encode_event(self._chunk(choice, rest, None))
+        for offset, call in enumerate(calls):
+            events += encode_event(self._call_chunk(choice, before + offset, call))
         events += encode_event(self._chunk(choice, "", reason))
         await respond.chunk(events)
 

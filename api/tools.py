@@ -1,24 +1,18 @@
 """Tool calling: what the template is given, what is forced, and what is parsed back.
 
-The model's own tool-call syntax comes from its tokenizer as mlx-lm loads it
-(``tool_call_start``, ``tool_call_end`` and one of mlx-lm's maintained
-``tool_parsers``, inferred from the chat template or named in
-``tokenizer_config.json``). ``tool_choice: "required"`` and a named function
-are forced by a grammar in that syntax whose arguments follow the function's
-``parameters``; that needs the syntax to be ``<start>{"name", "arguments"}<end>``
-(Hermes, Qwen), the one mlx-lm's ``json_tools`` parser reads. Other syntaxes
-are parsed for ``auto`` but refused for forced calls, by name.
+The model's own tool-call syntax (:mod:`api.tool_syntax`) decides how tools
+are read back from its answer. ``tool_choice: "required"`` and a named
+function are forced by a grammar in that syntax whose arguments follow the
+function's ``parameters``; syntaxes without a known grammar are parsed for
+``auto`` but refused for forced calls, by name.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import llguidance
 
 from actors.generation.constraints import ConstraintError, check
 from api.openai_types import (
@@ -29,32 +23,10 @@ from api.openai_types import (
     ToolDefinition,
 )
 from api.problems import HTTPProblem
+from api.tool_syntax import ToolSyntax
 
-JSON_TOOLS = "mlx_lm.tool_parsers.json_tools"
 MAX_PARALLEL_CALLS = 8
 """Most calls a forced turn may make when ``parallel_tool_calls`` allows several."""
-
-
-@dataclass(frozen=True)
-class ToolSyntax:
-    """How this model writes a tool call, and mlx-lm's parser for it."""
-
-    start: str
-    end: str
-    parse: Callable[[str, Any], Any]
-    forcible: bool
-    """Whether a call can be forced by grammar (the ``json_tools`` shape)."""
-
-    @classmethod
-    def of(cls, tokenizer: Any) -> ToolSyntax | None:
-        """The syntax of ``tokenizer`` (mlx-lm's ``TokenizerWrapper``); ``None`` if it has none."""
-        if not getattr(tokenizer, "has_tool_calling", False):
-            return None
-        parse = tokenizer.tool_parser
-        start, end = tokenizer.tool_call_start, tokenizer.tool_call_end
-        if not start or not end or parse is None:
-            return None
-        return cls(start, end, parse, getattr(parse, "__module__", "") == JSON_TOOLS)
 
 
 @dataclass(frozen=True)
@@ -133,7 +105,7 @@ def _forced(tools: tuple[ToolDefinition, ...], choice: Any) -> list[ToolDefiniti
 
 def _call_grammar(syntax: ToolSyntax, tools: list[ToolDefinition], single: bool) -> str:
     """One call (or up to :data:`MAX_PARALLEL_CALLS`) of ``tools``, arguments per their schema."""
-    if not syntax.forcible:
+    if syntax.shape is None:
         raise HTTPProblem(
             422,
             "unsupported-field",
@@ -144,21 +116,14 @@ def _call_grammar(syntax: ToolSyntax, tools: list[ToolDefinition], single: bool)
             "type": "object",
             "properties": {
                 "name": {"const": tool.function.name},
-                "arguments": tool.function.parameters or {"type": "object"},
+                syntax.arguments_key: tool.function.parameters or {"type": "object"},
             },
-            "required": ["name", "arguments"],
+            "required": ["name", syntax.arguments_key],
             "additionalProperties": False,
         }
         for tool in tools
     ]
-    schema = {"anyOf": calls, "x-guidance": {"whitespace_flexible": False, "lenient": False}}
-    most = 1 if single else MAX_PARALLEL_CALLS
-    lark = (
-        f"start: call{{1,{most}}}\n"
-        f"call: {json.dumps(syntax.start)} json {json.dumps(syntax.end)}\n"
-        f"json: %json {json.dumps(schema)}\n"
-    )
-    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    grammar = syntax.call_grammar(calls, 1 if single else MAX_PARALLEL_CALLS)
     try:
         check(grammar)
     except ConstraintError as exc:
