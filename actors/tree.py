@@ -39,8 +39,8 @@ from typing import Any
 
 from actors.generation.actor import GenerationActor
 from actors.generation.client import GenerationClient
-from actors.generation.engine import EngineConfig
 from actors.generation.engine_actor import ENGINE, EngineActor, EngineProcessSettings
+from actors.generation.engine_config import EngineConfig
 from actors.generation.engine_link import RelayCache
 from actors.generation.faults import FaultPlan, RecoveryTimer
 from actors.generation.host import ModelHost

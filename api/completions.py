@@ -180,7 +180,13 @@ class Completions:
             ChatCompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
         )
         self._check_model(body.model)
-        return chat_job(body, self._tokenizer)
+        if body.response_format is None and not body.tools:
+            return chat_job(body, self._tokenizer)
+        # Compiling a schema (up to 64 KiB) into a grammar is bounded but not free:
+        # it runs on a tokenizing thread, never on the event loop.
+        return await anyio.to_thread.run_sync(
+            chat_job, body, self._tokenizer, limiter=self._tokenizing
+        )
 
     async def _text_job(self, request: Request) -> Job:
         body = await request.json_body(

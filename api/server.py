@@ -23,8 +23,8 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError, LifespanTimeoutError
 
-from actors.generation.engine import EngineConfig
 from actors.generation.engine_actor import EngineProcessSettings
+from actors.generation.engine_config import EngineConfig
 from actors.intake.actor import IntakeSettings
 from actors.kvcache.control import KVCacheSettings
 from actors.kvcache.pressure import PressureConfig

@@ -30,7 +30,8 @@ from typing import Any
 import mlx.core as mx
 
 from actors.generation.constraints import json_schema_grammar
-from actors.generation.engine import Engine, EngineConfig
+from actors.generation.engine import Engine
+from actors.generation.engine_config import EngineConfig
 from actors.generation.grammar_mask import GrammarBook, TokenMask
 from actors.generation.protocol import Finished, Generate, SamplingParams, StreamEvent
 from actors.generation.requests import vocab_size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     target = os.environ.get("TROUPE_FIGURES")
     if target:
         Path(target).write_text(json.dumps(shown, indent=2, sort_keys=True) + "\n")
+
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remember the run's status for :func:`pytest_unconfigure`."""
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process without the interpreter's teardown, with the run's status.
+
+    Tests run engines in this process; MLX's native threads can abort the
+    interpreter's teardown ("terminate called without an active exception"),
+    which would turn a green run into SIGABRT. Everything is reported by now.
+    The server and the engine process end the same way for the same reason.
+    """
+    if _exit_status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])

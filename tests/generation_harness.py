@@ -14,7 +14,7 @@ from typing import Any
 
 from actors.generation.actor import GenerationActor
 from actors.generation.client import GenerationClient
-from actors.generation.engine import EngineConfig
+from actors.generation.engine_config import EngineConfig
 from actors.generation.host import ModelHost
 from actors.generation.protocol import (
     EngineStats,

@@ -71,7 +71,7 @@ SCHEMAS: st.SearchStrategy[dict[str, Any]] = st.recursive(
         st.builds(
             _object,
             st.dictionaries(NAMES, inner, min_size=1, max_size=4),
-            st.lists(NAMES, max_size=4),
+            st.lists(NAMES, max_size=4, unique=True),
         ),
     ),
     max_leaves=8,

@@ -23,7 +23,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from actors.generation.engine import Engine, EngineConfig
+from actors.generation.engine import Engine
+from actors.generation.engine_config import EngineConfig
 from actors.generation.faults import FaultPlan, RecoveryTimer
 from actors.generation.host import ModelHost
 from actors.generation.ports import ModelLike, PrefixStore

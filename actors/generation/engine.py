@@ -31,6 +31,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 
+from actors.generation.engine_config import EngineConfig
 from actors.generation.faults import (
     FaultPlan,
     InjectedFault,
@@ -65,18 +66,6 @@ from runtime.errors import describe_failure
 log = logging.getLogger("troupe.engine")
 
 Emit = Callable[[list[StreamEvent]], None]
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Batching limits. Defaults suit a CPU: small prefill chunks keep streams smooth."""
-
-    completion_batch_size: int = 32
-    """Sequences decoded together at most (also how many enter the batch at once)."""
-    prefill_batch_size: int = 8
-    """Prompts prefilled together at most."""
-    prefill_step_size: int = 256
-    """Prompt tokens prefilled per step: the most a new prompt delays running streams."""
 
 
 class _Stop:

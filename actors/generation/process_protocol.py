@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import msgspec
 
-from actors.generation.engine import EngineConfig
+from actors.generation.engine_config import EngineConfig
 from actors.generation.protocol import (
     Cancel,
     EngineFault,

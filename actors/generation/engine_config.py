@@ -1,0 +1,17 @@
+"""The engine's batching limits (imported by the api's settings without the engine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Batching limits. Defaults suit a CPU: small prefill chunks keep streams smooth."""
+
+    completion_batch_size: int = 32
+    """Sequences decoded together at most (also how many enter the batch at once)."""
+    prefill_batch_size: int = 8
+    """Prompts prefilled together at most."""
+    prefill_step_size: int = 256
+    """Prompt tokens prefilled per step: the most a new prompt delays running streams."""
