@@ -33,7 +33,8 @@ from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
 from api.logs import AccessLogMiddleware
 from api.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
 from api.observe import Observer, metrics_endpoint, prometheus_endpoint
-from api.openai_types import MAX_TOKENS_ACCEPTED, ModelCard, ModelList
+from api.openai_responses import ModelCard, ModelList
+from api.openai_types import MAX_TOKENS_ACCEPTED
 from api.openapi import ServedApi, openapi_document
 from api.problems import HTTPProblem
 from runtime import ActorSystem, ChildStartError, Message, TroupeError, describe_failure

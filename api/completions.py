@@ -34,13 +34,8 @@ from api.http import Request, Responder
 from api.jobs import Job, chat_job, text_job
 from api.logprobs import TokenNames
 from api.observe import Observer
-from api.openai_types import (
-    NOT_HONOURED,
-    ChatCompletionRequest,
-    CompletionRequest,
-    SamplingFields,
-    Usage,
-)
+from api.openai_responses import Usage
+from api.openai_types import NOT_HONOURED, ChatCompletionRequest, CompletionRequest, SamplingFields
 from api.outcome import Outcome, Reporter
 from api.problems import HTTPProblem, problem_for
 from api.prompts import sampling_params, templated

@@ -13,7 +13,7 @@ from typing import Any
 
 from actors.generation.constraints import ConstraintError, llg_tokenizer
 from actors.generation.protocol import TokenLogprob
-from api.openai_types import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
+from api.openai_responses import ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
 
 
 class TokenNames:

@@ -28,15 +28,14 @@ import msgspec
 from actors.audit import MAX_QUERY_LIMIT
 from actors.metrics.protocol import CATEGORIES
 from api.faults import Fault
-from api.openai_types import (
+from api.openai_responses import (
     ChatCompletion,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     Completion,
-    CompletionRequest,
     ModelList,
     StreamError,
 )
+from api.openai_types import ChatCompletionRequest, CompletionRequest
 from api.problems import TITLES, ProblemBody
 
 REF = "#/components/schemas/{name}"

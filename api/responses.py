@@ -20,7 +20,7 @@ import msgspec
 from actors.generation.protocol import TokenLogprob
 from api.http import Responder
 from api.logprobs import TokenNames, chat_logprobs, completion_logprobs
-from api.openai_types import (
+from api.openai_responses import (
     DONE_EVENT,
     AssistantMessage,
     ChatChoice,
@@ -31,7 +31,6 @@ from api.openai_types import (
     Completion,
     CompletionLogprobs,
     Delta,
-    SamplingFields,
     StreamError,
     StreamErrorDetail,
     TextChoice,
@@ -40,6 +39,7 @@ from api.openai_types import (
     Usage,
     encode_event,
 )
+from api.openai_types import SamplingFields
 from api.problems import Problem
 from api.tool_calls import ToolCallScanner, split_tool_calls
 from api.tools import ToolPlan

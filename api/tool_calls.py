@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.openai_types import ToolCallOut
+from api.openai_responses import ToolCallOut
 from api.tool_syntax import PYTHON_TAG
 from api.tools import ToolPlan, new_call
 

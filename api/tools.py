@@ -15,13 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.generation.constraints import ConstraintError, check
-from api.openai_types import (
-    CalledFunction,
-    ChatCompletionRequest,
-    NamedToolChoice,
-    ToolCallOut,
-    ToolDefinition,
-)
+from api.openai_responses import CalledFunction, ToolCallOut
+from api.openai_types import ChatCompletionRequest, NamedToolChoice, ToolDefinition
 from api.problems import HTTPProblem
 from api.tool_syntax import ToolSyntax
 
