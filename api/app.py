@@ -25,9 +25,11 @@ from actors.generation.protocol import EngineStats, GetEngineStats
 from actors.intake.protocol import GetIntakeStats, IntakeStats, StartDraining
 from actors.kvcache.protocol import CacheStats, GetCacheStats
 from actors.tree import Inference
+from api.anthropic_api import AnthropicMessages
 from api.audit_routes import AuditLog
 from api.completions import Admission, Completions, CompletionSettings
 from api.config import Settings
+from api.embeddings import Embeddings
 from api.faults import FaultSwitch
 from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
 from api.logs import AccessLogMiddleware
@@ -37,6 +39,7 @@ from api.openai_responses import ModelCard, ModelList
 from api.openai_types import MAX_TOKENS_ACCEPTED
 from api.openapi import ServedApi, openapi_document
 from api.problems import HTTPProblem
+from api.responses_api import Responses
 from runtime import ActorSystem, ChildStartError, Message, TroupeError, describe_failure
 from runtime.status import ActorStatus, NodeState
 
@@ -63,6 +66,18 @@ def served_name(settings: Settings) -> str:
     return path.name if path.exists() else settings.model
 
 
+def endpoint_timeouts(settings: Settings) -> dict[str, float]:
+    """Each generating endpoint's deadline, seconds."""
+    return {
+        "chat": settings.chat_timeout,
+        "completions": settings.completion_timeout,
+        "messages": settings.messages_timeout,
+        "count_tokens": settings.messages_timeout,
+        "responses": settings.responses_timeout,
+        "embeddings": settings.embeddings_timeout,
+    }
+
+
 class TroupeApp:
     """Routes requests to handlers and owns the actor system for its lifespan."""
 
@@ -83,8 +98,7 @@ class TroupeApp:
                 model_name=self.model_name,
                 context_length=0,
                 max_body_bytes=settings.max_body_bytes,
-                chat_timeout=settings.chat_timeout,
-                completion_timeout=settings.completion_timeout,
+                timeouts=endpoint_timeouts(settings),
                 max_tokens_limit=settings.max_tokens_limit,
             ),
             lambda: inference.client(self._system()),
@@ -93,6 +107,8 @@ class TroupeApp:
             self.observer,
         )
         self.completions.gate = self._require_running
+        anthropic = AnthropicMessages(self.completions)
+        self.embeddings = Embeddings(self.completions, inference.tokenizer)
         self.faults = FaultSwitch(settings.fault_injection, engine_process=inference.host is None)
         self._openapi: dict[str, Any] | None = None
         self.vocab_size = 0
@@ -111,6 +127,10 @@ class TroupeApp:
             "/v1/metrics": {"GET": self.metrics},
             "/v1/chat/completions": {"POST": self.completions.chat},
             "/v1/completions": {"POST": self.completions.text},
+            "/v1/messages": {"POST": anthropic.create},
+            "/v1/messages/count_tokens": {"POST": anthropic.count_tokens},
+            "/v1/responses": {"POST": Responses(self.completions).create},
+            "/v1/embeddings": {"POST": self.embeddings.create},
         }
 
     def serves(self, path: str, method: str) -> bool:
@@ -151,6 +171,7 @@ class TroupeApp:
                     self.completions.settings, context_length=engine.context_length
                 )
                 self.vocab_size = engine.vocab_size
+                self.embeddings.dimensions = engine.embedding_size
                 # Loaded before the first request needs it (a separate copy when the
                 # engine runs in its own process; the api never reaches into it).
                 await anyio.to_thread.run_sync(self.inference.tokenizer)
@@ -302,6 +323,7 @@ class TroupeApp:
                     admin_key=bool(self.settings.admin_key),
                     audit_log=bool(self.settings.audit_path),
                     fault_injection=self.faults.enabled,
+                    embedding_size=self.embeddings.dimensions,
                 )
             )
         await respond.json(200, self._openapi)

@@ -1,10 +1,13 @@
-"""Chat and text completions: admission, prompt, generation, and the response.
+"""Every generating endpoint's life: admission, prompt, generation, and the response.
 
 One request goes: decode and validate the body; admit it through intake
 before any tokenization; build the prompt (chat template or text) on a worker
 thread; stream from the generation actor under the endpoint's deadline while
 watching for the client going away; answer as one JSON body or as
-server-sent events exactly as OpenAI sends them; tell intake how it ended.
+server-sent events through the endpoint's writer (:mod:`api.reply`); tell
+intake how it ended. Chat and text completions are handled here; Anthropic's
+Messages, OpenAI's Responses and embeddings turn their bodies into a
+:class:`~api.jobs.Job` and hand it to :meth:`Completions.handle`.
 
 A request that fails retryably before its first token (the engine restarted
 under it) is retried transparently, at most twice.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,17 +32,16 @@ from actors.generation.protocol import (
     Generate,
     TokenChunk,
 )
-from api.choices import choice_requests, combined_end, retry_of
+from api.choices import choice_requests, combined_end, embedding_requests, retry_of
 from api.http import Request, Responder
 from api.jobs import Job, chat_job, text_job
 from api.logprobs import TokenNames
 from api.observe import Observer
-from api.openai_responses import Usage
 from api.openai_types import NOT_HONOURED, ChatCompletionRequest, CompletionRequest, SamplingFields
 from api.outcome import Outcome, Reporter
 from api.problems import HTTPProblem, problem_for
 from api.prompts import sampling_params, templated
-from api.responses import ChoiceResult, Reply, chat_reply, text_reply
+from api.reply import ChoiceResult, ReplyContext, ReplyWriter
 from runtime import ActorDied, ActorSystem
 
 log = logging.getLogger("troupe.http")
@@ -79,8 +81,8 @@ class CompletionSettings:
     model_name: str
     context_length: int
     max_body_bytes: int
-    chat_timeout: float
-    completion_timeout: float
+    timeouts: Mapping[str, float]
+    """Seconds each endpoint (``chat``, ``completions``, ``messages``, ...) may take."""
     max_tokens_limit: int | None = None
     """Most tokens a request may ask for; ``None``: the context length."""
 
@@ -107,7 +109,7 @@ class Deadline:
 
 
 class Completions:
-    """The handlers of ``/v1/chat/completions`` and ``/v1/completions``."""
+    """The handlers of ``/v1/chat/completions`` and ``/v1/completions``, and their core."""
 
     def __init__(
         self,
@@ -132,13 +134,13 @@ class Completions:
 
     async def chat(self, request: Request, respond: Responder) -> None:
         """``POST /v1/chat/completions``."""
-        await self._handle(request, respond, "chat", self._chat_job)
+        await self.handle(request, respond, "chat", self._chat_job)
 
     async def text(self, request: Request, respond: Responder) -> None:
         """``POST /v1/completions``."""
-        await self._handle(request, respond, "completions", self._text_job)
+        await self.handle(request, respond, "completions", self._text_job)
 
-    async def _handle(
+    async def handle(
         self,
         request: Request,
         respond: Responder,
@@ -151,10 +153,7 @@ class Completions:
         drops the request if it passes while queued, and this scope answers 504
         when it passes anywhere before the response ends.
         """
-        timeout = (
-            self.settings.chat_timeout if endpoint == "chat" else self.settings.completion_timeout
-        )
-        deadline = Deadline.after(timeout)
+        deadline = Deadline.after(self.settings.timeouts[endpoint])
         async with self.reporter.reporting(request, endpoint, self.gate) as outcome:
             job: Job | None = None
             try:
@@ -174,7 +173,11 @@ class Completions:
         body = await request.json_body(
             ChatCompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
         )
-        self._check_model(body.model)
+        self.check_model(body.model)
+        return await self.chat_job_of(body)
+
+    async def chat_job_of(self, body: ChatCompletionRequest) -> Job:
+        """The job of a chat request (also what Messages and Responses bodies become)."""
         if body.response_format is None and not body.tools:
             return chat_job(body, self._tokenizer)
         # Compiling a schema (up to 64 KiB) into a grammar is bounded but not free:
@@ -183,14 +186,21 @@ class Completions:
             chat_job, body, self._tokenizer, limiter=self._tokenizing
         )
 
+    async def tokenized(self, make_prompt: Callable[[], list[int]]) -> list[int]:
+        """A prompt templated and tokenized on a tokenizing thread (422 if the template refuses)."""
+        return await anyio.to_thread.run_sync(
+            templated, make_prompt, abandon_on_cancel=True, limiter=self._tokenizing
+        )
+
     async def _text_job(self, request: Request) -> Job:
         body = await request.json_body(
             CompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
         )
-        self._check_model(body.model)
+        self.check_model(body.model)
         return text_job(body, self._tokenizer)
 
-    def _check_model(self, model: str) -> None:
+    def check_model(self, model: str) -> None:
+        """404 unless ``model`` is the served model's name."""
         if model != self.settings.model_name:
             raise HTTPProblem(
                 404, "model-not-found", f"this server serves {self.settings.model_name!r}"
@@ -229,32 +239,34 @@ class Completions:
             self._observer.shed(refused.problem.slug.replace("-", "_"))
             raise
         outcome.admitted = True
+        # Clients choose X-Request-ID and may reuse one; the engine's id must be unique.
+        engine_id = f"{request.request_id}.{uuid.uuid4().hex[:8]}"
         # Abandoned at the deadline: the template may still be running on its
         # thread, but the client is answered 504 on time.
-        prompt = await anyio.to_thread.run_sync(
-            templated, job.make_prompt, abandon_on_cancel=True, limiter=self._tokenizing
-        )
-        outcome.prompt_tokens = len(prompt)
-        self._admission.tokenized(request.request_id, len(prompt))
-        names = None
-        if job.logprobs is not None:
-            names = self._names
-            await anyio.to_thread.run_sync(names.prepare, limiter=self._tokenizing)
-        job.reply = (
-            chat_reply(request.request_id, self.settings.model_name, body, job.tools, names)
-            if endpoint == "chat"
-            else text_reply(request.request_id, self.settings.model_name, body, names)
-        )
-        # Clients choose X-Request-ID and may reuse one; the engine's id must be unique.
-        generates = choice_requests(
-            Generate(
-                request_id=f"{request.request_id}.{uuid.uuid4().hex[:8]}",
+        if job.embed_inputs is not None:
+            prompts = await anyio.to_thread.run_sync(
+                job.embed_inputs, abandon_on_cancel=True, limiter=self._tokenizing
+            )
+            generates = embedding_requests(engine_id, prompts, deadline.wall)
+        else:
+            prompt = await self.tokenized(job.make_prompt)
+            prompts = [prompt]
+            base = Generate(
+                request_id=engine_id,
                 prompt=prompt,
                 params=params,
                 deadline=deadline.wall,
                 submitted_at=time.time(),
-            ),
-            body.n,
+            )
+            generates = choice_requests(base, body.n)
+        outcome.prompt_tokens = sum(len(prompt) for prompt in prompts)
+        self._admission.tokenized(request.request_id, outcome.prompt_tokens)
+        names = None
+        if job.logprobs is not None:
+            names = self._names
+            await anyio.to_thread.run_sync(names.prepare, limiter=self._tokenizing)
+        job.reply = job.reply_for(
+            ReplyContext(request.request_id, self.settings.model_name, outcome.prompt_tokens, names)
         )
         await self._run_watching_client(request, respond, job.reply, generates, outcome)
 
@@ -262,7 +274,7 @@ class Completions:
         self,
         request: Request,
         respond: Responder,
-        reply: Reply,
+        reply: ReplyWriter,
         generates: list[Generate],
         outcome: Outcome,
     ) -> None:
@@ -283,7 +295,7 @@ class Completions:
             tg.cancel_scope.cancel()
 
     async def _run_choices(
-        self, respond: Responder, reply: Reply, generates: list[Generate], outcome: Outcome
+        self, respond: Responder, reply: ReplyWriter, generates: list[Generate], outcome: Outcome
     ) -> list[Outcome]:
         """Every choice to its end; the first to fail stops the others."""
         if len(generates) == 1:
@@ -304,7 +316,7 @@ class Completions:
         return runs
 
     async def _run_choice(
-        self, respond: Responder, reply: Reply, generate: Generate, run: Outcome, index: int
+        self, respond: Responder, reply: ReplyWriter, generate: Generate, run: Outcome, index: int
     ) -> None:
         """One choice, retried transparently while nothing of it was sent."""
         for attempt in range(TRANSPARENT_RETRIES + 1):
@@ -321,10 +333,10 @@ class Completions:
                 extra={"event": "retry", "error_type": kind, "attempt": attempt + 1},
             )
         if reply.streaming and isinstance(run.end, Finished):
-            await reply.send_choice_end(respond, run.end.reason.value, index)
+            await reply.send_choice_end(respond, run.end, index)
 
     async def _attempt(
-        self, respond: Responder, reply: Reply, generate: Generate, run: Outcome, index: int
+        self, respond: Responder, reply: ReplyWriter, generate: Generate, run: Outcome, index: int
     ) -> None:
         run.end = None
         try:
@@ -340,7 +352,7 @@ class Completions:
             )
 
     async def _stream_into(
-        self, respond: Responder, reply: Reply, generate: Generate, run: Outcome, index: int
+        self, respond: Responder, reply: ReplyWriter, generate: Generate, run: Outcome, index: int
     ) -> None:
         async with self._client().stream(generate) as events:
             async for event in events:
@@ -357,7 +369,7 @@ class Completions:
                         run.end = event
 
     async def _finish(
-        self, respond: Responder, reply: Reply, outcome: Outcome, runs: list[Outcome]
+        self, respond: Responder, reply: ReplyWriter, outcome: Outcome, runs: list[Outcome]
     ) -> None:
         end = outcome.end
         if isinstance(end, Failed):
@@ -369,23 +381,17 @@ class Completions:
                 await respond.problem(problem_for(end))
             return
         assert isinstance(end, Finished)
-        # The prompt is counted once, however many choices shared it.
-        usage = Usage(
-            prompt_tokens=end.prompt_tokens,
-            completion_tokens=end.completion_tokens,
-            total_tokens=end.prompt_tokens + end.completion_tokens,
-        )
         if reply.streaming:
-            await reply.send_done(respond, usage)
+            await reply.send_done(respond, end)
             return
         results = [
-            ChoiceResult(run.text, run.end.reason.value, run.logprobs)
+            ChoiceResult(run.text, run.end, run.logprobs)
             for run in runs
             if isinstance(run.end, Finished)
         ]
-        await reply.send_whole(respond, results, usage)
+        await reply.send_whole(respond, results, end)
 
-    async def _deadline_passed(self, respond: Responder, reply: Reply | None) -> None:
+    async def _deadline_passed(self, respond: Responder, reply: ReplyWriter | None) -> None:
         problem = HTTPProblem(504, "deadline-exceeded", "the request's deadline passed").problem
         with anyio.CancelScope(shield=True):
             if respond.started and reply is not None:

@@ -69,6 +69,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds a chat completion may take before it is cut off."""
     completion_timeout: float = 600.0
     """Seconds a text completion may take before it is cut off."""
+    messages_timeout: float = 900.0
+    """Seconds an Anthropic Messages request (``/v1/messages``) may take before it is cut off."""
+    responses_timeout: float = 900.0
+    """Seconds a Responses request (``/v1/responses``) may take before it is cut off."""
+    embeddings_timeout: float = 120.0
+    """Seconds an embeddings request may take, queued or running, before it is cut off."""
     queue_max_requests: int = 256
     """Requests admitted and not yet finished, at most; beyond that: HTTP 429."""
     queue_max_prompt_tokens: int = 262144

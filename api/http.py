@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from api.anthropic_types import error_body, is_anthropic_route
 from api.problems import HTTPProblem, Problem, encode_problem
 
 Scope = MutableMapping[str, Any]
@@ -214,9 +215,12 @@ class Responder:
         await self.chunk(msgspec.json.encode(payload), more=False)
 
     async def problem(self, problem: Problem) -> None:
-        """Send a complete problem+json response."""
-        body = encode_problem(
-            problem, request_id=self.request.request_id, instance=self.request.path
-        )
+        """Send a complete problem+json response (Anthropic's error shape on its routes)."""
+        request_id = self.request.request_id
+        if is_anthropic_route(self.request.path):
+            anthropic = error_body(problem.status, problem.detail, request_id)
+            await self.json(problem.status, anthropic, list(problem.headers))
+            return
+        body = encode_problem(problem, request_id=request_id, instance=self.request.path)
         await self.start(problem.status, PROBLEM_JSON, list(problem.headers))
         await self.chunk(body, more=False)

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from api.chat_reply import chat_reply, text_reply
 from api.openai_types import ChatCompletionRequest, CompletionRequest, SamplingFields
 from api.problems import HTTPProblem
 from api.prompts import template_message
-from api.responses import Reply
+from api.reply import ReplyContext, ReplyWriter
 from api.structured import response_grammar
 from api.tools import ToolPlan, plan_tools
 
@@ -29,8 +30,10 @@ class Job:
     """Characters of the prompt (all message texts together), for intake's estimate."""
     make_prompt: Callable[[], list[int]]
     """Templates and tokenizes the prompt (on a worker thread)."""
+    reply_for: Callable[[ReplyContext], ReplyWriter]
+    """The response's writer, once the prompt is known."""
     messages: int = 1
-    reply: Reply | None = None
+    reply: ReplyWriter | None = None
     """How the response is written, once the prompt is known."""
     grammar: str | None = None
     """What the output must match (``response_format``, a forced tool call); ``None``: free."""
@@ -38,6 +41,8 @@ class Job:
     """A chat request's tools: offered in the prompt, parsed out of the answer."""
     logprobs: int | None = None
     """Alternatives per token to report; ``None``: no log-probabilities."""
+    embed_inputs: Callable[[], list[list[int]]] | None = None
+    """For embeddings: tokenizes every input (on a worker thread); ``None``: generate."""
 
 
 def chat_job(body: ChatCompletionRequest, tokenizer: Callable[[], Any]) -> Job:
@@ -64,6 +69,7 @@ def chat_job(body: ChatCompletionRequest, tokenizer: Callable[[], Any]) -> Job:
         body=body,
         prompt_chars=sum(len(message.text) for message in body.messages),
         make_prompt=make_prompt,
+        reply_for=lambda context: chat_reply(context, body, tools),
         messages=len(messages),
         grammar=grammar,
         tools=tools,
@@ -77,7 +83,11 @@ def text_job(body: CompletionRequest, tokenizer: Callable[[], Any]) -> Job:
     if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
         ids = [int(token) for token in prompt]
         return Job(
-            body=body, prompt_chars=len(ids), make_prompt=lambda: ids, logprobs=body.logprobs
+            body=body,
+            prompt_chars=len(ids),
+            make_prompt=lambda: ids,
+            reply_for=lambda context: text_reply(context, body),
+            logprobs=body.logprobs,
         )
     if isinstance(prompt, list) and (len(prompt) != 1 or not isinstance(prompt[0], str)):
         raise HTTPProblem(
@@ -89,6 +99,7 @@ def text_job(body: CompletionRequest, tokenizer: Callable[[], Any]) -> Job:
         body=body,
         prompt_chars=len(text),
         make_prompt=lambda: [int(token) for token in tokenizer().encode(text)],
+        reply_for=lambda context: text_reply(context, body),
         logprobs=body.logprobs,
     )
 

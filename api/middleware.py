@@ -95,7 +95,10 @@ class CORSMiddleware:
             headers = [
                 *allow,
                 (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-                (b"access-control-allow-headers", b"authorization, content-type, x-request-id"),
+                (
+                    b"access-control-allow-headers",
+                    b"authorization, content-type, x-request-id, x-api-key, anthropic-version",
+                ),
                 (b"access-control-max-age", b"600"),
             ]
             await send({"type": "http.response.start", "status": 204, "headers": headers})
@@ -164,6 +167,10 @@ class ErrorMiddleware:
             await Responder(send, request).problem(problem)
 
 
+API_HINT = "Authorization: Bearer ..., or x-api-key"
+ADMIN_HINT = "Authorization: Bearer ..."
+
+
 class AuthMiddleware:
     """Bearer API keys for ``/v1/``, a separate admin key for ``/admin/``; health stays open.
 
@@ -190,17 +197,21 @@ class AuthMiddleware:
         """Handle one ASGI connection."""
         if scope["type"] == "http" and self.serves(str(scope["path"]), str(scope["method"])):
             path = str(scope["path"])
-            presented = bearer_token(Request(scope, receive).header("authorization"))
+            request = Request(scope, receive)
+            presented = bearer_token(request.header("authorization"))
+            if presented is None and not path.startswith("/admin/"):
+                # Anthropic's clients send their key as ``x-api-key``.
+                presented = api_key_header(request.header("x-api-key"))
             if path.startswith("/admin/"):
-                self._check(presented, [self.admin_key] if self.admin_key else [])
+                self._check(presented, [self.admin_key] if self.admin_key else [], ADMIN_HINT)
             elif path.startswith("/v1/") and self.api_keys:
-                key = self._check(presented, self.api_keys)
+                key = self._check(presented, self.api_keys, API_HINT)
                 digest = hashlib.sha256(key).hexdigest()[:16]
                 scope.setdefault("state", {})["api_key"] = digest
         await self.app(scope, receive, send)
 
     @staticmethod
-    def _check(presented: bytes | None, keys: Sequence[bytes]) -> bytes:
+    def _check(presented: bytes | None, keys: Sequence[bytes], hint: str) -> bytes:
         """The key ``presented`` matches; 403 if there are none, 401 if it matches none."""
         if not keys:
             raise HTTPProblem(403, "forbidden", "no admin key is configured on this server")
@@ -213,7 +224,7 @@ class AuthMiddleware:
             raise HTTPProblem(
                 401,
                 "unauthorized",
-                "a valid API key is required (Authorization: Bearer ...)",
+                f"a valid API key is required ({hint})",
                 (("www-authenticate", "Bearer"),),
             )
         return matched
@@ -229,3 +240,10 @@ def bearer_token(header: str | None) -> bytes | None:
         return None
     scheme, _, token = header.strip().partition(" ")
     return token.strip().encode() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def api_key_header(header: str | None) -> bytes | None:
+    """The credential of an ``x-api-key`` header, spaces around it not counted."""
+    if header is None or not header.strip():
+        return None
+    return header.strip().encode()

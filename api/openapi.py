@@ -12,7 +12,8 @@ operation fuzzed in the suite):
   when API keys are set, ``adminKey`` on ``/admin/`` when an admin key is set;
   without one, ``/admin/`` answers 403);
 - every problem an operation can answer is listed by status, as
-  ``application/problem+json``; ``/metrics`` is Prometheus text.
+  ``application/problem+json`` (Anthropic's error shape, as JSON, on
+  ``/v1/messages``); ``/metrics`` is Prometheus text.
 
 Undeclared methods on a route are answered 405 (with ``Allow``), before any
 key is checked.
@@ -20,13 +21,20 @@ key is checked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from actors.audit import MAX_QUERY_LIMIT
 from actors.metrics.protocol import CATEGORIES
+from api.anthropic_types import (
+    CountTokensRequest,
+    ErrorBody,
+    InputTokenCount,
+    MessageResponse,
+    MessagesRequest,
+)
+from api.embeddings import EmbeddingList, EmbeddingRequest
 from api.faults import Fault
 from api.openai_responses import (
     ChatCompletion,
@@ -36,9 +44,24 @@ from api.openai_responses import (
     StreamError,
 )
 from api.openai_types import ChatCompletionRequest, CompletionRequest
-from api.problems import TITLES, ProblemBody
+from api.openapi_parts import (
+    COMPLETION_ERRORS,
+    JSON,
+    OBJECT,
+    REF,
+    SSE,
+    Guard,
+    ServedApi,
+    agent_paths,
+    event_stream,
+    fit_agent_requests,
+    open_operation,
+    query_parameter,
+)
+from api.problems import ProblemBody
+from api.responses_types import INPUT_ITEM_TYPES, Response, ResponsesRequest
 
-REF = "#/components/schemas/{name}"
+__all__ = ["ServedApi", "digits_up_to", "openapi_document"]
 _SCHEMA_TYPES: tuple[Any, ...] = (
     ChatCompletionRequest,
     CompletionRequest,
@@ -49,11 +72,18 @@ _SCHEMA_TYPES: tuple[Any, ...] = (
     ProblemBody,
     Fault,
     StreamError,
+    MessagesRequest,
+    CountTokensRequest,
+    MessageResponse,
+    InputTokenCount,
+    ErrorBody,
+    ResponsesRequest,
+    Response,
+    *INPUT_ITEM_TYPES,
+    EmbeddingRequest,
+    EmbeddingList,
 )
-_JSON = "application/json"
 _PROMETHEUS = "text/plain"
-_SSE = "text/event-stream"
-_COMPLETION_ERRORS = (400, 404, 408, 413, 415, 422, 429, 500, 503, 504)
 _PLAIN_GETS = {
     "/health/live": ("The process is up.", ()),
     "/health/ready": ("Ready to serve (503 otherwise).", (503,)),
@@ -61,39 +91,23 @@ _PLAIN_GETS = {
 }
 
 
-@dataclass(frozen=True)
-class ServedApi:
-    """What the document says about this server."""
-
-    version: str
-    model: str
-    """The served model's name, the only ``model`` a request may name."""
-    max_tokens: int
-    """Most tokens a request may ask for."""
-    vocab_size: int
-    """Token ids the model accepts (0: unknown, unbounded in the document)."""
-    api_keys: bool
-    """``/v1/`` needs an API key."""
-    admin_key: bool
-    """An admin key is set (else ``/admin/`` answers 403)."""
-    audit_log: bool
-    """``/admin/audit-logs`` has a log to read (else 404)."""
-    fault_injection: bool
-    """``/admin/faults`` is on (else 404)."""
-
-
 def openapi_document(served: ServedApi) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the server's public and admin routes."""
     refs, components = msgspec.json.schema_components(_SCHEMA_TYPES, ref_template=REF)
-    chat, text, chat_out, chunk, text_out, models, _, fault, error = refs
+    ref = {
+        getattr(kind, "__name__", ""): found
+        for kind, found in zip(_SCHEMA_TYPES, refs, strict=True)
+    }
+    chat, text, chat_out, chunk, text_out, models, _, fault, error = refs[:9]
     _fit_requests(components, served)
+    fit_agent_requests(components, served)
     schemes: dict[str, Any] = {}
     if served.api_keys:
         schemes["apiKey"] = {"type": "http", "scheme": "bearer"}
     if served.admin_key:
         schemes["adminKey"] = {"type": "http", "scheme": "bearer"}
-    api = _Guard("apiKey" if served.api_keys else None, ())
-    admin = _Guard("adminKey" if served.admin_key else None, (403,))
+    api = Guard("apiKey" if served.api_keys else None, ())
+    admin = Guard("adminKey" if served.admin_key else None, (403,))
     return {
         "openapi": "3.1.0",
         "info": {"title": "mlx-troupe", "version": served.version},
@@ -101,28 +115,29 @@ def openapi_document(served: ServedApi) -> dict[str, Any]:
             "/v1/chat/completions": {
                 "post": api.operation(
                     "Create a chat completion (SSE when `stream` is true).",
-                    {_JSON: chat_out, _SSE: _event_stream(chunk, error)},
-                    _COMPLETION_ERRORS,
+                    {JSON: chat_out, SSE: event_stream(chunk, error)},
+                    COMPLETION_ERRORS,
                     body=chat,
                 )
             },
             "/v1/completions": {
                 "post": api.operation(
                     "Create a text completion (SSE when `stream` is true).",
-                    {_JSON: text_out, _SSE: _event_stream(text_out, error)},
-                    _COMPLETION_ERRORS,
+                    {JSON: text_out, SSE: event_stream(text_out, error)},
+                    COMPLETION_ERRORS,
                     body=text,
                 )
             },
-            "/v1/models": {"get": api.operation("The served model.", {_JSON: models}, ())},
+            **agent_paths(api, ref),
+            "/v1/models": {"get": api.operation("The served model.", {JSON: models}, ())},
             "/v1/supervisor": {
-                "get": api.operation("The supervision tree.", {_JSON: _OBJECT}, (503,))
+                "get": api.operation("The supervision tree.", {JSON: OBJECT}, (503,))
             },
             "/v1/metrics": {"get": _v1_metrics(api)},
-            "/metrics": {"get": _open_operation("Prometheus text exposition.", _PROMETHEUS)},
+            "/metrics": {"get": open_operation("Prometheus text exposition.", _PROMETHEUS)},
             **_admin_paths(admin, served, fault),
             **{
-                path: {"get": _open_operation(summary, _JSON, errors)}
+                path: {"get": open_operation(summary, JSON, errors)}
                 for path, (summary, errors) in _PLAIN_GETS.items()
             },
         },
@@ -130,104 +145,22 @@ def openapi_document(served: ServedApi) -> dict[str, Any]:
     }
 
 
-_OBJECT: dict[str, Any] = {"type": "object"}
 _INT64: dict[str, Any] = {"type": "integer", "maximum": 2**63 - 1}
 """A query integer: SQLite's are 64-bit (larger ones are a 400)."""
 
 
-@dataclass(frozen=True)
-class _Guard:
-    """The security of a group of operations and the problems it adds."""
-
-    scheme: str | None
-    """The security scheme enforced, if any (its failure is a 401)."""
-    refusals: tuple[int, ...]
-    """Statuses answered whatever the request (403 without an admin key)."""
-
-    def operation(
-        self,
-        summary: str,
-        success: dict[str, dict[str, Any]],
-        errors: tuple[int, ...],
-        *,
-        body: dict[str, Any] | None = None,
-        parameters: list[dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
-        guarded = (401,) if self.scheme else ()
-        operation = _operation(summary, success, (*guarded, *self.refusals, *errors))
-        operation["security"] = [{self.scheme: []}] if self.scheme else []
-        if body is not None:
-            operation["requestBody"] = {"required": True, "content": {_JSON: {"schema": body}}}
-        if parameters:
-            operation["parameters"] = parameters
-        return operation
-
-
-def _operation(
-    summary: str, success: dict[str, dict[str, Any]], errors: tuple[int, ...]
-) -> dict[str, Any]:
-    return {
-        "summary": summary,
-        "responses": {
-            "200": {
-                "description": "OK",
-                "content": {kind: {"schema": schema} for kind, schema in success.items()},
-            },
-            **{str(status): _problem(status) for status in sorted(set(errors))},
-        },
-    }
-
-
-def _open_operation(summary: str, kind: str, errors: tuple[int, ...] = ()) -> dict[str, Any]:
-    schema = _OBJECT if kind == _JSON else {"type": "string"}
-    return _Guard(None, ()).operation(summary, {kind: schema}, (*errors, 503))
-
-
-def _event_stream(chunk: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
-    """One server-sent event of a streamed completion (OpenAPI 3.1: ``schema`` is per event).
-
-    Each event's ``data`` is a chunk as JSON, or an error when the stream fails
-    after it started; the last one is ``[DONE]``.
-    """
-    payload = {"anyOf": [chunk, error]}
-    return {
-        "type": "object",
-        "required": ["data"],
-        "properties": {
-            "data": {
-                "anyOf": [
-                    {"const": "[DONE]"},
-                    {"type": "string", "contentMediaType": _JSON, "contentSchema": payload},
-                ]
-            },
-            "event": {"type": "string"},
-        },
-    }
-
-
-def _problem(status: int) -> dict[str, Any]:
-    return {
-        "description": TITLES.get(status, "Error"),
-        "content": {
-            "application/problem+json": {"schema": {"$ref": REF.format(name="ProblemBody")}}
-        },
-    }
-
-
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "schema": schema, "description": description}
-
-
-def _v1_metrics(api: _Guard) -> dict[str, Any]:
+def _v1_metrics(api: Guard) -> dict[str, Any]:
     categories = ", ".join(CATEGORIES)
     known = f"({'|'.join(CATEGORIES)})"
     return api.operation(
         "Metrics as JSON (or Prometheus text), by category.",
-        {_JSON: _OBJECT, _PROMETHEUS: {"type": "string"}},
+        {JSON: OBJECT, _PROMETHEUS: {"type": "string"}},
         (400, 503),
         parameters=[
-            _query("format", {"type": "string", "enum": ["json", "prometheus"]}, "The encoding."),
-            _query(
+            query_parameter(
+                "format", {"type": "string", "enum": ["json", "prometheus"]}, "The encoding."
+            ),
+            query_parameter(
                 "category",
                 {"type": "string", "pattern": f"^,*({known}(,+{known})*)?,*$"},
                 f"Comma-separated categories of {categories}; none: all.",
@@ -236,27 +169,29 @@ def _v1_metrics(api: _Guard) -> dict[str, Any]:
     )
 
 
-def _admin_paths(admin: _Guard, served: ServedApi, fault: dict[str, Any]) -> dict[str, Any]:
+def _admin_paths(admin: Guard, served: ServedApi, fault: dict[str, Any]) -> dict[str, Any]:
     audit_off = () if served.audit_log else (404,)
     faults_off = () if served.fault_injection else (404,)
     number = {"type": "number"}
     window = [
-        _query("since", number, "Rows at or after this time (seconds since the epoch)."),
-        _query("until", number, "Rows before this time (seconds since the epoch)."),
+        query_parameter("since", number, "Rows at or after this time (seconds since the epoch)."),
+        query_parameter("until", number, "Rows before this time (seconds since the epoch)."),
     ]
     filters = [
-        _query("model", {"type": "string"}, "Only this model's rows."),
-        _query("endpoint", {"type": "string"}, "Only this endpoint's rows."),
-        _query("status", {**_INT64, "minimum": -(2**63)}, "Only rows with this HTTP status."),
+        query_parameter("model", {"type": "string"}, "Only this model's rows."),
+        query_parameter("endpoint", {"type": "string"}, "Only this endpoint's rows."),
+        query_parameter(
+            "status", {**_INT64, "minimum": -(2**63)}, "Only rows with this HTTP status."
+        ),
         *window,
-        _query("limit", {**_INT64, "minimum": 0}, f"Rows at most (≤ {MAX_QUERY_LIMIT})."),
-        _query("offset", {**_INT64, "minimum": 0}, "Rows to skip."),
+        query_parameter("limit", {**_INT64, "minimum": 0}, f"Rows at most (≤ {MAX_QUERY_LIMIT})."),
+        query_parameter("offset", {**_INT64, "minimum": 0}, "Rows to skip."),
     ]
     return {
         "/admin/audit-logs": {
             "get": admin.operation(
                 "Audit rows, newest first.",
-                {_JSON: _OBJECT},
+                {JSON: OBJECT},
                 (400, *audit_off, 503),
                 parameters=filters,
             )
@@ -264,7 +199,7 @@ def _admin_paths(admin: _Guard, served: ServedApi, fault: dict[str, Any]) -> dic
         "/admin/audit-logs/stats": {
             "get": admin.operation(
                 "Audit statistics per model and endpoint.",
-                {_JSON: _OBJECT},
+                {JSON: OBJECT},
                 (400, *audit_off, 503),
                 parameters=window,
             )
@@ -272,12 +207,12 @@ def _admin_paths(admin: _Guard, served: ServedApi, fault: dict[str, Any]) -> dic
         "/admin/faults": {
             "post": admin.operation(
                 "Inject a fault (with --fault-injection).",
-                {_JSON: _OBJECT},
+                {JSON: OBJECT},
                 (400, 408, 409, 413, 415, 422, *faults_off, 503),
                 body=fault,
             ),
             "delete": admin.operation(
-                "End the lasting drills.", {_JSON: _OBJECT}, (*faults_off, 503)
+                "End the lasting drills.", {JSON: OBJECT}, (*faults_off, 503)
             ),
         },
     }

@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from actors.generation.embedding import embedding_size
 from actors.generation.engine import Engine
 from actors.generation.engine_config import EngineConfig
 from actors.generation.faults import FaultPlan, RecoveryTimer
@@ -232,6 +233,7 @@ class GenerationActor(Actor):
             model=str(getattr(self._loaded, "name", "model")),
             context_length=self._loaded.context_length,
             vocab_size=vocab_size(self._loaded),
+            embedding_size=embedding_size(self._loaded),
             running=running,
             waiting=waiting,
             steps=engine.steps,

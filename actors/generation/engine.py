@@ -31,6 +31,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 
+from actors.generation.embedding import EmbeddingQueue
 from actors.generation.engine_config import EngineConfig
 from actors.generation.faults import (
     FaultPlan,
@@ -104,6 +105,9 @@ class Engine:
         self._requests: dict[int, ActiveRequest] = {}
         self._waiting: deque[Generate] = deque()
         self._shared = SharedPrefills(loaded.model, self.config.prefill_step_size)
+        self._embeddings = EmbeddingQueue(
+            loaded, self.config.prefill_step_size * self.config.prefill_batch_size
+        )
         self._by_id: dict[str, int] = {}
         self.faults = faults or FaultPlan()
         self._recovery = recovery or RecoveryTimer()
@@ -142,7 +146,7 @@ class Engine:
         """(running, waiting): decoding sequences, and those queued or in prefill."""
         requests = list(self._requests.values())
         running = sum(1 for r in requests if r.completion_tokens > 0)
-        waiting = len(self._waiting) + self._shared.waiting()
+        waiting = len(self._waiting) + self._shared.waiting() + len(self._embeddings)
         return running, len(requests) - running + waiting
 
     # -- the engine thread -------------------------------------------------------
@@ -160,6 +164,8 @@ class Engine:
             while self._apply_commands(block=self._idle()):
                 self._fill_batch()
                 self._prefill_shared()
+                if self._embeddings:
+                    self._emit_any(self._embeddings.step())
                 if self._requests:
                     self._step_guarded()
             self._fail_all(FailureKind.SHUTTING_DOWN, "the server is shutting down", True)
@@ -176,7 +182,13 @@ class Engine:
                 self._generator.close()
 
     def _idle(self) -> bool:
-        return not self._requests and not self._waiting and not self._shared
+        return (
+            not self._requests and not self._waiting and not self._shared and not self._embeddings
+        )
+
+    def _emit_any(self, events: list[StreamEvent]) -> None:
+        if events:
+            self._emit(events)
 
     def _prefill_shared(self) -> None:
         """One chunk of a shared prompt; its choices enter the batch once it is done."""
@@ -209,6 +221,9 @@ class Engine:
                     return False
                 case _Cancel(request_id=request_id):
                     self._cancel(request_id)
+                case Generate(embed=True):
+                    refused = self._embeddings.add(command)
+                    self._emit_any([] if refused is None else [refused])
                 case Generate():
                     self._waiting.append(command)
 
@@ -291,6 +306,10 @@ class Engine:
         held = self._shared.cancel(request_id)
         if held is not None:
             self._emit([never_started(held)])
+            return
+        embedding = self._embeddings.cancel(request_id)
+        if embedding is not None:
+            self._emit([embedding])
             return
         for request in self._waiting:
             if request.request_id == request_id:
@@ -387,6 +406,7 @@ class Engine:
         """Fail the requests in the batch and the waiting ones (the engine is ending)."""
         self._fail_in_flight(kind, detail, retryable)
         self._waiting.extend(self._shared.drain())
+        self._waiting.extend(self._embeddings.drain())
         events: list[StreamEvent] = [
             Failed(request_id=r.request_id, kind=kind, retryable=retryable, detail=detail)
             for r in self._waiting

@@ -94,6 +94,7 @@ class Ready(Message, frozen=True, kw_only=True):
     context_length: int
     vocab_size: int
     cache: CacheStats
+    embedding_size: int = 0
 
 
 class LoadFailed(Message, frozen=True, kw_only=True):

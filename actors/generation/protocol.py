@@ -63,6 +63,10 @@ class Generate(Message, frozen=True, kw_only=True):
     """Requests naming the same group (the ``n`` choices of one API request,
     same prompt) share one prefill of the prompt (see
     :mod:`actors.generation.shared_prefill`)."""
+    embed: bool = False
+    """Return the prompt's embedding (:attr:`Finished.embedding`) instead of
+    generating: the final hidden states, mean-pooled over the prompt and
+    L2-normalised. Nothing is sampled, so ``params`` play no part."""
 
 
 class Cancel(Message, frozen=True, kw_only=True):
@@ -128,6 +132,10 @@ class Finished(Message, frozen=True, kw_only=True):
     """Prompt tokens reused from the prefix cache."""
     queued_s: float | None = None
     """Seconds from ``Generate.submitted_at`` to the start of prefill (``None``: unknown)."""
+    stop_string: str | None = None
+    """The stop string that ended the text (``None``: another reason, EOS included)."""
+    embedding: list[float] | None = None
+    """The prompt's embedding, for a request that asked for one (``Generate.embed``)."""
 
 
 class FailureKind(enum.StrEnum):
@@ -170,6 +178,8 @@ class EngineStats(Message, frozen=True, kw_only=True):
     context_length: int
     vocab_size: int = 0
     """Token ids the model accepts (0 where unknown)."""
+    embedding_size: int = 0
+    """Dimensions of the model's embeddings (0 where unknown)."""
     running: int
     waiting: int
     steps: int

@@ -101,6 +101,7 @@ class ActiveRequest:
             completion_tokens=self.completion_tokens,
             cached_tokens=self.cached_tokens,
             queued_s=self.queued_s,
+            stop_string=self.stops.matched,
         )
 
     def fail(self, kind: FailureKind, detail: str, retryable: bool) -> Failed:

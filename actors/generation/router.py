@@ -361,6 +361,7 @@ class GenerationRouter(Actor):
             model=ready.model if ready else "model",
             context_length=ready.context_length if ready else 0,
             vocab_size=ready.vocab_size if ready else 0,
+            embedding_size=ready.embedding_size if ready else 0,
             running=running,
             waiting=waiting,
             steps=beat.steps,

@@ -17,6 +17,8 @@ class StopMatcher:
         self._stops = tuple(stop for stop in stops if stop)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None
+        """The stop string that ended the text, once one has."""
 
     def feed(self, text: str) -> str:
         """Add ``text``; return what is now safe to emit."""
@@ -32,8 +34,7 @@ class StopMatcher:
             return buffer[:pending]
         self._held = ""
         if cut is not None:
-            self.stopped = True
-            return buffer[:cut]
+            return self._stop(buffer, cut)
         return buffer
 
     def flush(self) -> str:
@@ -43,9 +44,16 @@ class StopMatcher:
             return ""
         cut = _earliest(held, self._stops)
         if cut is not None:
-            self.stopped = True
-            return held[:cut]
+            return self._stop(held, cut)
         return held
+
+    def _stop(self, buffer: str, cut: int) -> str:
+        """End the text at ``cut``, remembering which stop string begins there."""
+        self.stopped = True
+        self.matched = min(
+            (stop for stop in self._stops if buffer.startswith(stop, cut)), key=len, default=None
+        )
+        return buffer[:cut]
 
     def _pending_start(self, buffer: str, before: int) -> int | None:
         """The first index before ``before`` where an unfinished stop string may begin."""

@@ -27,6 +27,7 @@ import socket
 import sys
 import threading
 
+from actors.generation.embedding import embedding_size
 from actors.generation.engine import Engine
 from actors.generation.faults import FaultPlan
 from actors.generation.process_protocol import (
@@ -125,6 +126,7 @@ class EngineSession:
                 model=self._loaded.name,
                 context_length=self._loaded.context_length,
                 vocab_size=vocab_size(self._loaded),
+                embedding_size=embedding_size(self._loaded),
                 cache=self._control.stats(),
             )
         )

@@ -1,4 +1,4 @@
-"""OpenAI responses for one request: a JSON body, or server-sent events.
+"""OpenAI chat and text completion replies: a JSON body, or server-sent events.
 
 A streamed response starts with its first token (or at the end), never
 before: an error before any text is still answered with a proper status and
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from actors.generation.protocol import TokenLogprob
+from actors.generation.protocol import Finished, TokenLogprob
 from api.http import Responder
 from api.logprobs import TokenNames, chat_logprobs, completion_logprobs
 from api.openai_responses import (
@@ -41,19 +41,18 @@ from api.openai_responses import (
 )
 from api.openai_types import SamplingFields
 from api.problems import Problem
+from api.reply import SSE_HEADERS, ChoiceResult, ReplyContext
 from api.tool_calls import ToolCallScanner, split_tool_calls
 from api.tools import ToolPlan
 
-SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 
-
-@dataclass(frozen=True)
-class ChoiceResult:
-    """How one choice ended, for the whole (non-streamed) body."""
-
-    text: str
-    reason: str
-    logprobs: list[TokenLogprob]
+def usage_of(end: Finished) -> Usage:
+    """OpenAI's usage figures of a finished request (the prompt counted once)."""
+    return Usage(
+        prompt_tokens=end.prompt_tokens,
+        completion_tokens=end.completion_tokens,
+        total_tokens=end.prompt_tokens + end.completion_tokens,
+    )
 
 
 @dataclass
@@ -146,8 +145,9 @@ class Reply:
             events += encode_event(self._call_chunk(choice, before + offset, call))
         await respond.chunk(events)
 
-    async def send_choice_end(self, respond: Responder, reason: str, index: int = 0) -> None:
+    async def send_choice_end(self, respond: Responder, end: Finished, index: int = 0) -> None:
         """A streamed choice's last events: what its text held back, then its finish reason."""
+        reason = end.reason.value
         choice = self.choices[index]
         rest, calls, before = "", list[ToolCallOut](), 0
         if choice.scanner is not None:
@@ -164,17 +164,17 @@ class Reply:
         events += encode_event(self._chunk(choice, "", reason))
         await respond.chunk(events)
 
-    async def send_done(self, respond: Responder, usage: Usage) -> None:
+    async def send_done(self, respond: Responder, end: Finished) -> None:
         """End a stream whose choices have all ended: the usage (if asked for), then ``[DONE]``."""
         await self._ensure_started(respond)
-        events = encode_event(self._usage_chunk(usage)) if self.include_usage else b""
+        events = encode_event(self._usage_chunk(usage_of(end))) if self.include_usage else b""
         await respond.chunk(events + DONE_EVENT, more=False)
 
     async def send_whole(
-        self, respond: Responder, results: list[ChoiceResult], usage: Usage
+        self, respond: Responder, results: list[ChoiceResult], end: Finished
     ) -> None:
         """The whole response body, every choice in it."""
-        await respond.json(200, self._whole(results, usage))
+        await respond.json(200, self._whole(results, usage_of(end)))
 
     async def send_error(self, respond: Responder, problem: Problem) -> None:
         """End a started stream with an error event that names the request."""
@@ -284,24 +284,30 @@ class Reply:
         )
 
 
-def chat_reply(
-    request_id: str,
-    model: str,
-    body: SamplingFields,
-    tools: ToolPlan | None = None,
-    names: TokenNames | None = None,
-) -> Reply:
-    """The reply shape of a chat completion (tool calls parsed out when ``tools`` says so).
-
-    ``names``: given when the request asked for log-probabilities.
-    """
+def chat_reply(context: ReplyContext, body: SamplingFields, tools: ToolPlan | None = None) -> Reply:
+    """The reply shape of a chat completion (tool calls parsed out when ``tools`` says so)."""
     include = bool(body.stream_options and body.stream_options.include_usage)
-    return Reply(request_id, model, body.stream, include, True, tools=tools, names=names, n=body.n)
+    return Reply(
+        context.request_id,
+        context.model,
+        body.stream,
+        include,
+        True,
+        tools=tools,
+        names=context.names,
+        n=body.n,
+    )
 
 
-def text_reply(
-    request_id: str, model: str, body: SamplingFields, names: TokenNames | None = None
-) -> Reply:
+def text_reply(context: ReplyContext, body: SamplingFields) -> Reply:
     """The reply shape of a text completion."""
     include = bool(body.stream_options and body.stream_options.include_usage)
-    return Reply(request_id, model, body.stream, include, False, names=names, n=body.n)
+    return Reply(
+        context.request_id,
+        context.model,
+        body.stream,
+        include,
+        False,
+        names=context.names,
+        n=body.n,
+    )

@@ -1,0 +1,174 @@
+"""``POST /v1/embeddings``: the served model's embeddings, batched in the engine.
+
+Each input is its own engine request (``Generate.embed``), so inputs are
+cancelled, retried after an engine restart and bounded by the deadline
+(``--embeddings-timeout``) one by one, and the engine pools as many of them
+per forward pass as its token budget allows (:mod:`actors.generation.embedding`).
+The vector is the final hidden states mean-pooled over the input's tokens and
+L2-normalised, as llama.cpp's ``--embeddings`` and vLLM's pooling runner give
+for a decoder model. ``dimensions`` is accepted only as the model's own size:
+shortening such a vector is meaningful only for a model trained for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta, Struct
+
+from actors.generation.protocol import Finished, TokenLogprob
+from api.completions import Completions
+from api.http import Request, Responder
+from api.jobs import Job
+from api.openai_types import SamplingFields
+from api.problems import HTTPProblem, Problem
+from api.reply import ChoiceResult, ReplyContext
+
+MAX_INPUTS = 2048
+"""Inputs one request may carry (OpenAI's limit)."""
+TokenId = Annotated[int, Meta(ge=0)]
+
+
+class EmbeddingRequest(Struct, frozen=True, kw_only=True):
+    """``POST /v1/embeddings``: a string, strings, token ids, or lists of token ids."""
+
+    model: str
+    # msgspec allows one array type per union; the handler checks the list's shape.
+    input: (
+        Annotated[str, Meta(min_length=1)]
+        | Annotated[list[str | TokenId | list[TokenId]], Meta(min_length=1, max_length=MAX_INPUTS)]
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    user: str | None = None
+
+
+class Embedding(Struct, frozen=True, kw_only=True):
+    """One input's vector: floats, or base64 of little-endian float32."""
+
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(Struct, frozen=True, kw_only=True):
+    """Tokens read: every input's."""
+
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Struct, frozen=True, kw_only=True):
+    """The response of ``/v1/embeddings``."""
+
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class Embeddings:
+    """The handler of ``/v1/embeddings``, over the completion core."""
+
+    def __init__(self, core: Completions, tokenizer: Callable[[], Any]) -> None:
+        self._core = core
+        self._tokenizer = tokenizer
+        self.dimensions = 0
+        """The model's embedding size, once it is loaded."""
+
+    async def create(self, request: Request, respond: Responder) -> None:
+        """``POST /v1/embeddings``."""
+        await self._core.handle(request, respond, "embeddings", self._job)
+
+    async def _job(self, request: Request) -> Job:
+        core = self._core
+        body = await request.json_body(EmbeddingRequest, core.settings.max_body_bytes)
+        core.check_model(body.model)
+        if body.dimensions is not None and body.dimensions != self.dimensions:
+            raise HTTPProblem(
+                422,
+                "unsupported-field",
+                f"`dimensions`: this model's embeddings have {self.dimensions} dimensions "
+                "and cannot be shortened",
+            )
+        texts, ids = _inputs(body.input)
+        tokenizer = self._tokenizer
+
+        def tokenize() -> list[list[int]]:
+            if ids is not None:
+                return ids
+            return [[int(token) for token in tokenizer().encode(text)] for text in texts]
+
+        return Job(
+            body=SamplingFields(model=body.model),
+            prompt_chars=sum(len(text) for text in texts) or sum(len(i) for i in ids or ()),
+            make_prompt=list,
+            reply_for=lambda context: EmbeddingsReply(context, body.encoding_format),
+            embed_inputs=tokenize,
+        )
+
+
+def _inputs(given: str | list[Any]) -> tuple[list[str], list[list[int]] | None]:
+    """(texts, ``None``) or ([], token ids): 422 unless one kind throughout."""
+    if isinstance(given, str):
+        return [given], None
+    if all(isinstance(item, str) for item in given):
+        if not all(given):
+            raise HTTPProblem(422, "invalid-field", "`input` strings must not be empty")
+        return list(given), None
+    if all(isinstance(item, int) for item in given):
+        return [], [list(given)]
+    if all(isinstance(item, list) and item for item in given):
+        return [], [[int(token) for token in item] for item in given]
+    raise HTTPProblem(
+        422,
+        "invalid-field",
+        "`input` must be a string, strings, token ids, or non-empty lists of token ids",
+    )
+
+
+class EmbeddingsReply:
+    """Writes the embeddings of every input, in order, once all are done."""
+
+    streaming = False
+
+    def __init__(self, context: ReplyContext, encoding: str) -> None:
+        self.context = context
+        self._encoding = encoding
+
+    async def send_whole(
+        self, respond: Responder, results: list[ChoiceResult], end: Finished
+    ) -> None:
+        """The list of embeddings and the tokens read."""
+        data = [
+            Embedding(index=index, embedding=self._encoded(result.end.embedding or []))
+            for index, result in enumerate(results)
+        ]
+        usage = EmbeddingUsage(prompt_tokens=end.prompt_tokens, total_tokens=end.prompt_tokens)
+        await respond.json(200, EmbeddingList(data=data, model=self.context.model, usage=usage))
+
+    def _encoded(self, vector: list[float]) -> list[float] | str:
+        if self._encoding == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        return vector
+
+    async def send_delta(
+        self,
+        respond: Responder,
+        text: str,
+        logprobs: list[TokenLogprob] | None = None,
+        index: int = 0,
+    ) -> None:
+        """Never called: nothing is generated."""
+
+    async def send_choice_end(self, respond: Responder, end: Finished, index: int = 0) -> None:
+        """Never called: the reply is not streamed."""
+
+    async def send_done(self, respond: Responder, end: Finished) -> None:
+        """Never called: the reply is not streamed."""
+
+    async def send_error(self, respond: Responder, problem: Problem) -> None:
+        """Never called: the reply is not streamed."""

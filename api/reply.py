@@ -1,0 +1,91 @@
+"""What every endpoint's response writer does, whatever its wire format.
+
+The completion machinery (:mod:`api.completions`) runs a request's choices
+and hands what they produce to a :class:`ReplyWriter`: OpenAI's chat and text
+completions (:mod:`api.chat_reply`), Anthropic's Messages
+(:mod:`api.anthropic_reply`), OpenAI's Responses (:mod:`api.responses_reply`)
+and embeddings (:mod:`api.embeddings`). A streamed reply starts with its first
+output (or at its end), never before: an error before that is still answered
+with a proper status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from actors.generation.protocol import Finished, TokenLogprob
+from api.http import Responder
+from api.logprobs import TokenNames
+from api.problems import Problem
+
+SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+
+
+@dataclass(frozen=True)
+class ReplyContext:
+    """What a writer knows once the prompt is tokenized."""
+
+    request_id: str
+    model: str
+    prompt_tokens: int
+    names: TokenNames | None = None
+    """Set when the request asked for log-probabilities."""
+
+
+@dataclass(frozen=True)
+class ChoiceResult:
+    """How one choice ended, for the whole (non-streamed) body."""
+
+    text: str
+    end: Finished
+    logprobs: list[TokenLogprob]
+
+    @property
+    def reason(self) -> str:
+        """``stop``, ``length`` (or ``cancelled``)."""
+        return self.end.reason.value
+
+
+class ReplyWriter(Protocol):
+    """Writes one request's response, streamed or whole."""
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the response is a stream of events."""
+        ...
+
+    async def send_delta(
+        self,
+        respond: Responder,
+        text: str,
+        logprobs: list[TokenLogprob] | None = None,
+        index: int = 0,
+    ) -> None:
+        """Stream ``text`` of choice ``index`` (starting the stream on the first output)."""
+        ...
+
+    async def send_choice_end(self, respond: Responder, end: Finished, index: int = 0) -> None:
+        """A streamed choice has ended: what it held back, then how it ended."""
+        ...
+
+    async def send_done(self, respond: Responder, end: Finished) -> None:
+        """End a stream whose choices have all ended (``end``: their combined counts)."""
+        ...
+
+    async def send_whole(
+        self, respond: Responder, results: list[ChoiceResult], end: Finished
+    ) -> None:
+        """The whole response body."""
+        ...
+
+    async def send_error(self, respond: Responder, problem: Problem) -> None:
+        """End a started stream with an error event that names the request."""
+        ...
+
+
+def named_event(name: str, payload: object) -> bytes:
+    """One server-sent event with an ``event:`` line, as Anthropic and Responses send them."""
+    return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(payload) + b"\n\n"
