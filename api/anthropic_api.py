@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 
+import anyio
+
+from actors.generation.protocol import Finished, FinishReason
 from api.anthropic_reply import AnthropicReply
 from api.anthropic_types import (
     NOT_HONOURED_MESSAGES,
@@ -64,17 +67,34 @@ class AnthropicMessages:
         await self._core.handle(request, respond, "messages", self._job)
 
     async def count_tokens(self, request: Request, respond: Responder) -> None:
-        """``POST /v1/messages/count_tokens``: the prompt's length, nothing generated."""
+        """``POST /v1/messages/count_tokens``: the prompt's length, nothing generated.
+
+        Nothing is generated, so intake is not asked; the prompt is still built
+        under the Messages deadline, on the tokenizing threads.
+        """
         core = self._core
         async with core.reporter.reporting(request, "count_tokens", core.gate) as outcome:
-            body = await request.json_body(
-                CountTokensRequest, core.settings.max_body_bytes, NOT_HONOURED_MESSAGES
-            )
-            core.check_model(body.model)
-            job = await core.chat_job_of(_chat_request(body, body.model))
-            prompt = await core.tokenized(job.make_prompt)
-            outcome.prompt_tokens = len(prompt)
-            await respond.json(200, InputTokenCount(input_tokens=len(prompt)))
+            with anyio.move_on_after(core.settings.timeouts["messages"]) as scope:
+                body = await request.json_body(
+                    CountTokensRequest, core.settings.max_body_bytes, NOT_HONOURED_MESSAGES
+                )
+                core.check_model(body.model)
+                continues = _continues(body.messages)
+                job = await core.chat_job_of(_chat_request(body, body.model), continues)
+                prompt = await core.tokenized(job.make_prompt)
+                outcome.prompt_tokens = len(prompt)
+                outcome.end = Finished(
+                    request_id=request.request_id,
+                    reason=FinishReason.STOP,
+                    prompt_tokens=len(prompt),
+                    completion_tokens=0,
+                )
+                await respond.json(200, InputTokenCount(input_tokens=len(prompt)))
+            if scope.cancelled_caught:
+                outcome.cancelled_by = "deadline"
+                await respond.problem(
+                    HTTPProblem(504, "deadline-exceeded", "the request's deadline passed").problem
+                )
 
     async def _job(self, request: Request) -> Job:
         core = self._core
@@ -82,10 +102,36 @@ class AnthropicMessages:
             MessagesRequest, core.settings.max_body_bytes, NOT_HONOURED_MESSAGES
         )
         core.check_model(body.model)
-        job = await core.chat_job_of(_chat_request(body, body.model))
+        continues = _continues(body.messages)
+        job = await core.chat_job_of(_chat_request(body, body.model), continues)
         tools = job.tools
         job.reply_for = lambda context: AnthropicReply(context, body.stream, tools)
         return job
+
+
+def _continues(messages: list[InputMessage]) -> bool:
+    """Whether the last turn is an assistant prefill the answer continues (as Anthropic's do).
+
+    An empty one is no prefill: :func:`_chat_request` leaves it out. One that
+    calls tools cannot be continued: its results must come first.
+    """
+    last = messages[-1]
+    if last.role != "assistant":
+        return False
+    if isinstance(last.content, list) and any(
+        not isinstance(block, TextBlock) for block in last.content
+    ):
+        raise HTTPProblem(
+            400, "invalid-turn", "a final assistant turn with `tool_use` needs its `tool_result`"
+        )
+    return bool(_text_of(last))
+
+
+def _text_of(message: InputMessage) -> str:
+    """A turn's text; only for turns of text blocks (or a string)."""
+    if isinstance(message.content, str):
+        return message.content
+    return "".join(block.text for block in message.content if isinstance(block, TextBlock))
 
 
 def _chat_request(body: MessagesRequest | CountTokensRequest, model: str) -> ChatCompletionRequest:
@@ -94,7 +140,14 @@ def _chat_request(body: MessagesRequest | CountTokensRequest, model: str) -> Cha
     system = _system_text(body.system)
     if system:
         messages.append(SystemMessageParam(content=system))
-    for message in body.messages:
+    turns = list(body.messages)
+    last = turns[-1]
+    empty = not _text_of(last) and (
+        isinstance(last.content, str) or all(isinstance(block, TextBlock) for block in last.content)
+    )
+    if last.role == "assistant" and empty and len(turns) > 1:
+        turns.pop()  # an empty prefill: the answer starts a new turn as usual
+    for message in turns:
         messages.extend(_turns(message))
     tool_choice, parallel = _tool_choice(body.tool_choice)
     tools = [

@@ -72,7 +72,6 @@ def endpoint_timeouts(settings: Settings) -> dict[str, float]:
         "chat": settings.chat_timeout,
         "completions": settings.completion_timeout,
         "messages": settings.messages_timeout,
-        "count_tokens": settings.messages_timeout,
         "responses": settings.responses_timeout,
         "embeddings": settings.embeddings_timeout,
     }

@@ -42,11 +42,15 @@ from api.outcome import Outcome, Reporter
 from api.problems import HTTPProblem, problem_for
 from api.prompts import sampling_params, templated
 from api.reply import ChoiceResult, ReplyContext, ReplyWriter
-from runtime import ActorDied, ActorSystem
+from runtime import ActorDied, ActorSystem, TroupeError
 
 log = logging.getLogger("troupe.http")
 
 TRANSPARENT_RETRIES = 2
+CHOICES_IN_FLIGHT = 64
+"""Engine requests one API request keeps in flight at once (its choices, or its
+inputs to embed): enough for the engine to batch them, never a flood of one
+actor's mailbox from a single request of 2048 inputs."""
 
 
 class Admission(Protocol):
@@ -176,14 +180,14 @@ class Completions:
         self.check_model(body.model)
         return await self.chat_job_of(body)
 
-    async def chat_job_of(self, body: ChatCompletionRequest) -> Job:
+    async def chat_job_of(self, body: ChatCompletionRequest, continue_final: bool = False) -> Job:
         """The job of a chat request (also what Messages and Responses bodies become)."""
         if body.response_format is None and not body.tools:
-            return chat_job(body, self._tokenizer)
+            return chat_job(body, self._tokenizer, continue_final)
         # Compiling a schema (up to 64 KiB) into a grammar is bounded but not free:
         # it runs on a tokenizing thread, never on the event loop.
         return await anyio.to_thread.run_sync(
-            chat_job, body, self._tokenizer, limiter=self._tokenizing
+            chat_job, body, self._tokenizer, continue_final, limiter=self._tokenizing
         )
 
     async def tokenized(self, make_prompt: Callable[[], list[int]]) -> list[int]:
@@ -302,15 +306,24 @@ class Completions:
             await self._run_choice(respond, reply, generates[0], outcome, 0)
             return [outcome]
         runs = [Outcome(timing=outcome.timing) for _ in generates]
+        limiter = anyio.CapacityLimiter(CHOICES_IN_FLIGHT)
+        refused: list[TroupeError] = []
         async with anyio.create_task_group() as tg:
 
             async def run(index: int) -> None:
-                await self._run_choice(respond, reply, generates[index], runs[index], index)
+                try:
+                    async with limiter:
+                        await self._run_choice(respond, reply, generates[index], runs[index], index)
+                except TroupeError as exc:  # a full mailbox, a stopped actor: one answer
+                    refused.append(exc)
+                    tg.cancel_scope.cancel()
                 if isinstance(runs[index].end, Failed):
                     tg.cancel_scope.cancel()
 
             for index in range(len(generates)):
                 tg.start_soon(run, index)
+        if refused:
+            raise refused[0]
         outcome.tokens_sent = sum(run.tokens_sent for run in runs)
         outcome.end = combined_end(runs)
         return runs

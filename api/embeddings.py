@@ -143,6 +143,12 @@ class EmbeddingsReply:
         self, respond: Responder, results: list[ChoiceResult], end: Finished
     ) -> None:
         """The list of embeddings and the tokens read."""
+        if any(result.end.embedding is None for result in results):
+            # An engine that ended an input without its vector: never an empty one.
+            await respond.problem(
+                Problem(500, "internal-error", "the server failed to embed an input")
+            )
+            return
         data = [
             Embedding(index=index, embedding=self._encoded(result.end.embedding or []))
             for index, result in enumerate(results)

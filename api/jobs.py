@@ -45,8 +45,15 @@ class Job:
     """For embeddings: tokenizes every input (on a worker thread); ``None``: generate."""
 
 
-def chat_job(body: ChatCompletionRequest, tokenizer: Callable[[], Any]) -> Job:
-    """The job of a chat completion; ``tokenizer`` returns mlx-lm's wrapper."""
+def chat_job(
+    body: ChatCompletionRequest, tokenizer: Callable[[], Any], continue_final: bool = False
+) -> Job:
+    """The job of a chat completion; ``tokenizer`` returns mlx-lm's wrapper.
+
+    ``continue_final``: the last message is the start of the answer (an
+    assistant prefill, as Anthropic's API takes it), which the model continues
+    rather than starting a new turn.
+    """
     messages = [template_message(message) for message in body.messages]
     tools = plan_tools(body, tokenizer())
     grammar = response_grammar(body.response_format)
@@ -60,9 +67,14 @@ def chat_job(body: ChatCompletionRequest, tokenizer: Callable[[], Any]) -> Job:
         )
 
     def make_prompt() -> list[int]:
-        ids = tokenizer().apply_chat_template(
-            messages, tools=tools.template_tools, add_generation_prompt=True
+        # Hugging Face's continue_final_message: the rendered conversation is cut
+        # right after the final message's text (its end-of-turn marker dropped).
+        ending = (
+            {"continue_final_message": True, "add_generation_prompt": False}
+            if continue_final
+            else {"add_generation_prompt": True}
         )
+        ids = tokenizer().apply_chat_template(messages, tools=tools.template_tools, **ending)
         return [int(token) for token in ids]
 
     return Job(

@@ -33,6 +33,7 @@ from api.openai_types import (
     ToolMessageParam,
     UserMessageParam,
 )
+from api.problems import HTTPProblem
 from api.responses_reply import ResponsesReply
 from api.responses_types import (
     NOT_HONOURED_RESPONSES,
@@ -66,6 +67,11 @@ class Responses:
             ResponsesRequest, core.settings.max_body_bytes, NOT_HONOURED_RESPONSES
         )
         core.check_model(body.model)
+        limit = core.settings.max_tokens_limit
+        if limit is not None and (body.max_output_tokens or 0) > limit:
+            raise HTTPProblem(
+                422, "invalid-field", f"`max_output_tokens` is above this server's limit of {limit}"
+            )
         job = await core.chat_job_of(chat_request(body))
         tools, echo = job.tools, _echo(body)
         job.reply_for = lambda context: ResponsesReply(context, body.stream, tools, echo)

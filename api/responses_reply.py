@@ -39,6 +39,16 @@ from api.tool_calls import ToolCallScanner, split_tool_calls
 from api.tools import ToolPlan
 
 
+def _item_status(end: Finished) -> str:
+    """An output message cut short by ``max_output_tokens`` is ``incomplete``, as OpenAI's are."""
+    return "incomplete" if end.reason is FinishReason.LENGTH else "completed"
+
+
+def _error_code(status: int) -> str:
+    """OpenAI's error code for a failed response (the slug goes in the message)."""
+    return "rate_limit_exceeded" if status == 429 else "server_error"
+
+
 class ResponsesReply:
     """The response of one Responses request; ``echo`` holds the request's settings."""
 
@@ -79,7 +89,7 @@ class ResponsesReply:
     async def send_done(self, respond: Responder, end: Finished) -> None:
         """Close the open message, then ``response.completed`` (or ``.incomplete``)."""
         await self._ensure_started(respond)
-        events = self._close_message()
+        events = self._close_message(_item_status(end))
         response = self._response(end)
         name = "response.completed" if response.status == "completed" else "response.incomplete"
         events += self._event(name, {"response": response})
@@ -93,14 +103,15 @@ class ResponsesReply:
         if self._tools is not None:
             text, calls = split_tool_calls(self._tools, text)
         if text:
-            self._items.append(self._message(text, "completed"))
+            self._items.append(self._message(text, _item_status(results[0].end)))
         self._items.extend(self._call(call) for call in calls)
         await respond.json(200, self._response(end))
 
     async def send_error(self, respond: Responder, problem: Problem) -> None:
         """End a started stream with ``response.failed``, its error naming the request."""
         error = ResponseError(
-            code=problem.slug, message=f"{problem.detail} (request {self.context.request_id})"
+            code=_error_code(problem.status),
+            message=f"{problem.detail} ({problem.slug}, request {self.context.request_id})",
         )
         failed = msgspec.structs.replace(
             self._echo, status="failed", output=list(self._items), error=error
@@ -125,14 +136,15 @@ class ResponsesReply:
             events += self._event("response.output_item.added", self._at(item=item))
             events += self._event("response.content_part.added", self._in_part(part=part))
         self._text += text
-        return events + self._event("response.output_text.delta", self._in_part(delta=text))
+        delta = self._in_part(delta=text, logprobs=[])
+        return events + self._event("response.output_text.delta", delta)
 
-    def _close_message(self) -> bytes:
+    def _close_message(self, status: str = "completed") -> bytes:
         if self._text is None:
             return b""
         text, self._text = self._text, None
-        item = self._message(text, "completed")
-        events = self._event("response.output_text.done", self._in_part(text=text))
+        item = self._message(text, status)
+        events = self._event("response.output_text.done", self._in_part(text=text, logprobs=[]))
         events += self._event("response.content_part.done", self._in_part(part=item.content[0]))
         events += self._event("response.output_item.done", self._at(item=item))
         self._items.append(item)

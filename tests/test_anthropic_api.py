@@ -19,6 +19,7 @@ import jsonschema
 import pytest
 
 from tests.server import Server, running_server
+from tests.test_api_metrics import eventually, samples, value
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -216,6 +217,43 @@ def test_output_config_format_is_enforced(api: anthropic.Anthropic, model: str) 
         output_config={"format": {"type": "json_schema", "schema": WEATHER}},
     )
     jsonschema.validate(json.loads(message.content[0].text), WEATHER)  # type: ignore[union-attr]
+
+
+def test_a_final_assistant_turn_is_continued_not_answered(
+    api: anthropic.Anthropic, model: str, loaded_model: Any
+) -> None:
+    prefill: Any = [
+        {"role": "user", "content": "Name a colour"},
+        {"role": "assistant", "content": "My favourite colour is"},
+    ]
+    expected = loaded_model.tokenizer.apply_chat_template(
+        prefill, continue_final_message=True, add_generation_prompt=False
+    )
+    counted = api.messages.count_tokens(model=model, messages=prefill).input_tokens
+    assert counted == len(expected)  # the prompt ends inside the assistant's turn
+    message = api.messages.create(model=model, max_tokens=5, messages=prefill, extra_body=GREEDY)
+    assert message.usage.input_tokens + (message.usage.cache_read_input_tokens or 0) == counted
+    calling: Any = [
+        prefill[0],
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}],
+        },
+    ]
+    with pytest.raises(anthropic.BadRequestError):
+        api.messages.create(model=model, max_tokens=5, messages=calling, tools=TOOLS)
+
+
+def test_count_tokens_is_counted_as_answered(
+    server: Server, api: anthropic.Anthropic, model: str
+) -> None:
+    def counted() -> float:
+        text = httpx.get(server.url + "/metrics", timeout=10).text
+        return value(samples(text), "troupe_requests_total", endpoint="count_tokens", status="200")
+
+    before = counted()
+    api.messages.count_tokens(model=model, messages=[{"role": "user", "content": "hi"}])
+    eventually(lambda: counted() == before + 1)
 
 
 def test_errors_come_in_anthropics_shape_with_the_request_id(

@@ -60,6 +60,31 @@ def test_the_queue_batches_within_its_token_budget(loaded_model: Any) -> None:
     assert max(abs(x - y) for x, y in zip(first[0].embedding, alone, strict=True)) < 1e-5
 
 
+def test_a_prompt_longer_than_the_budget_is_embedded_alone_in_chunks(loaded_model: Any) -> None:
+    queue = EmbeddingQueue(loaded_model, token_budget=8)
+    long_prompt = [5 + (i % 50) for i in range(20)]
+    queue.add(embed("long", long_prompt))
+    queue.add(embed("short", [7, 8, 9]))
+    assert queue.step() == [] and queue.step() == []  # 8 + 8 tokens: not done yet
+    (done,) = queue.step()  # the last 4 tokens
+    assert isinstance(done, Finished) and done.request_id == "long" and done.embedding
+    whole = pooled(loaded_model.model, [long_prompt])[0]
+    assert max(abs(x - y) for x, y in zip(done.embedding, whole, strict=True)) < 1e-4
+    (short,) = queue.step()
+    assert isinstance(short, Finished) and short.request_id == "short" and not queue
+
+
+def test_a_failed_pass_fails_only_its_own_requests(loaded_model: Any) -> None:
+    queue = EmbeddingQueue(loaded_model, token_budget=8)
+    queue.add(embed("long", [5] * 20))
+    queue.add(embed("waiting", [6, 7]))
+    assert queue.step() == []  # the long prompt's first chunk: it is in the pass now
+    (failed,) = queue.fail_pass(FailureKind.OUT_OF_MEMORY, "out of memory; retry later", True)
+    assert isinstance(failed, Failed) and failed.request_id == "long" and failed.retryable
+    (left,) = queue.step()
+    assert isinstance(left, Finished) and left.request_id == "waiting"
+
+
 def test_an_expired_request_is_dropped_before_any_work(loaded_model: Any) -> None:
     queue = EmbeddingQueue(loaded_model, token_budget=64)
     queue.add(embed("late", [5, 6, 7], deadline=time.time() - 1))

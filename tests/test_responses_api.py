@@ -66,6 +66,7 @@ def test_a_plain_response_has_output_text_and_usage(api: openai.OpenAI, server: 
     assert response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"
     assert response.output_text and response.output[0].type == "message"
+    assert response.output[0].status == "incomplete"  # cut short, as the response is
     assert response.usage is not None and response.usage.output_tokens == 9
     assert response.usage.total_tokens == response.usage.input_tokens + 9
     assert response.metadata == {"ticket": "42"} and response.instructions == "Answer briefly."

@@ -90,6 +90,9 @@ def test_every_guarded_route_refuses_missing_and_wrong_keys(server: Server) -> N
                 "wrong": {"authorization": "Bearer not-a-key"},
                 "not bearer": {"authorization": f"Basic {API_KEYS[0]}"},
                 "the other kind": _bearer(API_KEYS[0] if path.startswith("/admin/") else ADMIN),
+                "wrong x-api-key": {"x-api-key": "not-a-key"},
+                # x-api-key is Anthropic's header for API keys, never the admin key's.
+                "x-api-key elsewhere": {"x-api-key": ADMIN if path.startswith("/admin/") else ""},
             }
             for label, headers in tries.items():
                 response = httpx.request(method, server.url + path, headers=headers, timeout=30)
@@ -98,7 +101,11 @@ def test_every_guarded_route_refuses_missing_and_wrong_keys(server: Server) -> N
                     continue
                 assert response.status_code == 401, (method, path, label, response.text)
                 assert response.headers["www-authenticate"] == "Bearer"
-                assert response.headers["content-type"] == "application/problem+json"
+                if path.startswith("/v1/messages"):  # Anthropic's routes, Anthropic's shape
+                    assert response.headers["content-type"] == "application/json"
+                    assert response.json()["error"]["type"] == "authentication_error"
+                else:
+                    assert response.headers["content-type"] == "application/problem+json"
     assert httpx.get(server.url + "/health/ready", timeout=10).status_code == 200
 
 
@@ -106,6 +113,10 @@ def test_the_right_keys_open_their_own_routes_only(server: Server) -> None:
     for key in API_KEYS:
         models = httpx.get(server.url + "/v1/models", headers=_bearer(key), timeout=10)
         assert models.status_code == 200
+        anthropic_style = httpx.get(
+            server.url + "/v1/models", headers={"x-api-key": key}, timeout=10
+        )
+        assert anthropic_style.status_code == 200
     audit = httpx.get(server.url + "/admin/audit-logs", headers=_bearer(ADMIN), timeout=10)
     assert audit.status_code == 200
     assert (

@@ -2,9 +2,10 @@
 
 A request with ``Generate.embed`` never enters the generation batch. It waits
 here, and each turn of the engine's loop runs one forward pass over as many
-waiting prompts as fit a token budget (at least one), so a burst of
-embeddings delays the running streams by one bounded pass per step, as a long
-prompt's prefill chunks do.
+waiting prompts as fit a token budget, so a burst of embeddings delays the
+running streams by one bounded pass per step, as a long prompt's prefill
+chunks do. A prompt longer than the budget is embedded alone, one chunk of the
+budget per turn, through a KV cache: no pass is ever larger than the budget.
 
 The embedding is what llama.cpp's ``--embeddings`` and vLLM's pooling runner
 give for a decoder model: the final hidden states (after the last norm),
@@ -20,9 +21,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
 
 from actors.generation.ports import ModelLike
 from actors.generation.protocol import (
@@ -39,6 +42,17 @@ PAD_TOKEN = 0
 """Fills the short prompts of a batch; never attended to by a real token."""
 
 
+@dataclass
+class _Chunked:
+    """A prompt longer than the budget, embedded one chunk per engine turn."""
+
+    request: Generate
+    cache: list[Any]
+    done: int = 0
+    total: Any = field(default=None)
+    """The sum of the hidden states so far (an MLX vector)."""
+
+
 class EmbeddingQueue:
     """The embedding requests waiting for the engine, run in token-bounded batches."""
 
@@ -48,12 +62,13 @@ class EmbeddingQueue:
         self._waiting: deque[Generate] = deque()
         self._running: list[Generate] = []
         """The batch of the pass under way: ended by the engine if the pass fails."""
+        self._chunked: _Chunked | None = None
         self._vocab = vocab_size(loaded)
         self.pooled_tokens = 0
         """Prompt tokens embedded so far."""
 
     def __len__(self) -> int:
-        return len(self._waiting) + len(self._running)
+        return len(self._waiting) + len(self._running) + (self._chunked is not None)
 
     def add(self, request: Generate) -> Failed | None:
         """Queue ``request``, or the failure that says why it cannot be embedded."""
@@ -64,6 +79,9 @@ class EmbeddingQueue:
 
     def cancel(self, request_id: str) -> Finished | None:
         """The end of a waiting request cancelled now (``None``: not waiting here)."""
+        if self._chunked is not None and self._chunked.request.request_id == request_id:
+            request, self._chunked = self._chunked.request, None
+            return never_started(request)
         for request in self._waiting:
             if request.request_id == request_id:
                 self._waiting.remove(request)
@@ -72,13 +90,34 @@ class EmbeddingQueue:
 
     def drain(self) -> list[Generate]:
         """Every request not answered yet, removed (the engine is ending or recovering)."""
-        drained = [*self._running, *self._waiting]
-        self._running = []
+        drained = [*self._in_pass(), *self._waiting]
         self._waiting.clear()
         return drained
 
+    def fail_pass(self, kind: FailureKind, detail: str, retryable: bool) -> list[StreamEvent]:
+        """End the requests of a pass that failed; those waiting are left alone."""
+        return [
+            Failed(request_id=request.request_id, kind=kind, retryable=retryable, detail=detail)
+            for request in self._in_pass()
+        ]
+
+    def _in_pass(self) -> list[Generate]:
+        """The requests of the pass under way (a batch, or a long prompt), removed."""
+        requests = list(self._running)
+        if self._chunked is not None:
+            requests.append(self._chunked.request)
+        self._running, self._chunked = [], None
+        return requests
+
     def step(self) -> list[StreamEvent]:
-        """Embed the next batch: the oldest waiting prompts that fit the token budget."""
+        """One pass: the next chunk of a long prompt, or the oldest prompts that fit the budget."""
+        if self._chunked is None and self._waiting and len(self._waiting[0].prompt) > self._budget:
+            request = self._waiting.popleft()
+            if request.deadline is not None and time.time() >= request.deadline:
+                return [expired(request)]
+            self._chunked = _Chunked(request, make_prompt_cache(self._loaded.model))
+        if self._chunked is not None:
+            return self._advance_chunked(self._chunked)
         events: list[StreamEvent] = []
         batch: list[Generate] = []
         while self._waiting and self._fits(batch, self._waiting[0]):
@@ -97,8 +136,25 @@ class EmbeddingQueue:
             )
         return events
 
+    def _advance_chunked(self, chunked: _Chunked) -> list[StreamEvent]:
+        prompt = chunked.request.prompt
+        chunk = prompt[chunked.done : chunked.done + self._budget]
+        hidden = self._loaded.model.model(mx.array([chunk]), cache=chunked.cache)
+        part = hidden.astype(mx.float32).sum(axis=1)[0]
+        chunked.total = part if chunked.total is None else chunked.total + part
+        mx.eval(chunked.total)
+        chunked.done += len(chunk)
+        if chunked.done < len(prompt):
+            return []
+        self._chunked = None
+        self.pooled_tokens += len(prompt)
+        vector = _normalised(chunked.total[None, :] / len(prompt))[0]
+        return [_finished(chunked.request, vector)]
+
     def _fits(self, batch: list[Generate], request: Generate) -> bool:
-        """Whether ``request`` joins ``batch`` within the budget (the first always does)."""
+        """Whether ``request`` (no longer than the budget) joins ``batch`` within it."""
+        if len(request.prompt) > self._budget:
+            return False  # a long prompt is embedded alone, in chunks
         if not batch:
             return True
         longest = max(len(request.prompt), *(len(r.prompt) for r in batch))
@@ -140,10 +196,15 @@ def pooled(model: Any, prompts: list[list[int]]) -> list[list[float]]:
     hidden = model.model(padded).astype(mx.float32)
     mask = (mx.arange(longest)[None, :] < mx.array(lengths)[:, None]).astype(mx.float32)
     mean = (hidden * mask[:, :, None]).sum(axis=1) / mx.array(lengths, dtype=mx.float32)[:, None]
-    norm = mx.maximum(mx.sqrt((mean * mean).sum(axis=1, keepdims=True)), 1e-12)
-    vectors = mean / norm
-    mx.eval(vectors)
-    rows: list[list[float]] = vectors.tolist()
+    return _normalised(mean)
+
+
+def _normalised(vectors: Any) -> list[list[float]]:
+    """Each row of ``vectors`` scaled to unit length, as lists."""
+    norm = mx.maximum(mx.sqrt((vectors * vectors).sum(axis=1, keepdims=True)), 1e-12)
+    unit = vectors / norm
+    mx.eval(unit)
+    rows: list[list[float]] = unit.tolist()
     return rows
 
 

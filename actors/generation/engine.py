@@ -165,7 +165,7 @@ class Engine:
                 self._fill_batch()
                 self._prefill_shared()
                 if self._embeddings:
-                    self._emit_any(self._embeddings.step())
+                    self._embed_guarded()
                 if self._requests:
                     self._step_guarded()
             self._fail_all(FailureKind.SHUTTING_DOWN, "the server is shutting down", True)
@@ -185,6 +185,30 @@ class Engine:
         return (
             not self._requests and not self._waiting and not self._shared and not self._embeddings
         )
+
+    def _embed_guarded(self) -> None:
+        """One embedding pass; if it fails, only its own requests fail.
+
+        An allocation failure frees MLX's cache and is worth a retry; anything
+        else is this input's failure (a 500), never a reason to end the
+        streams beside it.
+        """
+        before = self._embeddings.pooled_tokens
+        try:
+            events = self._embeddings.step()
+        except Exception as exc:
+            if is_allocation_failure(exc):
+                mx.clear_cache()
+                events = self._embeddings.fail_pass(
+                    FailureKind.OUT_OF_MEMORY, "out of memory; retry later", True
+                )
+            else:
+                log.error("an embedding pass failed: %s", describe_failure(exc))
+                events = self._embeddings.fail_pass(
+                    FailureKind.ENGINE_CRASHED, "the engine could not embed this input", False
+                )
+        self.prompt_tokens += self._embeddings.pooled_tokens - before
+        self._emit_any(events)
 
     def _emit_any(self, events: list[StreamEvent]) -> None:
         if events:

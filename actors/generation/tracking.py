@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
+
 from actors.generation.process_protocol import Heartbeat
 from actors.generation.protocol import Failed, FailureKind, Finished, FinishReason, Generate
 
@@ -38,14 +40,9 @@ class TrackedRequest:
         """The request for the next engine: the delivered tokens ride along to be prefilled."""
         if not self.delivered:
             return self.request
-        request = self.request
-        return Generate(
-            request_id=request.request_id,
-            prompt=request.prompt,
-            params=request.params,
-            deadline=request.deadline,
-            submitted_at=request.submitted_at,
-            resumed=list(self.delivered),
+        # Its choice group (if any) has moved on: it is prefilled on its own.
+        return msgspec.structs.replace(
+            self.request, resumed=list(self.delivered), prefill_group=None
         )
 
     def finished(self, reason: FinishReason) -> Finished:
