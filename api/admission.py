@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Protocol
 
 from actors.intake.protocol import (
     Admit,
@@ -19,6 +20,31 @@ from runtime import ActorRef, ActorSystem, DeliveryError
 
 ADMIT_TIMEOUT = 5.0
 """Seconds to wait for intake's answer; intake never waits on inference."""
+
+
+class Admission(Protocol):
+    """Intake, as the completion handlers see it."""
+
+    async def admit(
+        self, request: Request, endpoint: str, prompt_chars: int, messages: int, deadline: float
+    ) -> None:
+        """Admit the request or raise the ``HTTPProblem`` (429, 503) that refuses it.
+
+        ``deadline`` is the request's, in seconds since the epoch.
+        """
+        ...
+
+    def tokenized(self, request_id: str, prompt_tokens: int) -> None:
+        """Replace intake's estimate with the exact prompt length."""
+        ...
+
+    def release(self, request_id: str, outcome: str) -> None:
+        """Tell intake how an admitted request ended."""
+        ...
+
+    def bind(self, system: ActorSystem) -> None:
+        """Find intake in the running system."""
+        ...
 
 
 class IntakeAdmission:

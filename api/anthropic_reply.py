@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from actors.generation.protocol import Finished, FinishReason, TokenLogprob
+from actors.generation.protocol import Finished, FinishReason
 from api.anthropic_types import (
     MessageResponse,
     MessagesUsage,
@@ -30,19 +30,17 @@ from api.anthropic_types import (
 from api.http import Responder
 from api.openai_responses import ToolCallOut
 from api.problems import Problem
-from api.reply import SSE_HEADERS, ChoiceResult, ReplyContext, named_event
-from api.tool_calls import ToolCallScanner, split_tool_calls
+from api.reply import SSE_HEADERS, CallScanningWriter, ChoiceResult, ReplyContext, named_event
 from api.tools import ToolPlan
 
 
-class AnthropicReply:
+class AnthropicReply(CallScanningWriter):
     """The response of one Messages request (one choice)."""
 
     def __init__(self, context: ReplyContext, streaming: bool, tools: ToolPlan | None) -> None:
+        super().__init__(tools)
         self.context = context
         self.streaming = streaming
-        self._tools = tools if tools is not None and tools.syntax is not None else None
-        self._scanner = ToolCallScanner(self._tools) if self._tools is not None else None
         self._block = 0
         """Index of the next content block."""
         self._text_open = False
@@ -54,23 +52,9 @@ class AnthropicReply:
         """The message's id, naming the request."""
         return "msg_" + self.context.request_id
 
-    async def send_delta(
-        self,
-        respond: Responder,
-        text: str,
-        logprobs: list[TokenLogprob] | None = None,
-        index: int = 0,
-    ) -> None:
-        """Stream ``text``: text deltas, and tool calls as whole blocks once complete."""
-        calls: list[ToolCallOut] = []
-        if self._scanner is not None:
-            text, calls = self._scanner.feed(text)
-        await self._send(respond, text, calls)
-
     async def send_choice_end(self, respond: Responder, end: Finished, index: int = 0) -> None:
         """What the text held back; the stop reason waits for :meth:`send_done`."""
-        if self._scanner is not None:
-            await self._send(respond, *self._scanner.flush())
+        await self._flush(respond)
         self._stop = stop_reason(end, self._called)
 
     async def send_done(self, respond: Responder, end: Finished) -> None:
@@ -91,9 +75,7 @@ class AnthropicReply:
     ) -> None:
         """The whole ``message``."""
         result = results[0]
-        text, calls = result.text, list[ToolCallOut]()
-        if self._tools is not None:
-            text, calls = split_tool_calls(self._tools, result.text)
+        text, calls = self._split(result.text)
         content: list[TextOut | ToolUseOut] = []
         uses: list[ToolUseOut] = []
         for call in calls:

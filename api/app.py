@@ -25,12 +25,19 @@ from actors.generation.protocol import EngineStats, GetEngineStats
 from actors.intake.protocol import GetIntakeStats, IntakeStats, StartDraining
 from actors.kvcache.protocol import CacheStats, GetCacheStats
 from actors.tree import Inference
+from api.admission import Admission
 from api.anthropic_api import AnthropicMessages
 from api.audit_routes import AuditLog
-from api.completions import Admission, Completions, CompletionSettings
+from api.completions import Completions, CompletionSettings
 from api.config import Settings
 from api.embeddings import Embeddings
 from api.faults import FaultSwitch
+from api.health import (
+    actors_health,
+    engine_counts,
+    not_ready_reasons,
+    overall_health,
+)
 from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
 from api.logs import AccessLogMiddleware
 from api.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
@@ -41,15 +48,11 @@ from api.openapi import ServedApi, openapi_document
 from api.problems import HTTPProblem
 from api.responses_api import Responses
 from runtime import ActorSystem, ChildStartError, Message, TroupeError, describe_failure
-from runtime.status import ActorStatus, NodeState
 
 log = logging.getLogger("troupe.server")
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
 R = TypeVar("R", bound=Message)
-CRITICAL_ACTORS = ("generation", "intake", "engine")
-"""Actors without which the server is not ready (where the tree has them: ``engine``
-exists only when the engine runs in its own process)."""
 STATS_TIMEOUT = 1.0
 """Seconds status and health wait for an actor's figures before reporting them unknown."""
 DRAIN_POLL = 0.05
@@ -268,35 +271,18 @@ class TroupeApp:
     async def _not_ready(self) -> list[str]:
         if self.system is None or not self.system.running:
             return ["the actor system is not running"]
-        reasons = []
         intake = await self._ask_briefly("intake", GetIntakeStats(), IntakeStats)
-        if intake is not None and intake.draining:
-            reasons.append("draining")
-        root = self.system.status().root
-        present = {node.name for node in root.workers()}
-        for name in CRITICAL_ACTORS:
-            node = root.find(name)
-            if name not in present:
-                continue
-            if node is None or node.state != NodeState.RUNNING:
-                reasons.append(_not_running(name))
-        return reasons
+        draining = intake is not None and intake.draining
+        return not_ready_reasons(self.system.status().root, draining)
 
     async def health(self, request: Request, respond: Responder) -> None:
         """Each actor's health and the server's overall state."""
         if self.system is None:
             raise HTTPProblem(503, "not-ready", "the server is starting", (("retry-after", "1"),))
-        actors = {node.name: _actor_health(node) for node in self.system.status().root.workers()}
         cache = await self._cache_stats()
         breaker = cache.breaker.state if cache is not None else "unknown"
-        if breaker != "closed" and actors.get("kvcache") == "healthy":
-            actors["kvcache"] = "degraded"
-        states = set(actors.values())
-        overall = (
-            "unhealthy"
-            if await self._not_ready()
-            else ("degraded" if "degraded" in states or "unhealthy" in states else "healthy")
-        )
+        actors = actors_health(self.system.status().root, breaker)
+        overall = overall_health(actors, bool(await self._not_ready()))
         status = 200 if overall != "unhealthy" else 503
         await respond.json(status, {"status": overall, "actors": actors, "cache_breaker": breaker})
 
@@ -364,16 +350,7 @@ class TroupeApp:
         runs on its own thread), so this answers in microseconds when it is up.
         """
         stats = await self._ask_briefly("generation", GetEngineStats(), EngineStats)
-        if stats is None:
-            return None
-        return {
-            "running": stats.running,
-            "waiting": stats.waiting,
-            "weights_loads": stats.weights_loads,
-            "faults_pending": stats.faults_pending,
-            "recovery_seconds": stats.recovery_seconds,
-            "process": _untagged(stats.process),
-        }
+        return None if stats is None else engine_counts(stats)
 
     async def _ask_briefly(self, actor: str, message: Message, expect: type[R]) -> R | None:
         """``actor``'s answer within :data:`STATS_TIMEOUT`, or ``None`` (gone, busy, slow)."""
@@ -396,32 +373,6 @@ def _version() -> str:
         return metadata.version("mlx-troupe")
     except metadata.PackageNotFoundError:  # running from a source tree
         return "0"
-
-
-def _untagged(message: Message | None) -> Any:
-    """A message as JSON, without the ``type`` tags of it and its fields."""
-    if message is None:
-        return None
-    fields: dict[str, Any] = msgspec.to_builtins(message)
-    return {
-        key: {k: v for k, v in value.items() if k != "type"} if isinstance(value, dict) else value
-        for key, value in fields.items()
-        if key != "type"
-    }
-
-
-def _not_running(name: str) -> str:
-    if name == "engine":
-        return "no engine process is serving (starting or restarting)"
-    return f"{name} is not running"
-
-
-def _actor_health(node: ActorStatus) -> str:
-    if node.state == NodeState.RUNNING:
-        return "healthy"
-    if node.state in (NodeState.RESTARTING, NodeState.STARTING):
-        return "degraded"
-    return "unhealthy"
 
 
 def build_asgi(app: TroupeApp) -> ASGIApp:

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 
@@ -32,6 +32,7 @@ from actors.generation.protocol import (
     Generate,
     TokenChunk,
 )
+from api.admission import Admission
 from api.choices import choice_requests, combined_end, embedding_requests, retry_of
 from api.http import Request, Responder
 from api.jobs import Job, chat_job, text_job
@@ -42,7 +43,7 @@ from api.outcome import Outcome, Reporter
 from api.problems import HTTPProblem, problem_for
 from api.prompts import sampling_params, templated
 from api.reply import ChoiceResult, ReplyContext, ReplyWriter
-from runtime import ActorDied, ActorSystem, TroupeError
+from runtime import ActorDied, TroupeError
 
 log = logging.getLogger("troupe.http")
 
@@ -51,31 +52,6 @@ CHOICES_IN_FLIGHT = 64
 """Engine requests one API request keeps in flight at once (its choices, or its
 inputs to embed): enough for the engine to batch them, never a flood of one
 actor's mailbox from a single request of 2048 inputs."""
-
-
-class Admission(Protocol):
-    """Intake, as the completion handlers see it."""
-
-    async def admit(
-        self, request: Request, endpoint: str, prompt_chars: int, messages: int, deadline: float
-    ) -> None:
-        """Admit the request or raise the ``HTTPProblem`` (429, 503) that refuses it.
-
-        ``deadline`` is the request's, in seconds since the epoch.
-        """
-        ...
-
-    def tokenized(self, request_id: str, prompt_tokens: int) -> None:
-        """Replace intake's estimate with the exact prompt length."""
-        ...
-
-    def release(self, request_id: str, outcome: str) -> None:
-        """Tell intake how an admitted request ended."""
-        ...
-
-    def bind(self, system: ActorSystem) -> None:
-        """Find intake in the running system."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,10 @@ import msgspec
 from actors.generation.protocol import Finished, TokenLogprob
 from api.http import Responder
 from api.logprobs import TokenNames
+from api.openai_responses import ToolCallOut
 from api.problems import Problem
+from api.tool_calls import ToolCallScanner, split_tool_calls
+from api.tools import ToolPlan
 
 SSE_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
 
@@ -84,6 +87,43 @@ class ReplyWriter(Protocol):
     async def send_error(self, respond: Responder, problem: Problem) -> None:
         """End a started stream with an error event that names the request."""
         ...
+
+
+class CallScanningWriter:
+    """A writer of one choice whose text may hold tool calls (Messages, Responses).
+
+    Calls are found in the text as for chat completions (:mod:`api.tool_calls`)
+    and handed to :meth:`_send` whole, beside the text that is certain.
+    """
+
+    def __init__(self, tools: ToolPlan | None) -> None:
+        self._tools = tools if tools is not None and tools.syntax is not None else None
+        self._scanner = ToolCallScanner(self._tools) if self._tools is not None else None
+
+    async def send_delta(
+        self,
+        respond: Responder,
+        text: str,
+        logprobs: list[TokenLogprob] | None = None,
+        index: int = 0,
+    ) -> None:
+        """Stream ``text``, tool calls whole once complete."""
+        calls: list[ToolCallOut] = []
+        if self._scanner is not None:
+            text, calls = self._scanner.feed(text)
+        await self._send(respond, text, calls)
+
+    async def _flush(self, respond: Responder) -> None:
+        """Send what the scanner held back, at the end of the text."""
+        if self._scanner is not None:
+            await self._send(respond, *self._scanner.flush())
+
+    def _split(self, text: str) -> tuple[str, list[ToolCallOut]]:
+        """A whole answer as (text, calls)."""
+        return (text, []) if self._tools is None else split_tool_calls(self._tools, text)
+
+    async def _send(self, respond: Responder, text: str, calls: list[ToolCallOut]) -> None:
+        raise NotImplementedError
 
 
 def named_event(name: str, payload: object) -> bytes:

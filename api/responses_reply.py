@@ -19,11 +19,11 @@ from typing import Any
 
 import msgspec
 
-from actors.generation.protocol import Finished, FinishReason, TokenLogprob
+from actors.generation.protocol import Finished, FinishReason
 from api.http import Responder
 from api.openai_responses import ToolCallOut
 from api.problems import Problem
-from api.reply import SSE_HEADERS, ChoiceResult, ReplyContext, named_event
+from api.reply import SSE_HEADERS, CallScanningWriter, ChoiceResult, ReplyContext, named_event
 from api.responses_types import (
     IncompleteDetails,
     InputTokensDetails,
@@ -35,7 +35,6 @@ from api.responses_types import (
     ResponseError,
     ResponseUsage,
 )
-from api.tool_calls import ToolCallScanner, split_tool_calls
 from api.tools import ToolPlan
 
 
@@ -49,16 +48,15 @@ def _error_code(status: int) -> str:
     return "rate_limit_exceeded" if status == 429 else "server_error"
 
 
-class ResponsesReply:
+class ResponsesReply(CallScanningWriter):
     """The response of one Responses request; ``echo`` holds the request's settings."""
 
     def __init__(
         self, context: ReplyContext, streaming: bool, tools: ToolPlan | None, echo: Response
     ) -> None:
+        super().__init__(tools)
         self.context = context
         self.streaming = streaming
-        self._tools = tools if tools is not None and tools.syntax is not None else None
-        self._scanner = ToolCallScanner(self._tools) if self._tools is not None else None
         self._echo = msgspec.structs.replace(
             echo, id="resp_" + context.request_id, created_at=int(time.time()), model=context.model
         )
@@ -66,25 +64,10 @@ class ResponsesReply:
         self._items: list[OutputItem] = []
         self._text: str | None = None
         """The open message's text so far (``None``: no message is open)."""
-        self._end: Finished | None = None
-
-    async def send_delta(
-        self,
-        respond: Responder,
-        text: str,
-        logprobs: list[TokenLogprob] | None = None,
-        index: int = 0,
-    ) -> None:
-        """Stream ``text``, and tool calls as whole items once complete."""
-        calls: list[ToolCallOut] = []
-        if self._scanner is not None:
-            text, calls = self._scanner.feed(text)
-        await self._send(respond, text, calls)
 
     async def send_choice_end(self, respond: Responder, end: Finished, index: int = 0) -> None:
         """What the text held back; the response's end waits for :meth:`send_done`."""
-        if self._scanner is not None:
-            await self._send(respond, *self._scanner.flush())
+        await self._flush(respond)
 
     async def send_done(self, respond: Responder, end: Finished) -> None:
         """Close the open message, then ``response.completed`` (or ``.incomplete``)."""
@@ -99,9 +82,7 @@ class ResponsesReply:
         self, respond: Responder, results: list[ChoiceResult], end: Finished
     ) -> None:
         """The whole ``response`` object."""
-        text, calls = results[0].text, list[ToolCallOut]()
-        if self._tools is not None:
-            text, calls = split_tool_calls(self._tools, text)
+        text, calls = self._split(results[0].text)
         if text:
             self._items.append(self._message(text, _item_status(results[0].end)))
         self._items.extend(self._call(call) for call in calls)

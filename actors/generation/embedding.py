@@ -19,6 +19,7 @@ Runs on the engine thread (no anyio).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
+from actors.generation.faults import is_allocation_failure
 from actors.generation.ports import ModelLike
 from actors.generation.protocol import (
     Failed,
@@ -37,6 +39,9 @@ from actors.generation.protocol import (
     StreamEvent,
 )
 from actors.generation.requests import expired, never_started, vocab_size
+from runtime.errors import describe_failure
+
+log = logging.getLogger("troupe.engine")
 
 PAD_TOKEN = 0
 """Fills the short prompts of a batch; never attended to by a real token."""
@@ -135,6 +140,24 @@ class EmbeddingQueue:
                 _finished(request, vector) for request, vector in zip(batch, vectors, strict=True)
             )
         return events
+
+    def step_guarded(self) -> list[StreamEvent]:
+        """:meth:`step`; if the pass fails, only its own requests fail.
+
+        An allocation failure frees MLX's cache and is worth a retry; anything
+        else is this input's failure (a 500), never a reason to end the
+        streams the engine runs beside it.
+        """
+        try:
+            return self.step()
+        except Exception as exc:
+            if is_allocation_failure(exc):
+                mx.clear_cache()
+                return self.fail_pass(FailureKind.OUT_OF_MEMORY, "out of memory; retry later", True)
+            log.error("an embedding pass failed: %s", describe_failure(exc))
+            return self.fail_pass(
+                FailureKind.ENGINE_CRASHED, "the engine could not embed this input", False
+            )
 
     def _advance_chunked(self, chunked: _Chunked) -> list[StreamEvent]:
         prompt = chunked.request.prompt

@@ -14,7 +14,9 @@ step first decodes one token for every running sequence, then prefills at most
 prompts at a time). A long prompt therefore delays the running streams by one
 prefill chunk per step instead of stalling them for its whole prefill.
 Commands (new requests, cancellations) are applied between steps, so a
-cancelled request leaves the batch before the next decode step.
+cancelled request leaves the batch before the next decode step. Embedding
+requests never enter the batch: they wait in their own queue, pooled in one
+bounded pass per turn of the loop (:mod:`actors.generation.embedding`).
 """
 
 from __future__ import annotations
@@ -35,16 +37,15 @@ from actors.generation.embedding import EmbeddingQueue
 from actors.generation.engine_config import EngineConfig
 from actors.generation.faults import (
     FaultPlan,
-    InjectedFault,
     RecoveryTimer,
     die_natively,
+    fire_token_faults,
     is_allocation_failure,
 )
 from actors.generation.grammar_mask import GrammarBook
 from actors.generation.logprobs import token_logprob
 from actors.generation.ports import ModelLike, PrefixStore
 from actors.generation.protocol import (
-    EngineFault,
     Failed,
     FailureKind,
     FinishReason,
@@ -59,6 +60,7 @@ from actors.generation.requests import (
     expired,
     never_started,
     special_tokens,
+    unpreparable,
     vocab_size,
 )
 from actors.generation.shared_prefill import SharedPrefills
@@ -115,7 +117,7 @@ class Engine:
         # mlx-lm's BatchGenerator is untyped; the engine is its only user.
         self._generator: Any = None
         self.steps = 0
-        self.prompt_tokens = 0
+        self._prompt_tokens = 0
         self.generated_tokens = 0
         self.cached_tokens = 0
 
@@ -142,6 +144,11 @@ class Engine:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens taken in: generation requests' and embedded inputs'."""
+        return self._prompt_tokens + self._embeddings.pooled_tokens
+
     def counts(self) -> tuple[int, int]:
         """(running, waiting): decoding sequences, and those queued or in prefill."""
         requests = list(self._requests.values())
@@ -164,8 +171,8 @@ class Engine:
             while self._apply_commands(block=self._idle()):
                 self._fill_batch()
                 self._prefill_shared()
-                if self._embeddings:
-                    self._embed_guarded()
+                if self._embeddings:  # one pooled pass of waiting embeddings
+                    self._emit_any(self._embeddings.step_guarded())
                 if self._requests:
                     self._step_guarded()
             self._fail_all(FailureKind.SHUTTING_DOWN, "the server is shutting down", True)
@@ -182,33 +189,7 @@ class Engine:
                 self._generator.close()
 
     def _idle(self) -> bool:
-        return (
-            not self._requests and not self._waiting and not self._shared and not self._embeddings
-        )
-
-    def _embed_guarded(self) -> None:
-        """One embedding pass; if it fails, only its own requests fail.
-
-        An allocation failure frees MLX's cache and is worth a retry; anything
-        else is this input's failure (a 500), never a reason to end the
-        streams beside it.
-        """
-        before = self._embeddings.pooled_tokens
-        try:
-            events = self._embeddings.step()
-        except Exception as exc:
-            if is_allocation_failure(exc):
-                mx.clear_cache()
-                events = self._embeddings.fail_pass(
-                    FailureKind.OUT_OF_MEMORY, "out of memory; retry later", True
-                )
-            else:
-                log.error("an embedding pass failed: %s", describe_failure(exc))
-                events = self._embeddings.fail_pass(
-                    FailureKind.ENGINE_CRASHED, "the engine could not embed this input", False
-                )
-        self.prompt_tokens += self._embeddings.pooled_tokens - before
-        self._emit_any(events)
+        return not (self._requests or self._waiting or self._shared or self._embeddings)
 
     def _emit_any(self, events: list[StreamEvent]) -> None:
         if events:
@@ -287,12 +268,7 @@ class Engine:
             # Preparing one request (its sampler, its logits processors) touches
             # nothing shared: a bug there fails that request, not every stream.
             log.error("could not prepare a request: %s", describe_failure(exc))
-            admission = Failed(
-                request_id=request.request_id,
-                kind=FailureKind.INVALID_REQUEST,
-                retryable=False,
-                detail="the request's sampling parameters could not be applied",
-            )
+            admission = unpreparable(request)
         if isinstance(admission, Failed):
             self._emit([admission])
             return
@@ -300,7 +276,7 @@ class Engine:
         uid = self._insert(admission)
         self._requests[uid] = admission.request
         self._by_id[request.request_id] = uid
-        self.prompt_tokens += len(request.prompt)
+        self._prompt_tokens += len(request.prompt)
         self.cached_tokens += admission.request.cached_tokens
 
     def _insert(self, admission: Admission) -> int:
@@ -327,13 +303,11 @@ class Engine:
         self._emit([request.finish(FinishReason.CANCELLED)])
 
     def _cancel_waiting(self, request_id: str) -> None:
+        """End a request that has not entered the batch: held, embedding, or queued."""
         held = self._shared.cancel(request_id)
-        if held is not None:
-            self._emit([never_started(held)])
-            return
-        embedding = self._embeddings.cancel(request_id)
-        if embedding is not None:
-            self._emit([embedding])
+        ended = self._embeddings.cancel(request_id) if held is None else never_started(held)
+        if ended is not None:
+            self._emit([ended])
             return
         for request in self._waiting:
             if request.request_id == request_id:
@@ -361,7 +335,7 @@ class Engine:
             if request is None:
                 continue
             self.generated_tokens += 1
-            self._check_faults()
+            fire_token_faults(self.faults)
             events.extend(self._advance(response, request))
         if events:
             self._recovery.token_served()
@@ -388,18 +362,6 @@ class Engine:
         if self._prefix_store is not None and tokens and cache is not None:
             self._prefix_store.insert(list(tokens), cache)
 
-    def _check_faults(self) -> None:
-        match self.faults.on_token():
-            case EngineFault.OOM:
-                raise MemoryError("injected allocation failure")
-            case EngineFault.CRASH:
-                raise InjectedFault("injected engine fault")
-            case EngineFault.KILL:
-                die_natively()
-            case EngineFault.HANG:
-                log.warning("engine: injected hang; this thread stops stepping")
-                threading.Event().wait()  # never set: what a native deadlock looks like
-
     def _recover_from_allocation_failure(self, exc: BaseException) -> None:
         """Free what can be freed and fail only the requests in flight.
 
@@ -423,8 +385,7 @@ class Engine:
         ]
         self._requests.clear()
         self._by_id.clear()
-        if events:
-            self._emit(events)
+        self._emit_any(events)
 
     def _fail_all(self, kind: FailureKind, detail: str, retryable: bool) -> None:
         """Fail the requests in the batch and the waiting ones (the engine is ending)."""
@@ -436,5 +397,4 @@ class Engine:
             for r in self._waiting
         ]
         self._waiting.clear()
-        if events:
-            self._emit(events)
+        self._emit_any(events)

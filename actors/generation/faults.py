@@ -205,3 +205,17 @@ def die_natively() -> None:
     log.warning("engine: injected fault kills the engine process")
     logging.shutdown()  # the warning reaches the parent before the process ends
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fire_token_faults(plan: FaultPlan) -> None:
+    """Fire the fault due at this generated token, if any (on the engine thread)."""
+    match plan.on_token():
+        case EngineFault.OOM:
+            raise MemoryError("injected allocation failure")
+        case EngineFault.CRASH:
+            raise InjectedFault("injected engine fault")
+        case EngineFault.KILL:
+            die_natively()
+        case EngineFault.HANG:
+            log.warning("engine: injected hang; this thread stops stepping")
+            threading.Event().wait()  # never set: what a native deadlock looks like

@@ -286,6 +286,16 @@ def never_started(request: Generate) -> Finished:
     )
 
 
+def unpreparable(request: Generate) -> Failed:
+    """The end of a request whose sampler or logits processors could not be built."""
+    return Failed(
+        request_id=request.request_id,
+        kind=FailureKind.INVALID_REQUEST,
+        retryable=False,
+        detail="the request's sampling parameters could not be applied",
+    )
+
+
 def duplicate(request: Generate) -> Failed:
     """The refusal of a request whose id is already running."""
     return Failed(

@@ -1,8 +1,8 @@
 """The intake actor: admission control in front of the generation actor.
 
-Every completion request asks :class:`~actors.intake.protocol.Admit` before
-anything is tokenized. The checks run cheapest first and stop at the first
-that refuses:
+Every generating request (completions, Messages, Responses, embeddings) asks
+:class:`~actors.intake.protocol.Admit` before anything is tokenized. The
+checks run cheapest first and stop at the first that refuses:
 
 1. draining: the server is shutting down (``draining``, HTTP 503);
 2. memory pressure: the injected ``pressure()`` reading (``pressure``);
@@ -24,8 +24,7 @@ intake must not forget what is in flight, or the limits would admit too much
 (or, had releases been lost, too little) until the queue turned over. The
 one call that may fail, the pressure reading, comes before a handler books,
 charges or counts anything, so a crash never leaves the state half-updated.
-Handlers never await, so statistics are answered at once, never behind
-inference.
+Handlers never await: statistics are answered at once, never behind inference.
 """
 
 from __future__ import annotations

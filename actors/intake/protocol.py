@@ -69,7 +69,7 @@ class Admit(Message, frozen=True, kw_only=True):
     client: str
     """Whom the rate limit charges: an API-key hash or the client's address."""
     endpoint: str
-    """``chat`` or ``completions``; kept with the booking."""
+    """The API endpoint (``chat``, ``completions``, ``messages``, ...); kept with the booking."""
     prompt_chars: int
     """Characters of the prompt (all message texts together)."""
     deadline: float | None = None
