@@ -104,7 +104,7 @@ def test_each_missing_file_is_named(
 def test_missing_paths_and_files_are_not_directories(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     assert validate_model_dir(tmp_path / "nope") == ["no such directory"]
-    assert validate_model_dir(tmp_path / "file") == ["not a directory"]
+    assert validate_model_dir(tmp_path / "file") == ["neither a model directory nor a GGUF file"]
     assert str(load_error(tmp_path / "nope")) == "cannot load model 'nope': no such directory"
     assert str(load_error("nope")) == "cannot load model 'nope': no such directory"
 

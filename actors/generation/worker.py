@@ -59,7 +59,9 @@ from actors.kvcache.control import CacheControl
 from actors.kvcache.pressure import MemoryMonitor
 from actors.kvcache.store import PrefixCache
 from actors.memory import MemoryFigures, read_memory
-from actors.model.loader import LoadedModel, ModelLoadError, load_model
+from actors.model.load_errors import ModelLoadError
+from actors.model.loader import LoadedModel, load_model
+from actors.model.weights import fit_for_device
 from runtime.breaker import CircuitBreaker
 from runtime.errors import describe_failure
 from runtime.wire import BlockingChannel
@@ -254,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("engine: injected fault ends the process while it loads")
         return EXIT_INJECTED
     try:
-        loaded = load_model(boot.model)
+        loaded = fit_for_device(
+            load_model(boot.model), boot.engine.weights, boot.pressure.high_water
+        )
     except ModelLoadError as exc:
         channel.send(LoadFailed(reason=str(exc)))
         return EXIT_LOAD_FAILED

@@ -13,7 +13,8 @@ from actors.model.embedded import (
     default_model_dir,
     make_model,
 )
-from actors.model.loader import LoadedModel, ModelLoadError, load_model, validate_model_dir
+from actors.model.load_errors import ModelLoadError
+from actors.model.loader import LoadedModel, load_model, validate_model_dir
 
 __all__ = [
     "FORMAT_VERSION",

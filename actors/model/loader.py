@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -23,7 +23,9 @@ from mlx.nn.layers.base import Module  # mypy --strict misses mlx.nn's implicit 
 from mlx_lm.utils import get_total_parameters
 from mlx_lm.utils import load_tokenizer as load_tokenizer_files
 
-from runtime import TroupeError
+from actors.model.embedded import cache_dir
+from actors.model.gguf import gguf_display_name, gguf_model_dir, is_gguf_file
+from actors.model.load_errors import ModelLoadError, describe_exception
 
 DEFAULT_CONTEXT_LENGTH: Final = 4096
 WEIGHTS_PATTERN: Final = "model*.safetensors"  # the files mlx_lm.load reads
@@ -31,26 +33,8 @@ TOKENIZER_FILES: Final = ("tokenizer.json", "tokenizer.model")
 # transformers reports an unset model_max_length as int(1e30); anything this
 # large is a placeholder, not a context length.
 _UNSET_LENGTH: Final = 10**9
-_MAX_DETAIL: Final = 300
 # owner/name as on the Hugging Face Hub: no leading dot or slash, one slash.
 _HUB_ID: Final = re.compile(r"[A-Za-z0-9_][\w.-]*/[A-Za-z0-9_][\w.-]*", re.ASCII)
-# An absolute path inside a foreign message: a slash not preceded by a word,
-# dot, colon or slash (which would make it part of a URL or relative path).
-_ABSOLUTE_PATH: Final = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;()]*")
-
-
-class ModelLoadError(TroupeError):
-    """A model could not be loaded; ``str()`` lists every problem on one line.
-
-    Attributes:
-        model: The model's display name (a directory's last part, or a hub id).
-        problems: Each problem found, in the order checked.
-    """
-
-    def __init__(self, model: str, problems: Iterable[str]) -> None:
-        self.model = model
-        self.problems = tuple(problems)
-        super().__init__(f"cannot load model {model!r}: {'; '.join(self.problems)}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +72,8 @@ def display_name(path: Path) -> str:
 def validate_model_dir(path: str | Path) -> list[str]:
     """Return every problem that would stop ``path`` from loading (empty if none).
 
+    A GGUF file passes here; what it holds is checked when it is converted.
+
     Checks that the directory exists and is readable, that ``config.json`` is a
     JSON object with a ``model_type``, that weights (``model*.safetensors``) are
     there, and that a tokenizer (``tokenizer.json`` or ``tokenizer.model``) is.
@@ -97,8 +83,10 @@ def validate_model_dir(path: str | Path) -> list[str]:
     try:
         if not path.exists():
             return ["no such directory"]
+        if path.is_file() and is_gguf_file(path):
+            return []
         if not path.is_dir():
-            return ["not a directory"]
+            return ["neither a model directory nor a GGUF file"]
         entries = {entry.name for entry in path.iterdir()}
     except OSError:
         return ["the directory cannot be read"]
@@ -115,25 +103,19 @@ def validate_model_dir(path: str | Path) -> list[str]:
 
 
 def load_model(path_or_id: str | Path) -> LoadedModel:
-    """Load a model directory, or a hub id, through ``mlx_lm.load``.
+    """Load a model directory, a GGUF file or a hub id through ``mlx_lm.load``.
 
-    An existing path, or anything not shaped like ``owner/name``, is treated as
-    a local directory and validated first. A hub id goes to ``mlx_lm.load``
-    as is (which fails without a network unless the hub cache has it). Loading
-    blocks for as long as reading the weights takes.
+    A GGUF file is converted once into an mlx-lm directory in the cache
+    (:mod:`actors.model.gguf`). An existing path, or anything not shaped like
+    ``owner/name``, is otherwise treated as a local directory and validated
+    first. A hub id goes to ``mlx_lm.load`` as is (which fails without a
+    network unless the hub cache has it). Loading blocks for as long as reading
+    (or converting) the weights takes.
 
     Raises:
         ModelLoadError: With one message listing every problem found.
     """
-    text = str(path_or_id)
-    path = Path(text).expanduser()
-    from_hub = not _exists(path) and looks_like_hub_id(text)
-    if from_hub:
-        name = source = text
-    else:
-        name, source = display_name(path), str(path)
-        if problems := validate_model_dir(path):
-            raise ModelLoadError(name, problems) from None
+    name, source, from_hub = resolve_source(path_or_id)
     try:
         # mlx_lm types its result as a 2- or 3-tuple; return_config makes it 3.
         loaded: tuple[Any, ...] = mlx_lm.load(source, return_config=True)
@@ -163,14 +145,31 @@ def load_tokenizer(path_or_id: str | Path) -> Any:
     Raises:
         ModelLoadError: If it cannot be loaded (one sanitized line).
     """
-    text = str(path_or_id)
-    path = Path(text).expanduser()
-    from_hub = not _exists(path) and looks_like_hub_id(text)
-    name = text if from_hub else display_name(path)
+    name, source, from_hub = resolve_source(path_or_id)
     try:
-        return load_tokenizer_files(text if from_hub else path)  # type: ignore[no-untyped-call]
+        return load_tokenizer_files(source if from_hub else Path(source))  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise ModelLoadError(name, [describe_exception(exc)]) from exc
+
+
+def resolve_source(path_or_id: str | Path) -> tuple[str, str, bool]:
+    """``(display name, what mlx_lm loads, whether it is a hub id)`` for a model argument.
+
+    Converts a GGUF file on first use and validates a local directory.
+
+    Raises:
+        ModelLoadError: A directory with problems, or a GGUF file that cannot be converted.
+    """
+    text = str(path_or_id)
+    path = Path(text).expanduser()
+    if not _exists(path) and looks_like_hub_id(text):
+        return text, text, True
+    if path.is_file() and is_gguf_file(path):
+        return gguf_display_name(path), str(gguf_model_dir(path, cache_dir())), False
+    name = display_name(path)
+    if problems := validate_model_dir(path):
+        raise ModelLoadError(name, problems) from None
+    return name, str(path), False
 
 
 def context_length(config: Mapping[str, Any], tokenizer: Any) -> int:
@@ -188,20 +187,6 @@ def context_length(config: Mapping[str, Any], tokenizer: Any) -> int:
     if limit is not None and limit < _UNSET_LENGTH:
         return limit
     return DEFAULT_CONTEXT_LENGTH
-
-
-def describe_exception(exc: BaseException) -> str:
-    """One line about a foreign exception: its message without absolute paths.
-
-    The type name is kept because some messages mean little without it (a
-    ``KeyError`` says only the missing key).
-    """
-    message = " ".join(str(exc).split())
-    message = _ABSOLUTE_PATH.sub(_last_component, message)
-    if len(message) > _MAX_DETAIL:
-        message = message[: _MAX_DETAIL - 3] + "..."
-    kind = type(exc).__name__
-    return f"{message} ({kind})" if message else kind
 
 
 def _config_problems(config_path: Path) -> list[str]:
@@ -230,8 +215,3 @@ def _length(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     return None
-
-
-def _last_component(match: re.Match[str]) -> str:
-    parts = [part for part in match.group(0).split("/") if part]
-    return parts[-1] if parts else "/"
