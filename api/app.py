@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib import metadata
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -41,6 +40,7 @@ from api.health import (
 from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
 from api.logs import AccessLogMiddleware
 from api.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
+from api.model_choice import served_name
 from api.observe import Observer, metrics_endpoint, prometheus_endpoint
 from api.openai_responses import ModelCard, ModelList
 from api.openai_types import MAX_TOKENS_ACCEPTED
@@ -59,14 +59,6 @@ DRAIN_POLL = 0.05
 """Seconds between two looks at intake's in-flight count while draining."""
 STARTUP_ASK_TIMEOUT = 60.0
 """Seconds startup waits for the started generation actor to describe the model."""
-
-
-def served_name(settings: Settings) -> str:
-    """The model id clients use: the directory's name, the hub id, or the embedded one."""
-    if settings.model is None:
-        return f"mlx-troupe-embedded-{settings.model_size}"
-    path = Path(settings.model)
-    return path.name if path.exists() else settings.model
 
 
 def endpoint_timeouts(settings: Settings) -> dict[str, float]:

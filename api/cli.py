@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(arguments[1:], prog="troupe bench")
     args = build_parser().parse_args(arguments)
     if args.command == "serve":
-        return serve_command(args)
+        # Only the console script restarts itself: a caller's own process is never replaced.
+        return serve_command(args, restart_as=arguments if argv is None else None)
     if args.command == "make-model":
         return make_model_command(args.dest, args.size, args.seed, force=args.force)
     if args.command == "check-config":
@@ -118,16 +119,25 @@ def make_model_command(dest: Path, size: str, seed: int, *, force: bool) -> int:
     return 0
 
 
-def serve_command(args: argparse.Namespace) -> int:
-    """Run ``troupe serve``: check every setting first, then serve until stopped."""
+def serve_command(args: argparse.Namespace, restart_as: Sequence[str] | None = None) -> int:
+    """Run ``troupe serve``: check every setting first, then serve until stopped.
+
+    With ``restart_as`` (the command's arguments), the process first restarts
+    itself with an optimised BLAS preloaded when ``--blas`` asks for one.
+    """
     settings, problems = load_and_check(overrides_from_args(args), os.environ, args.config)
     if has_errors(problems):
         print("troupe serve: the configuration has problems:", file=sys.stderr)
         print(format_problems(problems), file=sys.stderr)
         return USAGE_ERROR
+    from api.blas import describe_blas, restart_with_blas  # noqa: PLC0415
     from api.logs import configure_logging  # noqa: PLC0415 - keeps --help light
 
+    if restart_as is not None:
+        restart_with_blas(settings.blas, restart_as)
     configure_logging(settings.log_level, settings.log_format)
+    if sys.platform.startswith("linux"):
+        log.info(describe_blas(), extra={"event": "blas"})
     for problem in problems:  # warnings only by now: logged like every other line
         log.warning(
             "configuration: %s",

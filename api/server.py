@@ -28,8 +28,10 @@ from actors.generation.engine_config import EngineConfig
 from actors.intake.actor import IntakeSettings
 from actors.kvcache.control import KVCacheSettings
 from actors.kvcache.pressure import PressureConfig
-from actors.model.embedded import default_model_dir
+from actors.model.embedded import cache_dir, default_model_dir
+from actors.model.gguf import gguf_model_dir, is_gguf_file
 from actors.model.loader import LoadedModel, load_model
+from actors.model.weights import fit_for_device
 from actors.tree import (
     GENERATION_SHUTDOWN,
     KVCACHE_SHUTDOWN,
@@ -39,9 +41,10 @@ from actors.tree import (
     build_process_inference,
 )
 from api.admission import IntakeAdmission
-from api.app import TroupeApp, build_asgi, served_name
+from api.app import TroupeApp, build_asgi
 from api.config import Settings
 from api.logs import log_lifecycle
+from api.model_choice import chosen_model, served_name
 from api.observe import public_config
 from runtime import Backoff, SupervisorEscalated
 from runtime.breaker import BreakerConfig
@@ -62,14 +65,28 @@ def model_loader(settings: Settings) -> Callable[[], LoadedModel]:
     """Loads the configured model, or the embedded default generated on first use."""
 
     def load() -> LoadedModel:
-        return load_model(model_source(settings))
+        marks = PressureConfig.for_machine(settings.memory_high_water, settings.memory_low_water)
+        return fit_for_device(
+            load_model(model_source(settings)), settings.weights, marks.high_water
+        )
 
     return load
 
 
 def model_source(settings: Settings) -> str:
-    """The model directory or hub id (generating the embedded model on first use; blocking)."""
-    return settings.model or str(default_model_dir(settings.model_size))
+    """The model to load: a directory (a GGUF file converted into one) or a hub id; blocking.
+
+    The embedded model is generated, and a GGUF file converted, on first use;
+    doing it here, before the tree starts, keeps the engine process and the
+    server's tokenizer from converting the same file at once.
+    """
+    model = chosen_model(settings)
+    if model is None:
+        return str(default_model_dir(settings.model_size))
+    path = Path(model).expanduser()
+    if path.is_file() and is_gguf_file(path):
+        return str(gguf_model_dir(path, cache_dir()))
+    return model
 
 
 async def build_tree(settings: Settings) -> Inference:
@@ -89,8 +106,9 @@ def model_tag(settings: Settings) -> str:
     with another tag are dropped instead of being fed to the wrong weights.
     """
     name = served_name(settings)
-    config = Path(settings.model or "").expanduser() / "config.json"
-    if settings.model is None or not config.is_file():
+    model = chosen_model(settings)
+    config = Path(model or "").expanduser() / "config.json"
+    if model is None or not config.is_file():
         return name
     try:
         digest = hashlib.sha256(config.read_bytes()).hexdigest()[:16]
@@ -111,7 +129,7 @@ def inference_settings(settings: Settings) -> InferenceSettings:
     )
     cap = settings.restart_backoff_max
     return InferenceSettings(
-        engine=EngineConfig(completion_batch_size=settings.max_running),
+        engine=EngineConfig(completion_batch_size=settings.max_running, weights=settings.weights),
         cache_max_entries=settings.cache_max_entries,
         cache_max_bytes=settings.cache_max_bytes,
         breaker=breaker,

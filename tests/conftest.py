@@ -47,7 +47,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """With ``--long``, the fuzz tests (sized at import) take ten times the examples."""
+    """With ``--long``, the fuzz tests (sized at import) take ten times the examples.
+
+    Servers the tests start keep MLX's bundled reference BLAS unless a test asks
+    for ``--blas auto``: its results do not depend on the batch's shape, which
+    the tests that compare batched and lone requests token for token rely on.
+    """
+    os.environ.setdefault("TROUPE_BLAS", "bundled")
     if config.getoption("--long"):
         os.environ.setdefault("TROUPE_FUZZ_SCALE", "10")
 

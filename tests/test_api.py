@@ -233,9 +233,10 @@ def test_sigterm_drains_in_flight_and_refuses_new_work(model_dir: Path, tmp_path
         assert srv.process.wait(60) == 0
 
 
-def test_serve_without_a_model_generates_and_serves_the_embedded_default(tmp_path: Path) -> None:
+def test_serve_generates_and_serves_the_embedded_model(tmp_path: Path) -> None:
     env = {"TROUPE_CACHE_DIR": str(tmp_path / "cache")}
-    with running_server(None, tmp_path, "--max-body-bytes", "300", env=env) as srv:
+    args = ("--model", "embedded", "--max-body-bytes", "300")
+    with running_server(None, tmp_path, *args, env=env) as srv:
         assert model_name(srv) == "mlx-troupe-embedded-tiny"
         assert "serving mlx-troupe-embedded-tiny on http://" in srv.log()
         body = {"model": "mlx-troupe-embedded-tiny", "prompt": "Hi", "max_tokens": 3}

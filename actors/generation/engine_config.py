@@ -15,3 +15,5 @@ class EngineConfig:
     """Prompts prefilled together at most."""
     prefill_step_size: int = 256
     """Prompt tokens prefilled per step: the most a new prompt delays running streams."""
+    weights: str = "auto"
+    """Weight layout (``auto``, ``quantized`` or ``float32``; see ``actors.model.weights``)."""
