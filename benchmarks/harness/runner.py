@@ -109,16 +109,22 @@ class RunOptions:
 
 
 def resolve_model(options: RunOptions) -> str | None:
-    """The model directory to serve: ``--model``, else the embedded model (generated once)."""
-    if options.model is not None or not options.servers:
+    """The model directory to serve: ``--model``, else the embedded model (generated once).
+
+    A GGUF file is converted once (as ``troupe serve`` does) and both servers get
+    the converted directory, since ``mlx_lm.server`` does not read GGUF.
+    """
+    if not options.servers or set(options.servers) <= {"instant"}:
         return options.model
-    if set(options.servers) <= {"instant"}:
-        return None
+    if options.model is not None and not options.model.endswith(".gguf"):
+        return options.model
     # In a child process: MLX and the model generator stay out of the load generator.
-    code = "import sys; from actors.model.embedded import default_model_dir; "
-    code += "print(default_model_dir(sys.argv[1]))"
+    code = "import sys; from pathlib import Path; from actors.model.embedded import cache_dir, "
+    code += "default_model_dir; from actors.model.gguf import gguf_model_dir; "
+    code += "model = sys.argv[1]; print(gguf_model_dir(Path(model), cache_dir()) "
+    code += "if model.endswith('.gguf') else default_model_dir(model))"
     done = subprocess.run(
-        [sys.executable, "-c", code, options.size],
+        [sys.executable, "-c", code, options.model or options.size],
         capture_output=True,
         text=True,
         check=True,

@@ -198,7 +198,7 @@ class ManagedServer:
                 continue
             mapped = (line.split()[-1] for line in maps.splitlines() if "/" in line)
             names |= {path.rsplit("/", 1)[-1] for path in mapped}
-        return sorted(name for name in names if "blas" in name.lower())
+        return sorted(name for name in names if "blas" in name.lower() or "mkl_rt" in name)
 
     def stop(self) -> int | None:
         """Stop the server's whole process group: SIGTERM, then SIGKILL after a grace."""
@@ -258,6 +258,8 @@ def server_environment(preload: str | None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
     if preload:
         env["LD_PRELOAD"] = preload
+    # troupe serve would otherwise pick (and preload) a BLAS of its own.
+    env["TROUPE_BLAS"] = preload or "bundled"
     # Servers log to files; unbuffered output keeps the logs current for errors.
     env["PYTHONUNBUFFERED"] = "1"
     return env
