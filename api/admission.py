@@ -26,11 +26,20 @@ class Admission(Protocol):
     """Intake, as the completion handlers see it."""
 
     async def admit(
-        self, request: Request, endpoint: str, prompt_chars: int, messages: int, deadline: float
+        self,
+        request: Request,
+        endpoint: str,
+        prompt_chars: int,
+        messages: int,
+        deadline: float,
+        *,
+        max_tokens: int = 0,
+        choices: int = 1,
     ) -> None:
         """Admit the request or raise the ``HTTPProblem`` (429, 503) that refuses it.
 
-        ``deadline`` is the request's, in seconds since the epoch.
+        ``deadline`` is the request's, in seconds since the epoch; ``max_tokens``
+        the completion tokens it may generate over its ``choices`` (its KV cache).
         """
         ...
 
@@ -54,7 +63,15 @@ class IntakeAdmission:
         self.ref: ActorRef | None = None
 
     async def admit(
-        self, request: Request, endpoint: str, prompt_chars: int, messages: int, deadline: float
+        self,
+        request: Request,
+        endpoint: str,
+        prompt_chars: int,
+        messages: int,
+        deadline: float,
+        *,
+        max_tokens: int = 0,
+        choices: int = 1,
     ) -> None:
         """Admit the request (due by ``deadline``, epoch seconds) or raise what refuses it."""
         if self.ref is None:
@@ -67,6 +84,8 @@ class IntakeAdmission:
                 prompt_chars=prompt_chars,
                 messages=messages,
                 deadline=deadline,
+                max_tokens=max_tokens,
+                choices=choices,
             ),
             timeout=ADMIT_TIMEOUT,
         )

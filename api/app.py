@@ -322,6 +322,16 @@ class TroupeApp:
             else {"breaker": {"state": cache.breaker.state}, "entries": cache.entries}
         )
         payload["engine"] = await self._engine_counts()
+        intake = await self._ask_briefly("intake", GetIntakeStats(), IntakeStats)
+        payload["intake"] = (
+            None
+            if intake is None
+            else {
+                "in_flight": intake.in_flight,
+                "kv_tokens_booked": intake.kv_tokens_booked,
+                "memory_left_bytes": intake.memory_left_bytes,
+            }
+        )
         await respond.json(200, payload)
 
     async def _cache_stats(self) -> CacheStats | None:

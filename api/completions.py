@@ -212,8 +212,15 @@ class Completions:
         params = sampling_params(body, limit, job.grammar, job.logprobs)
         self._check_max_tokens(body)
         try:
+            generating = job.embed_inputs is None
             await self._admission.admit(
-                request, endpoint, job.prompt_chars, job.messages, deadline.wall
+                request,
+                endpoint,
+                job.prompt_chars,
+                job.messages,
+                deadline.wall,
+                max_tokens=params.max_tokens * body.n if generating else 0,
+                choices=body.n if generating else 1,
             )
         except HTTPProblem as refused:
             self._observer.shed(refused.problem.slug.replace("-", "_"))

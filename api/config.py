@@ -117,6 +117,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Fraction of physical memory above which the prefix cache is shed."""
     memory_low_water: float = 0.75
     """Fraction of physical memory the shedding aims for (below the high mark)."""
+    memory_budget: int | None = None
+    """Bytes the model may use for its weights, the prefix cache and the KV cache of
+    every admitted request; a request whose KV cache (bytes per token x (prompt +
+    max_tokens)) would not fit what is left is shed with 429 before prefill; unset:
+    the high-water fraction of physical memory."""
     log_level: LogLevel = "info"
     """Least severe log records written."""
     log_format: LogFormat = "json"
@@ -369,6 +374,7 @@ _METAVARS: Final = {
     "cache_dir": "PATH",
     "max_body_bytes": "BYTES",
     "cache_max_bytes": "BYTES",
+    "memory_budget": "BYTES",
 }
 
 

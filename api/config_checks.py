@@ -45,6 +45,7 @@ _RANGES: Final[tuple[tuple[str, Callable[[float], bool], str], ...]] = (
     ("rate_limit_per_second", lambda v: 0 <= v < math.inf, "0 (off) or a positive rate"),
     ("cache_max_entries", lambda v: v >= 1, "at least 1"),
     ("cache_max_bytes", lambda v: v >= 0, "0 or more"),
+    ("memory_budget", lambda v: v >= 1, "a positive number of bytes"),
     ("memory_high_water", lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)"),
     ("memory_low_water", lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)"),
     ("audit_retention_days", lambda v: 0 < v < math.inf, "a positive number of days"),
@@ -101,6 +102,8 @@ def _check_ranges(settings: Settings) -> list[Problem]:
         problems.append(error("max_tokens_limit", f"must be at least 1, got {limit}"))
     for name, valid, expected in _RANGES:
         value = getattr(settings, name)
+        if value is None:  # optional and unset
+            continue
         if math.isnan(value) or not valid(value):
             problems.append(error(name, f"must be {expected}, got {value}"))
     return problems

@@ -145,6 +145,7 @@ def inference_settings(settings: Settings) -> InferenceSettings:
             queue_max_prompt_tokens=settings.queue_max_prompt_tokens,
             rate_limit_per_second=settings.rate_limit_per_second,
             rate_limit_burst=settings.rate_limit_burst,
+            memory_budget=settings.memory_budget or marks.high_water,
         ),
     )
 

@@ -95,6 +95,10 @@ class Ready(Message, frozen=True, kw_only=True):
     vocab_size: int
     cache: CacheStats
     embedding_size: int = 0
+    weights_bytes: int = 0
+    """Bytes the weights take in the layout the engine runs."""
+    kv_bytes_per_token: int = 0
+    """KV cache bytes per token (0: unknown), for memory-aware admission."""
 
 
 class LoadFailed(Message, frozen=True, kw_only=True):

@@ -59,7 +59,7 @@ from actors.generation.protocol import (
     StreamEvent,
 )
 from actors.generation.tracking import EngineTotals, TrackedRequest
-from actors.intake.protocol import ReportPressure
+from actors.intake.protocol import ReportMemory, ReportPressure
 from actors.kvcache.protocol import CacheStats
 from actors.metrics.protocol import EngineReport
 from runtime.actor import Actor, ActorRef
@@ -97,6 +97,7 @@ class GenerationRouter(Actor):
         self._last_exit: EngineExit | None = None
         self._solo: str | None = None
         self._pressure = False
+        self._memory: ReportMemory | None = None
         self._totals = EngineTotals()
 
     async def handle(self, message: Message) -> Message | None:  # noqa: PLR0912 - one case per message
@@ -232,6 +233,21 @@ class GenerationRouter(Actor):
             self._pressure = cache.under_pressure
             with contextlib.suppress(DeliveryError, LookupError):
                 self.ctx.lookup(INTAKE).tell_nowait(ReportPressure(under_pressure=self._pressure))
+        self._report_memory(cache)
+
+    def _report_memory(self, cache: CacheStats) -> None:
+        """Tell intake the model's memory figures when they change (memory-aware admission)."""
+        if self._ready is None:
+            return
+        memory = ReportMemory(
+            kv_bytes_per_token=self._ready.kv_bytes_per_token,
+            model_bytes=self._ready.weights_bytes + cache.nbytes,
+        )
+        if memory == self._memory:
+            return
+        with contextlib.suppress(DeliveryError, LookupError):
+            self.ctx.lookup(INTAKE).tell_nowait(memory)
+            self._memory = memory
 
     def _engine_down(self, down: EngineDown) -> None:
         pid = down.exit.pid

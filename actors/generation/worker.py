@@ -61,7 +61,7 @@ from actors.kvcache.store import PrefixCache
 from actors.memory import MemoryFigures, read_memory
 from actors.model.load_errors import ModelLoadError
 from actors.model.loader import LoadedModel, load_model
-from actors.model.weights import fit_for_device
+from actors.model.weights import fit_for_device, kv_bytes_per_token, weight_bytes
 from runtime.breaker import CircuitBreaker
 from runtime.errors import describe_failure
 from runtime.wire import BlockingChannel
@@ -129,6 +129,8 @@ class EngineSession:
                 context_length=self._loaded.context_length,
                 vocab_size=vocab_size(self._loaded),
                 embedding_size=embedding_size(self._loaded),
+                weights_bytes=weight_bytes(self._loaded.model),
+                kv_bytes_per_token=kv_bytes_per_token(self._loaded.model),
                 cache=self._control.stats(),
             )
         )

@@ -15,7 +15,10 @@ checks run cheapest first and stop at the first that refuses:
    ``queue_max_prompt_tokens`` (``tokens_full``). A request that alone exceeds
    the budget is still admitted when nothing else is in flight: the estimate
    errs high, and whether the prompt fits the model is the engine's call, so
-   refusing it would turn it away forever.
+   refusing it would turn it away forever;
+6. the KV cache of the requests in flight plus this one's against what the
+   memory budget has left after the weights and the prefix cache
+   (``memory_full``; :mod:`actors.intake.memory`), with the same exception.
 
 Every piece of state (requests in flight, counters, buckets, drain rate) lives
 in an :class:`IntakeState` built once by the composition root and shared by
@@ -48,6 +51,7 @@ from actors.intake.limits import (
     ceil_seconds,
     estimate_prompt_tokens,
 )
+from actors.intake.memory import MemoryBook, kv_tokens
 from actors.intake.protocol import (
     Admit,
     Admitted,
@@ -57,6 +61,7 @@ from actors.intake.protocol import (
     Outcome,
     Rejected,
     Release,
+    ReportMemory,
     ReportPressure,
     ShedReason,
     StartDraining,
@@ -93,6 +98,9 @@ class IntakeSettings:
     """``Retry-After`` seconds while no drain rate has been measured."""
     retry_after_max: int = MAX_RETRY_AFTER
     """Longest ``Retry-After`` suggested, seconds."""
+    memory_budget: int | None = None
+    """Bytes for the weights, the prefix cache and every admitted request's KV cache;
+    ``None``: admission does not check memory."""
     reclaim_after: float = 60.0
     """Seconds past an admitted request's deadline after which it is dropped from the
     books if its ``Release`` never came (a lost tell, or an asker that gave up just
@@ -120,6 +128,12 @@ class _InFlight:
     endpoint: str
     prompt_tokens: int
     deadline: float | None
+    max_tokens: int = 0
+    choices: int = 1
+
+    @property
+    def kv_tokens(self) -> int:
+        return kv_tokens(self.prompt_tokens, self.max_tokens, self.choices)
 
 
 class IntakeState:
@@ -145,6 +159,7 @@ class IntakeState:
         self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, number)
         self._numbers = itertools.count()
         self._prompt_tokens = 0
+        self.memory = MemoryBook(s.memory_budget)
         self.admitted_total = 0
         self.outcomes: Counter[Outcome] = Counter()
         self.shed: Counter[ShedReason] = Counter()
@@ -177,21 +192,30 @@ class IntakeState:
                 f" (burst {self.buckets.burst}) from this client"
             )
             return self._reject(request, ShedReason.RATE_LIMITED, detail, now, ceil_seconds(wait))
+        tokens = estimate_prompt_tokens(request.prompt_chars, request.messages)
+        if refused := self._over_capacity(request, tokens, now):
+            return refused
+        self._book(request, tokens, now)
+        return Admitted(
+            request_id=request.request_id, position=self.in_flight, prompt_tokens=tokens
+        )
+
+    def _over_capacity(self, request: Admit, tokens: int, now: float) -> Rejected | None:
+        """The queue's limits: requests, prompt tokens, then KV cache memory."""
         limits = self.settings
         if self.in_flight >= limits.queue_max_requests:
             detail = f"{self.in_flight} requests in flight (limit {limits.queue_max_requests})"
             return self._reject(request, ShedReason.QUEUE_FULL, detail, now)
-        tokens = estimate_prompt_tokens(request.prompt_chars, request.messages)
         if self.in_flight and self._prompt_tokens + tokens > limits.queue_max_prompt_tokens:
             detail = (
                 f"{self._prompt_tokens} prompt tokens in flight and about {tokens} more"
                 f" would pass the limit of {limits.queue_max_prompt_tokens}"
             )
             return self._reject(request, ShedReason.TOKENS_FULL, detail, now)
-        self._book(request, tokens, now)
-        return Admitted(
-            request_id=request.request_id, position=self.in_flight, prompt_tokens=tokens
-        )
+        kv = kv_tokens(tokens, request.max_tokens, request.choices)
+        if memory := self.memory.refusal(kv, self.in_flight):
+            return self._reject(request, ShedReason.MEMORY_FULL, memory, now)
+        return None
 
     def tokenized(self, request_id: str, prompt_tokens: int) -> bool:
         """Replace a request's estimate with its real size; ``False`` if it is not in flight."""
@@ -201,7 +225,9 @@ class IntakeState:
         entry = self._entries[numbers[0]]
         real = max(0, prompt_tokens)
         self._prompt_tokens += real - entry.prompt_tokens
+        self.memory.booked_tokens -= entry.kv_tokens
         entry.prompt_tokens = real
+        self.memory.booked_tokens += entry.kv_tokens
         return True
 
     def release(self, request_id: str, outcome: Outcome, *, now: float) -> bool:
@@ -261,6 +287,9 @@ class IntakeState:
             shed_rate_limited=self.shed[ShedReason.RATE_LIMITED],
             shed_queue_full=self.shed[ShedReason.QUEUE_FULL],
             shed_tokens_full=self.shed[ShedReason.TOKENS_FULL],
+            shed_memory_full=self.shed[ShedReason.MEMORY_FULL],
+            kv_tokens_booked=self.memory.booked_tokens,
+            memory_left_bytes=self.memory.left,
             reclaimed_total=self.reclaimed_total,
             unknown_releases=self.unknown_releases,
             drain_rate=self.drain.rate(now),
@@ -285,9 +314,16 @@ class IntakeState:
 
     def _book(self, request: Admit, tokens: int, now: float) -> None:
         number = next(self._numbers)
-        self._entries[number] = _InFlight(
-            request.request_id, request.endpoint, tokens, request.deadline
+        entry = _InFlight(
+            request.request_id,
+            request.endpoint,
+            tokens,
+            request.deadline,
+            request.max_tokens,
+            request.choices,
         )
+        self._entries[number] = entry
+        self.memory.booked_tokens += entry.kv_tokens
         self._by_request.setdefault(request.request_id, []).append(number)
         if request.deadline is not None and math.isfinite(request.deadline):
             # NaN would break the heap's order and hide overdue requests behind it.
@@ -312,6 +348,7 @@ class IntakeState:
         if not numbers:
             del self._by_request[entry.request_id]
         self._prompt_tokens -= entry.prompt_tokens
+        self.memory.booked_tokens -= entry.kv_tokens
         if not self._entries:
             self.drain.idle(now)
 
@@ -353,6 +390,8 @@ class IntakeActor(Actor):
                 answer = self._set_draining(False)
             case ReportPressure(under_pressure=under_pressure):
                 self._reported = under_pressure
+            case ReportMemory(kv_bytes_per_token=per_token, model_bytes=model_bytes):
+                self.state.memory.report(per_token, model_bytes)
             case CrashIntake():
                 raise IntakeCrash("crash requested")
             case _:

@@ -49,6 +49,8 @@ class ShedReason(enum.StrEnum):
     """As many requests are in flight as ``queue_max_requests`` allows."""
     TOKENS_FULL = "tokens_full"
     """This prompt would take the in-flight prompt tokens past ``queue_max_prompt_tokens``."""
+    MEMORY_FULL = "memory_full"
+    """This request's KV cache would not fit what the memory budget has left."""
 
 
 class Outcome(enum.StrEnum):
@@ -76,6 +78,10 @@ class Admit(Message, frozen=True, kw_only=True):
     """Wall-clock time (seconds since the epoch) by which the request ends."""
     messages: int = 1
     """Chat messages in the prompt (1 for a text completion); adds template overhead."""
+    max_tokens: int = 0
+    """Completion tokens the request may generate, over all its choices."""
+    choices: int = 1
+    """Sequences the prompt is generated for (``n``); each holds the prompt's KV cache."""
 
 
 class Admitted(Message, frozen=True, kw_only=True):
@@ -134,6 +140,15 @@ class ReportPressure(Message, frozen=True, kw_only=True):
     under_pressure: bool
 
 
+class ReportMemory(Message, frozen=True, kw_only=True):
+    """The engine's memory figures, for memory-aware admission (sent when they change)."""
+
+    kv_bytes_per_token: int
+    """KV cache bytes per token of the served model."""
+    model_bytes: int
+    """Bytes the weights and the prefix cache take now."""
+
+
 class CrashIntake(Message, frozen=True, kw_only=True):
     """Make the intake actor's handler raise (drills and tests); its state survives."""
 
@@ -159,6 +174,11 @@ class IntakeStats(Message, frozen=True, kw_only=True):
     shed_rate_limited: int
     shed_queue_full: int
     shed_tokens_full: int
+    shed_memory_full: int = 0
+    kv_tokens_booked: int = 0
+    """KV tokens (choices x prompt, plus max_tokens) of the requests in flight."""
+    memory_left_bytes: int | None = None
+    """Bytes the memory budget has left for KV caches; ``None``: not checked (yet)."""
     reclaimed_total: int
     """Admitted requests dropped from the books because no ``Release`` came in time."""
     unknown_releases: int

@@ -20,6 +20,7 @@ import mlx.core as mx
 import psutil
 from mlx.nn.layers.base import Module  # mypy --strict misses mlx.nn's implicit re-export
 from mlx.utils import tree_flatten, tree_map
+from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import dequantize_model
 
 from actors.model.loader import LoadedModel
@@ -114,6 +115,25 @@ def fit_for_device(loaded: LoadedModel, mode: str, high_water: int) -> LoadedMod
     fitted, choice = fit_weights(loaded, cast(WeightsMode, mode), free)
     log.info(describe_choice(choice))
     return fitted
+
+
+def kv_bytes_per_token(model: Module) -> int:
+    """KV cache bytes one token takes in ``model`` (keys and values of every layer).
+
+    Measured, not derived from a config: one token goes through a fresh prompt
+    cache, and each layer's key and value rows are sized as allocated (heads x
+    head size x the dtype the activations have). Caches that do not grow per
+    token (rotating windows, state-space layers) count as they are.
+    """
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.array([[0]]), cache=cache))
+    total = 0
+    for layer in cache:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        for rows in (keys, values):
+            if isinstance(rows, mx.array) and rows.ndim == 4:
+                total += rows.shape[1] * rows.shape[3] * rows.itemsize
+    return total
 
 
 def describe_choice(choice: WeightsChoice) -> str:
