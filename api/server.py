@@ -25,7 +25,7 @@ from hypercorn.utils import LifespanFailureError, LifespanTimeoutError
 
 from actors.generation.engine_actor import EngineProcessSettings
 from actors.generation.engine_config import EngineConfig
-from actors.intake.actor import IntakeSettings
+from actors.intake.settings import IntakeSettings
 from actors.kvcache.control import KVCacheSettings
 from actors.kvcache.pressure import PressureConfig
 from actors.model.embedded import cache_dir, default_model_dir

@@ -10,7 +10,6 @@ rate, prompt estimates) is in :mod:`actors.intake.limits`.
 from actors.intake.actor import (
     IntakeActor,
     IntakeCrash,
-    IntakeSettings,
     IntakeState,
     intake_child,
 )
@@ -35,6 +34,7 @@ from actors.intake.protocol import (
     StopDraining,
     Tokenized,
 )
+from actors.intake.settings import IntakeSettings
 
 __all__ = [
     "Admit",
