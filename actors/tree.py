@@ -105,6 +105,20 @@ class InferenceSettings:
     """Delays between consecutive restarts of one child."""
 
 
+@dataclass(frozen=True)
+class ModelRoute:
+    """Where requests for one served model go."""
+
+    name: str
+    """The served name ("": the single model, named by the server)."""
+    generation: str
+    """Its generation actor's id."""
+    tokenizer: Callable[[], Any]
+    """Its tokenizer (loads on first call; blocking)."""
+    kvcache: str = "kvcache"
+    """Its kv-cache actor's id."""
+
+
 @dataclass
 class Inference:
     """The long-lived parts, and the supervision tree built around them."""
@@ -125,6 +139,12 @@ class Inference:
     """Engine faults armed by drills; they survive engine restarts."""
     recovery: RecoveryTimer
     """Crash-to-next-token times of the engine."""
+    routes: list[ModelRoute] = field(default_factory=list)
+    """Every served model's actors (one, named "", unless several models are served)."""
+
+    def __post_init__(self) -> None:
+        if not self.routes:
+            self.routes = [ModelRoute("", "generation", self.tokenizer)]
 
     def client(self, system: ActorSystem) -> GenerationClient:
         """A client of the generation actor of a system started from :attr:`spec`."""
@@ -253,7 +273,7 @@ def build_process_inference(
     )
     return Inference(
         None,
-        _tokenizer_loader(model),
+        tokenizer_loader(model),
         None,
         None,
         intake,
@@ -265,7 +285,7 @@ def build_process_inference(
     )
 
 
-def _tokenizer_loader(model: str) -> Callable[[], Any]:
+def tokenizer_loader(model: str) -> Callable[[], Any]:
     """Loads ``model``'s tokenizer once, on first call (thread-safe)."""
     lock = threading.Lock()
     loaded: list[Any] = []

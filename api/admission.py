@@ -35,11 +35,13 @@ class Admission(Protocol):
         *,
         max_tokens: int = 0,
         choices: int = 1,
+        model: str = "",
     ) -> None:
         """Admit the request or raise the ``HTTPProblem`` (429, 503) that refuses it.
 
         ``deadline`` is the request's, in seconds since the epoch; ``max_tokens``
-        the completion tokens it may generate over its ``choices`` (its KV cache).
+        the completion tokens it may generate over its ``choices`` (its KV cache);
+        ``model`` the served model it is for ("" with a single model).
         """
         ...
 
@@ -72,6 +74,7 @@ class IntakeAdmission:
         *,
         max_tokens: int = 0,
         choices: int = 1,
+        model: str = "",
     ) -> None:
         """Admit the request (due by ``deadline``, epoch seconds) or raise what refuses it."""
         if self.ref is None:
@@ -85,6 +88,7 @@ class IntakeAdmission:
                 messages=messages,
                 deadline=deadline,
                 max_tokens=max_tokens,
+                model=model,
                 choices=choices,
             ),
             timeout=ADMIT_TIMEOUT,

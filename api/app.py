@@ -23,10 +23,12 @@ import msgspec
 from actors.generation.protocol import EngineStats, GetEngineStats
 from actors.intake.protocol import GetIntakeStats, IntakeStats, StartDraining
 from actors.kvcache.protocol import CacheStats, GetCacheStats
+from actors.models.protocol import KEEPER, GetModels, ModelsReport
 from actors.tree import Inference
 from api.admission import Admission
 from api.anthropic_api import AnthropicMessages
 from api.audit_routes import AuditLog
+from api.catalog import ModelCatalog
 from api.completions import Completions, CompletionSettings
 from api.config import Settings
 from api.embeddings import Embeddings
@@ -87,26 +89,28 @@ class TroupeApp:
         """Why startup failed (one sanitized line), if it did."""
         self.created = int(time.time())
         self.observer = Observer()
+        self.catalog = ModelCatalog.of(inference.routes, self.model_name, self._system)
         self.completions = Completions(
             CompletionSettings(
-                model_name=self.model_name,
-                context_length=0,
+                model_name="" if self.catalog.several else self.model_name,
                 max_body_bytes=settings.max_body_bytes,
                 timeouts=endpoint_timeouts(settings),
                 max_tokens_limit=settings.max_tokens_limit,
             ),
-            lambda: inference.client(self._system()),
+            self.catalog,
             admission,
-            inference.tokenizer,
             self.observer,
         )
         self.completions.gate = self._require_running
         anthropic = AnthropicMessages(self.completions)
-        self.embeddings = Embeddings(self.completions, inference.tokenizer)
-        self.faults = FaultSwitch(settings.fault_injection, engine_process=inference.host is None)
+        self.embeddings = Embeddings(self.completions)
+        self.faults = FaultSwitch(
+            settings.fault_injection,
+            engine_process=inference.host is None,
+            generation=self.catalog.default.generation,
+            kvcache=self.catalog.default.kvcache,
+        )
         self._openapi: dict[str, Any] | None = None
-        self.vocab_size = 0
-        """Token ids the model accepts, once it is loaded."""
         self.routes: dict[str, dict[str, Handler]] = {
             "/health/live": {"GET": self.live},
             "/health/ready": {"GET": self.ready},
@@ -156,19 +160,8 @@ class TroupeApp:
                 self.admission.bind(system)
                 self.observer.bind(system)
                 self._open_audit()
-                # The generation actor started, so the weights are loaded: it knows
-                # the context window.
-                engine = await system.ref("generation").ask(
-                    GetEngineStats(), timeout=STARTUP_ASK_TIMEOUT, expect=EngineStats
-                )
-                self.completions.settings = dataclasses.replace(
-                    self.completions.settings, context_length=engine.context_length
-                )
-                self.vocab_size = engine.vocab_size
-                self.embeddings.dimensions = engine.embedding_size
-                # Loaded before the first request needs it (a separate copy when the
-                # engine runs in its own process; the api never reaches into it).
-                await anyio.to_thread.run_sync(self.inference.tokenizer)
+                if not self.catalog.several:
+                    await self._describe_single(system)
                 self.started.set()
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown
@@ -180,6 +173,18 @@ class TroupeApp:
         except Exception as exc:
             log.error("the actor system failed: %s", describe_failure(exc))
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _describe_single(self, system: ActorSystem) -> None:
+        """The one model is loaded at start: take its figures and load its tokenizer."""
+        # The generation actor started, so the weights are loaded: it knows
+        # the context window.
+        entry = self.catalog.default
+        entry.info = await system.ref(entry.generation).ask(
+            GetEngineStats(), timeout=STARTUP_ASK_TIMEOUT, expect=EngineStats
+        )
+        # Loaded before the first request needs it (a separate copy when the
+        # engine runs in its own process; the api never reaches into it).
+        await anyio.to_thread.run_sync(entry.tokenizer)
 
     def _open_audit(self) -> None:
         if self.settings.audit_path:
@@ -290,25 +295,26 @@ class TroupeApp:
         """``GET /openapi.json``: the API, generated from the msgspec types."""
         if self._openapi is None:
             completions = self.completions.settings
+            info = self.catalog.default.info
             self._openapi = openapi_document(
                 ServedApi(
                     version=_version(),
                     model=self.model_name,
                     max_tokens=completions.max_tokens_limit or MAX_TOKENS_ACCEPTED,
-                    vocab_size=self.vocab_size,
+                    vocab_size=info.vocab_size if info else 0,
                     api_keys=bool(self.settings.api_keys),
                     admin_key=bool(self.settings.admin_key),
                     audit_log=bool(self.settings.audit_path),
                     fault_injection=self.faults.enabled,
-                    embedding_size=self.embeddings.dimensions,
+                    embedding_size=info.embedding_size if info else 0,
                 )
             )
         await respond.json(200, self._openapi)
 
     async def models(self, request: Request, respond: Responder) -> None:
-        """The one model this server serves."""
-        card = ModelCard(id=self.model_name, created=self.created)
-        await respond.json(200, ModelList(data=[card]))
+        """Every model this server serves, loaded or not (a request loads it)."""
+        cards = [ModelCard(id=name, created=self.created) for name in self.catalog.entries]
+        await respond.json(200, ModelList(data=cards))
 
     async def supervisor(self, request: Request, respond: Responder) -> None:
         """The supervision tree, plus the cache breaker, as JSON."""
@@ -322,6 +328,9 @@ class TroupeApp:
             else {"breaker": {"state": cache.breaker.state}, "entries": cache.entries}
         )
         payload["engine"] = await self._engine_counts()
+        if self.catalog.several:
+            models = await self._ask_briefly(KEEPER, GetModels(), ModelsReport)
+            payload["models"] = None if models is None else msgspec.to_builtins(models)
         intake = await self._ask_briefly("intake", GetIntakeStats(), IntakeStats)
         payload["intake"] = (
             None
@@ -340,7 +349,8 @@ class TroupeApp:
         Its mailbox holds only control messages (the engine uses the cache
         directly), so it answers at once unless a save or a drill holds it.
         """
-        return await self._ask_briefly("kvcache", GetCacheStats(), CacheStats)
+        kvcache = self.catalog.default.kvcache
+        return await self._ask_briefly(kvcache, GetCacheStats(), CacheStats)
 
     async def _engine_counts(self) -> dict[str, Any] | None:
         """The engine's figures; ``None`` if it does not answer at once.
@@ -351,7 +361,8 @@ class TroupeApp:
         The generation actor's mailbox is never blocked by inference (the engine
         runs on its own thread), so this answers in microseconds when it is up.
         """
-        stats = await self._ask_briefly("generation", GetEngineStats(), EngineStats)
+        generation = self.catalog.default.generation
+        stats = await self._ask_briefly(generation, GetEngineStats(), EngineStats)
         return None if stats is None else engine_counts(stats)
 
     async def _ask_briefly(self, actor: str, message: Message, expect: type[R]) -> R | None:

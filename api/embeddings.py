@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
@@ -73,11 +72,8 @@ class EmbeddingList(Struct, frozen=True, kw_only=True):
 class Embeddings:
     """The handler of ``/v1/embeddings``, over the completion core."""
 
-    def __init__(self, core: Completions, tokenizer: Callable[[], Any]) -> None:
+    def __init__(self, core: Completions) -> None:
         self._core = core
-        self._tokenizer = tokenizer
-        self.dimensions = 0
-        """The model's embedding size, once it is loaded."""
 
     async def create(self, request: Request, respond: Responder) -> None:
         """``POST /v1/embeddings``."""
@@ -86,16 +82,17 @@ class Embeddings:
     async def _job(self, request: Request) -> Job:
         core = self._core
         body = await request.json_body(EmbeddingRequest, core.settings.max_body_bytes)
-        core.check_model(body.model)
-        if body.dimensions is not None and body.dimensions != self.dimensions:
-            raise HTTPProblem(
-                422,
-                "unsupported-field",
-                f"`dimensions`: this model's embeddings have {self.dimensions} dimensions "
-                "and cannot be shortened",
-            )
+        tokenizer = core.check_model(body.model).tokenizer
+        if body.dimensions is not None:
+            size = (await core.described(body.model)).embedding_size
+            if body.dimensions != size:
+                raise HTTPProblem(
+                    422,
+                    "unsupported-field",
+                    f"`dimensions`: this model's embeddings have {size} dimensions "
+                    "and cannot be shortened",
+                )
         texts, ids = _inputs(body.input)
-        tokenizer = self._tokenizer
 
         def tokenize() -> list[list[int]]:
             if ids is not None:

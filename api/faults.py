@@ -167,10 +167,20 @@ Fault = (
 class FaultSwitch:
     """Turns fault bodies into messages to the actors that carry them out."""
 
-    def __init__(self, enabled: bool, *, engine_process: bool = True) -> None:
+    def __init__(
+        self,
+        enabled: bool,
+        *,
+        engine_process: bool = True,
+        generation: str = "generation",
+        kvcache: str = "kvcache",
+    ) -> None:
         self.enabled = enabled
         self.engine_process = engine_process
         """Whether the engine runs in its own process (the process faults need one)."""
+        self._generation = generation
+        """The generation actor the engine faults go to (the first model's, with several)."""
+        self._kvcache = kvcache
 
     async def inject(self, system: ActorSystem, request: Request, respond: Responder) -> None:
         """``POST /admin/faults``: carry out one fault, answer what was done."""
@@ -182,10 +192,10 @@ class FaultSwitch:
     async def clear(self, system: ActorSystem, request: Request, respond: Responder) -> None:
         """``DELETE /admin/faults``: end the drills that last."""
         self._require_enabled()
-        cleared = await system.ref("generation").ask(
+        cleared = await system.ref(self._generation).ask(
             ClearEngineFaults(), timeout=FAULT_ASK_TIMEOUT, expect=EngineFaultsCleared
         )
-        await system.ref("kvcache").ask(
+        await system.ref(self._kvcache).ask(
             SimulatePressure(excess_bytes=None), timeout=FAULT_ASK_TIMEOUT, expect=PressureReport
         )
         for name in _workers(system):
@@ -204,12 +214,12 @@ class FaultSwitch:
             ):
                 kind = EngineFault.CRASH if isinstance(fault, EngineCrash) else EngineFault.OOM
                 message = InjectEngineFault(kind=kind, after_tokens=after, times=times)
-                await system.ref("generation").tell(message)
+                await system.ref(self._generation).tell(message)
                 return {"after_tokens": after, "times": times}
             case EngineKill() | EngineHang() | EnginePoison() | EngineExitOnLoad():
                 return await self._process_fault(system, fault)
             case CacheFaults(count=count):
-                pending = await system.ref("kvcache").ask(
+                pending = await system.ref(self._kvcache).ask(
                     InjectCacheFaults(count=count), timeout=FAULT_ASK_TIMEOUT, expect=FaultsInjected
                 )
                 return {"pending": pending.pending}
@@ -217,7 +227,7 @@ class FaultSwitch:
                 return await self._corrupt(system, count, truncate=truncate)
             case MemoryPressure(active=active, excess_mb=excess_mb):
                 excess = int(excess_mb * MIB) if active else None
-                report = await system.ref("kvcache").ask(
+                report = await system.ref(self._kvcache).ask(
                     SimulatePressure(excess_bytes=excess),
                     timeout=FAULT_ASK_TIMEOUT,
                     expect=PressureReport,
@@ -256,11 +266,11 @@ class FaultSwitch:
             case EngineExitOnLoad(times=times):
                 message = InjectEngineFault(kind=EngineFault.EXIT_ON_LOAD, times=times)
                 done = {"times": times}
-        await system.ref("generation").tell(message)
+        await system.ref(self._generation).tell(message)
         return done
 
     async def _corrupt(self, system: ActorSystem, count: int, *, truncate: bool) -> dict[str, Any]:
-        done = await system.ref("kvcache").ask(
+        done = await system.ref(self._kvcache).ask(
             CorruptPersisted(count=count, truncate=truncate),
             timeout=FAULT_ASK_TIMEOUT,
             expect=PersistedCorrupted,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from actors.model.packaged import PACKAGE, packaged_model
 from api.config import EMBEDDED_MODEL, Settings
+from api.models_file import read_models_file
 
 log = logging.getLogger("troupe.server")
 
@@ -28,7 +29,12 @@ def chosen_model(settings: Settings) -> str | None:
 
 
 def served_name(settings: Settings) -> str:
-    """The id clients use: a GGUF file's stem, a directory's name, a hub id, or the embedded."""
+    """The id clients use: a GGUF file's stem, a directory's name, a hub id, or the embedded.
+
+    With a models file: the first model's name (the one health and OpenAPI name).
+    """
+    if settings.models is not None:
+        return read_models_file(settings.models).models[0].name
     model = chosen_model(settings)
     if model is None:
         return f"mlx-troupe-embedded-{settings.model_size}"

@@ -45,6 +45,8 @@ class Outcome:
     """The prompt's length once tokenized."""
     refused: Problem | None = None
     """The problem that answered it, when one was raised (bad input, shed, ...)."""
+    model: str = ""
+    """The served model it named, once known ("": the reporter's default)."""
 
     @property
     def status(self) -> int:
@@ -124,7 +126,7 @@ class Reporter:
         event = RequestCompleted(
             endpoint=endpoint,
             status=outcome.status,
-            model=self.model_name,
+            model=outcome.model or self.model_name,
             duration_s=time.monotonic() - timing.start,
             ttft_s=None if timing.first is None else timing.first - timing.start,
             inter_token_s=timing.gaps(),

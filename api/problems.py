@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from actors.generation.protocol import Failed, FailureKind
+from actors.generation.protocol import MODEL_RETRY_AFTER, Failed, FailureKind
 from runtime import ActorDied, ActorStopped, AskTimeout, MailboxFull
 
 PROBLEM_TYPE = "https://mlx-troupe.dev/problems/"
@@ -82,6 +82,7 @@ _FAILURE_STATUS = {
     FailureKind.OUT_OF_MEMORY: (503, "out-of-memory"),
     FailureKind.SHUTTING_DOWN: (503, "shutting-down"),
     FailureKind.DEADLINE_EXCEEDED: (504, "deadline-exceeded"),
+    FailureKind.MODEL_UNAVAILABLE: (503, "model-unavailable"),
 }
 
 
@@ -96,6 +97,8 @@ def problem_for(error: BaseException | Failed) -> Problem:  # noqa: PLR0911 - on
         case Failed(kind=kind, detail=detail, retryable=retryable):
             status, slug = _FAILURE_STATUS[kind]
             headers = (("retry-after", "1"),) if retryable and status == 503 else ()
+            if kind is FailureKind.MODEL_UNAVAILABLE:
+                headers = (("retry-after", f"{MODEL_RETRY_AFTER:.0f}"),)
             return Problem(status, slug, detail, headers)
         case MailboxFull():
             return Problem(

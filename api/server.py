@@ -32,6 +32,7 @@ from actors.model.embedded import cache_dir, default_model_dir
 from actors.model.gguf import gguf_model_dir, is_gguf_file
 from actors.model.loader import LoadedModel, load_model
 from actors.model.weights import fit_for_device
+from actors.models.tree import build_models_inference
 from actors.tree import (
     GENERATION_SHUTDOWN,
     KVCACHE_SHUTDOWN,
@@ -42,9 +43,10 @@ from actors.tree import (
 )
 from api.admission import IntakeAdmission
 from api.app import TroupeApp, build_asgi
-from api.config import Settings
+from api.config import EMBEDDED_MODEL, Settings
 from api.logs import log_lifecycle
-from api.model_choice import chosen_model, served_name
+from api.model_choice import chosen_model, served_name, warn_if_embedded_by_default
+from api.models_file import read_models_file
 from api.observe import public_config
 from runtime import Backoff, SupervisorEscalated
 from runtime.breaker import BreakerConfig
@@ -90,12 +92,24 @@ def model_source(settings: Settings) -> str:
 
 
 async def build_tree(settings: Settings) -> Inference:
-    """The inference tree ``settings`` ask for (engine in its own process, or a thread)."""
-    if settings.engine == "thread":
-        return build_inference(model_loader(settings), inference_settings(settings))
-    source = await anyio.to_thread.run_sync(model_source, settings)
+    """The inference tree ``settings`` ask for (engine in its own process, or a thread).
+
+    With a models file, every model gets an engine process of its own.
+    """
     process = EngineProcessSettings(hang_timeout=settings.engine_hang_timeout)
-    return build_process_inference(source, inference_settings(settings), process=process)
+    tree = inference_settings(settings)
+    if settings.models is not None:
+        models = read_models_file(settings.models)
+        if any(model.source == EMBEDDED_MODEL for model in models.models):
+            embedded = await anyio.to_thread.run_sync(default_model_dir, settings.model_size)
+            models = read_models_file(settings.models, str(embedded))
+        budget = models.memory_budget or tree.intake.memory_budget
+        return build_models_inference(models.models, tree, budget=budget, process=process)
+    warn_if_embedded_by_default(settings)
+    if settings.engine == "thread":
+        return build_inference(model_loader(settings), tree)
+    source = await anyio.to_thread.run_sync(model_source, settings)
+    return build_process_inference(source, tree, process=process)
 
 
 def model_tag(settings: Settings) -> str:

@@ -68,11 +68,26 @@ class _Engine(msgspec.Struct):
     process: _Process | None = None
 
 
+class _Model(msgspec.Struct):
+    name: str
+    phase: str
+    weights_bytes: int = 0
+    in_flight: int = 0
+    idle_seconds: float | None = None
+    loads: int = 0
+    unloads: int = 0
+
+
+class _Models(msgspec.Struct):
+    models: list[_Model] = msgspec.field(default_factory=list)
+
+
 class _Extras(msgspec.Struct):
     """The optional parts of the response that are not in ``SystemStatus``."""
 
     cache: _Cache | None = None
     engine: _Engine | None = None
+    models: _Models | None = None
 
 
 class _Problem(msgspec.Struct):
@@ -91,6 +106,8 @@ class Snapshot:
     body: bytes
     engine_process: str | None = None
     """One line about the engine process, if the engine runs in one."""
+    models: list[list[str]] | None = None
+    """A table row per served model, when the server serves several."""
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +202,20 @@ def fetch(client: httpx.Client, url: str) -> Snapshot:
         breaker.state if breaker else None,
         response.content,
         None if process is None else _describe_process(process),
+        None if extras.models is None else [_model_row(m) for m in extras.models.models],
     )
+
+
+def _model_row(model: _Model) -> list[str]:
+    idle = "-" if model.idle_seconds is None else format_duration(model.idle_seconds)
+    return [
+        model.name,
+        model.phase,
+        f"{model.weights_bytes / 2**20:,.1f} MiB",
+        str(model.in_flight),
+        idle,
+        f"{model.loads}/{model.unloads}",
+    ]
 
 
 def _describe_process(process: _Process) -> str:
@@ -217,6 +247,9 @@ def render(snapshot: Snapshot, url: str) -> str:
     ]
     header = ["ACTOR", "STATE", "RESTARTS", "LAST FAILURE", "MAILBOX", "UPTIME"]
     lines += _table([header, *_rows(status.root, 0, status.at)])
+    if snapshot.models is not None:
+        header = ["MODEL", "PHASE", "WEIGHTS", "IN FLIGHT", "IDLE", "LOADS/UNLOADS"]
+        lines += ["", *_table([header, *snapshot.models])]
     if snapshot.engine_process is not None:
         lines.append(f"\nengine process: {snapshot.engine_process}")
     if snapshot.cache_breaker is not None:

@@ -294,7 +294,9 @@ def test_a_refused_request_is_counted_but_kept_out_of_the_latencies() -> None:
     assert snapshot.throughput is not None and snapshot.throughput.total_requests == 2
     assert snapshot.requests is not None and snapshot.requests.errors == 1
     parsed = families(state.registry.render())
-    assert ({"endpoint": "chat", "status": "429"}, 1.0) in parsed["troupe_requests"]
+    assert ({"endpoint": "chat", "status": "429", "model": "tiny"}, 1.0) in parsed[
+        "troupe_requests"
+    ]
     assert ({}, 1.0) in parsed["troupe_request_duration_seconds"]  # the _count: one
 
 
@@ -319,7 +321,9 @@ def test_the_prometheus_text_parses_and_holds_every_family() -> None:
     parsed = families(state.registry.render())
     missing = FAMILIES - parsed.keys()
     assert not missing, missing
-    assert ({"endpoint": "chat", "status": "500"}, 1.0) in parsed["troupe_requests"]
+    assert ({"endpoint": "chat", "status": "500", "model": "tiny"}, 1.0) in parsed[
+        "troupe_requests"
+    ]
     assert parsed["troupe_cache_breaker_state"] == [({}, 1.0)]
     assert parsed["troupe_requests_waiting"] == [({}, 5.0)]
     assert parsed["troupe_generation_tokens"] == [({}, 8.0)]

@@ -11,6 +11,12 @@ heartbeat with its step counter every ``heartbeat_interval``; no heartbeat for
 ``hang_timeout`` seconds (a stopped or wedged process), or no step for that
 long while requests are waiting (a native deadlock in the loop), marks it
 hung, and it is killed.
+
+With several models (:mod:`actors.models`), an engine may start empty and load
+on demand: the model keeper sends :class:`LoadModel` and :class:`UnloadModel`,
+and a load that fails is reported (the engine stays empty, its requests fail
+with a clear error) rather than crashing, so one bad model leaves the others
+serving.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -30,6 +37,7 @@ from actors.generation.engine_link import (
     EngineBeat,
     EngineDown,
     EngineFaultFired,
+    EngineLoadFailed,
     EngineOutputs,
     EngineUp,
     GetBootFaults,
@@ -54,6 +62,15 @@ from actors.generation.process_protocol import (
     ShutdownDone,
 )
 from actors.generation.protocol import Cancel, EngineExit, Failed, Finished
+from actors.kvcache.relay import CacheUnavailable
+from actors.models.protocol import (
+    LoadModel,
+    ModelLoaded,
+    ModelLoadFailed,
+    ModelUnloaded,
+    UnloadDeclined,
+    UnloadModel,
+)
 from runtime.actor import Actor
 from runtime.context import DeferredReply
 from runtime.errors import TroupeError
@@ -86,6 +103,18 @@ class EngineProcessSettings:
             raise ValueError("the hang timeout must exceed the (positive) heartbeat interval")
 
 
+@dataclass(frozen=True)
+class EnginePeers:
+    """Whom the engine actor works with (ids differ per model in a several-model tree)."""
+
+    generation: str = GENERATION
+    keeper: str | None = None
+    """The model keeper: the engine then loads on demand; ``None``: at start, or never up."""
+    model: str = ""
+    preload: bool = False
+    """With a keeper: load at start all the same (a failure is reported, not raised)."""
+
+
 class EngineProcessDied(TroupeError):
     """The engine process ended or hung; the actor crashes so that it is restarted."""
 
@@ -103,8 +132,10 @@ class EngineActor(Actor):
         settings: EngineProcessSettings | None = None,
         *,
         spawner: Spawner | None = None,
+        peers: EnginePeers | None = None,
     ) -> None:
         self._boot = boot
+        self._peers = peers or EnginePeers()
         self.settings = settings or EngineProcessSettings()
         # Shared by every incarnation: it keeps the next process started ahead.
         self._spawner = spawner or Spawner(spare=False)
@@ -117,11 +148,41 @@ class EngineActor(Actor):
         self._steps = -1
         self._progress_at = time.monotonic()
         self._hung: str | None = None
+        self._tasks: list[anyio.CancelScope] = []
+        self._ready_bytes = 0
 
     async def on_start(self) -> None:
-        """Start the process and wait until it has loaded the model."""
-        generation = self.ctx.lookup(GENERATION)
-        faults = await generation.ask(GetBootFaults(), expect=BootFaults)
+        """Start the process and wait until it has loaded the model (unless it loads on demand)."""
+        faults = await self.ctx.lookup(self._peers.generation).ask(
+            GetBootFaults(), expect=BootFaults
+        )
+        if self._peers.keeper is None:
+            await self._start(faults)
+        elif faults.load or self._peers.preload:  # restarted while loaded, wanted, or preloaded
+            await self._load(faults)
+
+    async def _load(self, faults: BootFaults | None = None) -> None:
+        """Load on demand: a failure is reported to the router and the keeper, not raised."""
+        if faults is None:
+            faults = await self.ctx.lookup(self._peers.generation).ask(
+                GetBootFaults(), expect=BootFaults
+            )
+        try:
+            await self._start(faults)
+        except EngineStartFailed as exc:
+            log.error(
+                "model %s could not be loaded: %s",
+                self._peers.model,
+                exc,
+                extra={"event": "model_load_failed", "model": self._peers.model},
+            )
+            self._process = None
+            self._tell_keeper(ModelLoadFailed(model=self._peers.model, reason=str(exc)))
+            await self.ctx.lookup(self._peers.generation).tell(EngineLoadFailed(reason=str(exc)))
+
+    async def _start(self, faults: BootFaults) -> None:
+        """Start a process and wait until it is ready; tell the router, and the keeper."""
+        generation = self.ctx.lookup(self._peers.generation)
         boot = msgspec.structs.replace(
             self._boot, faults=faults.faults, exit_on_load=faults.exit_on_load
         )
@@ -134,13 +195,50 @@ class EngineActor(Actor):
                 exit_info = await process.reap()
                 await self._report_down(EngineDown(exit=exit_info, clean=False, started=False))
             raise
-        self._up = True
+        self._up, self._hung, self._ready_bytes = True, None, ready.weights_bytes
         self._beat_at = self._progress_at = time.monotonic()
         await generation.tell(EngineUp(pid=process.pid, ready=ready))
+        self._tell_keeper(ModelLoaded(model=self._peers.model, weights_bytes=ready.weights_bytes))
         log.info("engine process %d ready", process.pid)
         await self._spawner.prepare()  # the next one imports while this one serves
-        self.ctx.start_soon(self._read, process)
-        self.ctx.start_soon(self._watch)
+        self._attend(self._read, process)
+        self._attend(self._watch)
+
+    def _attend(self, task: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Run ``task`` for as long as this process lives (an unload cancels it)."""
+        scope = anyio.CancelScope()
+        self._tasks.append(scope)
+
+        async def attended() -> None:
+            with scope:
+                await task(*args)
+
+        self.ctx.start_soon(attended)
+
+    def _tell_keeper(self, message: Message) -> None:
+        if self._peers.keeper is not None:
+            with contextlib.suppress(TroupeError, LookupError):
+                self.ctx.lookup(self._peers.keeper).tell_nowait(message)
+
+    async def _unload(self, process: EngineProcess) -> None:
+        """Stop the process on the keeper's word, unless requests are on it."""
+        model = self._peers.model
+        if self._pending:
+            self._tell_keeper(UnloadDeclined(model=model))
+            return
+        for scope in self._tasks:
+            scope.cancel()
+        self._tasks.clear()
+        await anyio.lowlevel.checkpoint()  # the reader lets go of the process's pipe
+        await self._shut_down(process)
+        exit_info = await process.reap()
+        self._process, self._up = None, False
+        for reply in self._calls.values():
+            reply.resolve(CacheUnavailable(reason="the model was unloaded"))
+        self._calls.clear()
+        await self._report_down(EngineDown(exit=exit_info, clean=True, started=True, unloaded=True))
+        self._tell_keeper(ModelUnloaded(model=model))
+        log.info("model %s unloaded", model, extra={"event": "model_unloaded", "model": model})
 
     async def _await_ready(self, process: EngineProcess) -> Ready:
         with anyio.move_on_after(self.settings.load_timeout):
@@ -162,8 +260,15 @@ class EngineActor(Actor):
     async def handle(self, message: Message) -> Message | None:
         """Relay requests, cancellations, faults and cache calls to the process."""
         process = self._process
-        assert process is not None
+        if process is None:
+            return await self._handle_empty(message)
         match message:
+            case LoadModel():
+                self._tell_keeper(
+                    ModelLoaded(model=self._peers.model, weights_bytes=self._ready_bytes)
+                )
+            case UnloadModel():
+                await self._unload(process)
             case Submit(pid=pid, request=request) if pid == process.pid:
                 if not self._pending:
                     self._progress_at = time.monotonic()  # the hang clock starts now
@@ -185,13 +290,28 @@ class EngineActor(Actor):
                 return await super().handle(message)
         return None
 
+    async def _handle_empty(self, message: Message) -> Message | None:
+        """Without a process: load on the keeper's word; nothing else can be done."""
+        match message:
+            case LoadModel():
+                await self._load()
+            case UnloadModel():
+                self._tell_keeper(ModelUnloaded(model=self._peers.model))
+            case RelayCache():
+                return CacheUnavailable(reason="the model is not loaded")
+            case Submit() | CancelOn() | RelayFault():
+                pass  # the router resends what it holds once a process is up
+            case _:
+                return await super().handle(message)
+        return None
+
     async def _send(self, process: EngineProcess, message: Message) -> None:
         # A gone process: the reader sees its end of file and crashes this incarnation.
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             await process.send(message)
 
     async def _read(self, process: EngineProcess) -> None:
-        generation = self.ctx.lookup(GENERATION)
+        generation = self.ctx.lookup(self._peers.generation)
         pid = process.pid
         while (message := await process.receive()) is not None:
             match message:
@@ -261,7 +381,7 @@ class EngineActor(Actor):
 
     async def _report_down(self, down: EngineDown) -> None:
         with contextlib.suppress(TroupeError):  # the generation actor is gone too
-            await self.ctx.lookup(GENERATION).tell(down)
+            await self.ctx.lookup(self._peers.generation).tell(down)
 
     async def _shut_down(self, process: EngineProcess) -> None:
         with anyio.move_on_after(self.settings.stop_timeout):
@@ -269,7 +389,7 @@ class EngineActor(Actor):
                 await process.send(Shutdown())
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return
-            generation = self.ctx.lookup(GENERATION)
+            generation = self.ctx.lookup(self._peers.generation)
             while (message := await process.receive()) is not None:
                 match message:
                     case ShutdownDone():

@@ -14,6 +14,7 @@ message                from -> to                   meaning
 ``EngineBeat``         engine -> generation         a heartbeat
 ``EngineFaultFired``   engine -> generation         an armed fault fired
 ``EngineDown``         engine -> generation         the process ended
+``EngineLoadFailed``   engine -> generation         a load on demand failed
 ``Submit``             generation -> engine         run a request on process pid
 ``CancelOn``           generation -> engine         cancel it there
 ``RelayFault``         generation -> engine         arm or disarm faults there
@@ -48,6 +49,8 @@ class BootFaults(Message, frozen=True, kw_only=True):
 
     faults: list[ArmedFault] = msgspec.field(default_factory=list)
     exit_on_load: bool = False
+    load: bool = True
+    """Whether an engine that loads on demand loads now (requests wait, or it was loaded)."""
 
 
 class EngineUp(Message, frozen=True, kw_only=True):
@@ -86,6 +89,14 @@ class EngineDown(Message, frozen=True, kw_only=True):
     clean: bool
     started: bool
     """Whether it had come up (sent :class:`EngineUp`) before it ended."""
+    unloaded: bool = False
+    """Stopped to free its memory (idle, or room for another model): its requests go on."""
+
+
+class EngineLoadFailed(Message, frozen=True, kw_only=True):
+    """The engine could not load the model on demand; it stays without a process."""
+
+    reason: str
 
 
 class Submit(Message, frozen=True, kw_only=True):

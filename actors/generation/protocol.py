@@ -147,6 +147,7 @@ class FailureKind(enum.StrEnum):
     OUT_OF_MEMORY = "out_of_memory"
     SHUTTING_DOWN = "shutting_down"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    MODEL_UNAVAILABLE = "model_unavailable"
 
 
 class Failed(Message, frozen=True, kw_only=True):
@@ -194,6 +195,26 @@ class EngineStats(Message, frozen=True, kw_only=True):
     """Recent crash-to-next-token intervals (seconds, oldest first)."""
     process: EngineProcessInfo | None = None
     """The engine process (``None``: the engine runs in the server's process)."""
+
+
+MODEL_RETRY_AFTER = 10.0
+"""Seconds a model that failed to load answers its requests with that failure
+before a new request tries to load it again."""
+
+
+class AwaitModel(Message, frozen=True, kw_only=True):
+    """Ask for the model's figures once it is loaded, loading it if it is not.
+
+    Answered with :class:`EngineStats` once an engine is up, or with
+    :class:`ModelUnavailable` if loading failed.
+    """
+
+
+class ModelUnavailable(Message, frozen=True, kw_only=True):
+    """The model could not be loaded; ``retry_after`` seconds before it is tried again."""
+
+    model: str
+    retry_after: float
 
 
 class EngineExit(Message, frozen=True, kw_only=True):

@@ -32,6 +32,7 @@ from actors.generation.engine_link import (
     EngineBeat,
     EngineDown,
     EngineFaultFired,
+    EngineLoadFailed,
     EngineOutputs,
     EngineUp,
     GetBootFaults,
@@ -39,9 +40,11 @@ from actors.generation.engine_link import (
     Submit,
 )
 from actors.generation.faults import FaultPlan, RecoveryTimer
+from actors.generation.on_demand import Demand, ModelPeers
 from actors.generation.process_protocol import ArmedFault, Heartbeat, Ready
 from actors.generation.protocol import (
     Accepted,
+    AwaitModel,
     Cancel,
     ClearEngineFaults,
     EngineExit,
@@ -58,10 +61,9 @@ from actors.generation.protocol import (
     InjectEngineFault,
     StreamEvent,
 )
+from actors.generation.router_reports import RouterReports
 from actors.generation.tracking import EngineTotals, TrackedRequest
-from actors.intake.protocol import ReportMemory, ReportPressure
 from actors.kvcache.protocol import CacheStats
-from actors.metrics.protocol import EngineReport
 from runtime.actor import Actor, ActorRef
 from runtime.errors import DeliveryError
 from runtime.messages import Message
@@ -69,10 +71,6 @@ from runtime.node import ExitKind
 
 log = logging.getLogger("troupe.generation")
 
-ENGINE = "engine"
-"""The id of the actor that owns the engine process."""
-METRICS = "metrics"
-INTAKE = "intake"
 SUSPECT_AFTER = 2
 """Engine deaths in a row a request may be in flight for before it is quarantined."""
 
@@ -85,6 +83,7 @@ class GenerationRouter(Actor):
         *,
         faults: FaultPlan | None = None,
         recovery: RecoveryTimer | None = None,
+        peers: ModelPeers | None = None,
     ) -> None:
         self._faults = faults or FaultPlan()
         self._recovery = recovery or RecoveryTimer()
@@ -96,15 +95,19 @@ class GenerationRouter(Actor):
         self._beat_at: float | None = None
         self._last_exit: EngineExit | None = None
         self._solo: str | None = None
-        self._pressure = False
-        self._memory: ReportMemory | None = None
         self._totals = EngineTotals()
+        self._demand = Demand(peers or ModelPeers())
+        self._reports = RouterReports(self._demand.peers.model)
 
-    async def handle(self, message: Message) -> Message | None:  # noqa: PLR0912 - one case per message
+    async def handle(self, message: Message) -> Message | None:  # noqa: PLR0911, PLR0912 - one case per message
         """Admit and cancel requests; follow the engine process; report; inject faults."""
         match message:
             case Generate():
                 return self._admit(message)
+            case AwaitModel():
+                return self._await_model()
+            case EngineLoadFailed():
+                self._load_failed()
             case Cancel(request_id=request_id):
                 self._cancel(request_id)
             case EngineOutputs(pid=pid, events=events, cache=cache) if pid == self._engine:
@@ -152,6 +155,26 @@ class GenerationRouter(Actor):
 
     # -- requests -------------------------------------------------------------------
 
+    def _await_model(self) -> Message | None:
+        """The model's figures now if an engine is up, else once one is (loading it)."""
+        if self._engine is not None:
+            return self._stats()
+        if self._demand.retry_in() is not None:
+            return self._demand.unavailable()
+        self._demand.waiters.append(self.ctx.defer_reply())
+        self._demand.want(self.ctx)
+        return None
+
+    def _load_failed(self) -> None:
+        """Loading on demand failed: every request waiting for it ends, and every waiter."""
+        for waiter in self._demand.failed():
+            waiter.resolve(self._demand.unavailable())
+        for request_id, tracked in list(self._tracked.items()):
+            if tracked.engine is None:
+                self._terminate(
+                    request_id, self._demand.failure(request_id, len(tracked.delivered))
+                )
+
     def _admit(self, request: Generate) -> Message:
         request_id = request.request_id
         if not self.ctx.inbox_open(request_id) or request_id in self._tracked:
@@ -163,7 +186,13 @@ class GenerationRouter(Actor):
                 retryable=False,
                 detail="no result stream is open for this request id, or it is in use",
             )
+        if self._engine is None and self._demand.retry_in() is not None:
+            failed = self._demand.failure(request_id, 0)  # the model failed to load lately
+            self.ctx.post(request_id, failed)
+            self.ctx.seal(request_id)
+            return Accepted(request_id=request_id)
         self._tracked[request_id] = TrackedRequest(request)
+        self._demand.activity(self.ctx, len(self._tracked))
         self._dispatch()
         return Accepted(request_id=request_id)
 
@@ -197,6 +226,7 @@ class GenerationRouter(Actor):
 
     def _terminate(self, request_id: str, event: StreamEvent) -> None:
         self._tracked.pop(request_id, None)
+        self._demand.activity(self.ctx, len(self._tracked))
         if request_id == self._solo:
             self._solo = None
             self._dispatch()
@@ -210,44 +240,14 @@ class GenerationRouter(Actor):
         self._up_at, self._beat, self._beat_at = time.monotonic(), None, None
         self._totals.ups += 1
         self._report(ready.cache)
+        stats = self._stats()
+        for waiter in self._demand.up():
+            waiter.resolve(stats)
         self._dispatch()
 
     def _report(self, cache: CacheStats) -> None:
         """Tell the metrics (they cannot read another process) and intake (memory pressure)."""
-        running, waiting = self._load()
-        report = EngineReport(
-            running=running,
-            waiting=waiting,
-            cache_queries=cache.queries,
-            cache_hits=cache.hits,
-            cache_hit_tokens=cache.hit_tokens,
-            cache_evictions=cache.evictions,
-            cache_nbytes=cache.nbytes,
-            cache_entries=cache.entries,
-            cache_breaker=str(cache.breaker.state.value),
-            engine_memory=self._beat.memory if self._beat is not None else None,
-        )
-        with contextlib.suppress(DeliveryError, LookupError):  # a full metrics mailbox drops
-            self.ctx.lookup(METRICS).tell_nowait(report)
-        if cache.under_pressure != self._pressure:
-            self._pressure = cache.under_pressure
-            with contextlib.suppress(DeliveryError, LookupError):
-                self.ctx.lookup(INTAKE).tell_nowait(ReportPressure(under_pressure=self._pressure))
-        self._report_memory(cache)
-
-    def _report_memory(self, cache: CacheStats) -> None:
-        """Tell intake the model's memory figures when they change (memory-aware admission)."""
-        if self._ready is None:
-            return
-        memory = ReportMemory(
-            kv_bytes_per_token=self._ready.kv_bytes_per_token,
-            model_bytes=self._ready.weights_bytes + cache.nbytes,
-        )
-        if memory == self._memory:
-            return
-        with contextlib.suppress(DeliveryError, LookupError):
-            self.ctx.lookup(INTAKE).tell_nowait(memory)
-            self._memory = memory
+        self._reports.report(self.ctx, cache, self._load(), self._beat, self._ready)
 
     def _engine_down(self, down: EngineDown) -> None:
         pid = down.exit.pid
@@ -255,6 +255,9 @@ class GenerationRouter(Actor):
         if pid == self._engine:
             self._engine = None
             self._fold_counters()
+        if down.unloaded:
+            self._requeue(pid)
+            return
         if down.clean:
             return  # a shutdown: on_stop answers what is left
         self._recovery.crashed()
@@ -275,6 +278,16 @@ class GenerationRouter(Actor):
             else:
                 tracked.deaths += 1
 
+    def _requeue(self, pid: int) -> None:
+        """The engine was unloaded: what reached it in the meantime waits for the next one."""
+        self._demand.loaded = False
+        if self._ready is not None:  # its weights and cache are gone: intake may book more
+            self._reports.memory_now(self.ctx, self._ready, 0)
+        for tracked in self._tracked.values():
+            if tracked.engine == pid:
+                tracked.engine = None
+        self._dispatch()
+
     def _fold_counters(self) -> None:
         self._totals.fold(self._beat)
         self._beat = None
@@ -282,6 +295,8 @@ class GenerationRouter(Actor):
     def _dispatch(self) -> None:
         """Send waiting requests to the engine, quarantined ones one at a time."""
         pid = self._engine
+        if pid is None and self._tracked:
+            self._demand.want(self.ctx)
         if pid is None or self._solo is not None:
             return
         waiting = [t for t in self._tracked.values() if t.engine is None and not t.cancelled]
@@ -336,7 +351,7 @@ class GenerationRouter(Actor):
             self._engine_ref().tell_nowait(message)
 
     def _engine_ref(self) -> ActorRef:
-        return self.ctx.lookup(ENGINE)
+        return self.ctx.lookup(self._demand.peers.engine)
 
     # -- faults and figures ---------------------------------------------------------------
 
@@ -356,7 +371,9 @@ class GenerationRouter(Actor):
             if kind is not EngineFault.EXIT_ON_LOAD
         ]
         return BootFaults(
-            faults=faults, exit_on_load=self._faults.consume(EngineFault.EXIT_ON_LOAD)
+            faults=faults,
+            exit_on_load=self._faults.consume(EngineFault.EXIT_ON_LOAD),
+            load=self._demand.loaded or bool(self._tracked) or bool(self._demand.waiters),
         )
 
     def _load(self) -> tuple[int, int]:

@@ -81,6 +81,7 @@ class _InFlight:
     deadline: float | None
     max_tokens: int = 0
     choices: int = 1
+    model: str = ""
 
     @property
     def kv_tokens(self) -> int:
@@ -164,7 +165,7 @@ class IntakeState:
             )
             return self._reject(request, ShedReason.TOKENS_FULL, detail, now)
         kv = kv_tokens(tokens, request.max_tokens, request.choices)
-        if memory := self.memory.refusal(kv, self.in_flight):
+        if memory := self.memory.refusal(request.model, kv, self.in_flight):
             return self._reject(request, ShedReason.MEMORY_FULL, memory, now)
         return None
 
@@ -176,9 +177,9 @@ class IntakeState:
         entry = self._entries[numbers[0]]
         real = max(0, prompt_tokens)
         self._prompt_tokens += real - entry.prompt_tokens
-        self.memory.booked_tokens -= entry.kv_tokens
+        self.memory.book(entry.model, -entry.kv_tokens)
         entry.prompt_tokens = real
-        self.memory.booked_tokens += entry.kv_tokens
+        self.memory.book(entry.model, entry.kv_tokens)
         return True
 
     def release(self, request_id: str, outcome: Outcome, *, now: float) -> bool:
@@ -272,9 +273,10 @@ class IntakeState:
             request.deadline,
             request.max_tokens,
             request.choices,
+            request.model,
         )
         self._entries[number] = entry
-        self.memory.booked_tokens += entry.kv_tokens
+        self.memory.book(entry.model, entry.kv_tokens)
         self._by_request.setdefault(request.request_id, []).append(number)
         if request.deadline is not None and math.isfinite(request.deadline):
             # NaN would break the heap's order and hide overdue requests behind it.
@@ -299,7 +301,7 @@ class IntakeState:
         if not numbers:
             del self._by_request[entry.request_id]
         self._prompt_tokens -= entry.prompt_tokens
-        self.memory.booked_tokens -= entry.kv_tokens
+        self.memory.book(entry.model, -entry.kv_tokens)
         if not self._entries:
             self.drain.idle(now)
 
@@ -341,8 +343,8 @@ class IntakeActor(Actor):
                 answer = self._set_draining(False)
             case ReportPressure(under_pressure=under_pressure):
                 self._reported = under_pressure
-            case ReportMemory(kv_bytes_per_token=per_token, model_bytes=model_bytes):
-                self.state.memory.report(per_token, model_bytes)
+            case ReportMemory(model=model, kv_bytes_per_token=per_token, model_bytes=model_bytes):
+                self.state.memory.report(model, per_token, model_bytes)
             case CrashIntake():
                 raise IntakeCrash("crash requested")
             case _:

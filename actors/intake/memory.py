@@ -12,51 +12,71 @@ long requests is refused at once instead of after the memory is gone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _ModelMemory:
+    kv_bytes_per_token: int = 0
+    model_bytes: int = 0
+    booked_tokens: int = 0
 
 
 @dataclass
 class MemoryBook:
-    """The budget, what the engine last reported, and the KV tokens booked."""
+    """The budget, what each model's engine last reported, and the KV tokens booked.
+
+    With several models in one server each reports its own figures (under its
+    name; "" with one model), and a request books its tokens under its model:
+    the budget is one, shared by every model's weights, prefix cache and KV.
+    """
 
     budget: int | None
-    """Bytes for weights, prefix cache and every admitted request's KV cache; ``None``: off."""
-    kv_bytes_per_token: int = 0
-    """The served model's KV cache bytes per token (0 until the engine reports it)."""
-    model_bytes: int = 0
-    """Bytes the weights and the prefix cache take, as last reported."""
-    booked_tokens: int = 0
-    """KV tokens of the requests in flight (choices x prompt, plus their max_tokens)."""
+    """Bytes for weights, prefix caches and every admitted request's KV cache; ``None``: off."""
+    models: dict[str, _ModelMemory] = field(default_factory=dict)
 
-    def report(self, kv_bytes_per_token: int, model_bytes: int) -> None:
-        """Take the engine's latest figures."""
-        self.kv_bytes_per_token = max(0, kv_bytes_per_token)
-        self.model_bytes = max(0, model_bytes)
+    def report(self, model: str, kv_bytes_per_token: int, model_bytes: int) -> None:
+        """Take a model's latest figures."""
+        figures = self.models.setdefault(model, _ModelMemory())
+        figures.kv_bytes_per_token = max(0, kv_bytes_per_token)
+        figures.model_bytes = max(0, model_bytes)
+
+    def book(self, model: str, tokens: int) -> None:
+        """Book (or, negative, give back) KV tokens of a request for ``model``."""
+        self.models.setdefault(model, _ModelMemory()).booked_tokens += tokens
+
+    @property
+    def booked_tokens(self) -> int:
+        """KV tokens of the requests in flight (choices x prompt, plus their max_tokens)."""
+        return sum(figures.booked_tokens for figures in self.models.values())
 
     @property
     def active(self) -> bool:
-        """Whether admission checks memory (a budget, and the engine's figures)."""
-        return self.budget is not None and self.kv_bytes_per_token > 0
+        """Whether admission checks memory (a budget, and an engine's figures)."""
+        return self.budget is not None and any(
+            figures.kv_bytes_per_token for figures in self.models.values()
+        )
 
     @property
     def left(self) -> int | None:
-        """Bytes the budget has left for KV caches after the weights and the prefix cache."""
+        """Bytes the budget has left for KV caches after the weights and the prefix caches."""
         if self.budget is None or not self.active:
             return None
-        return self.budget - self.model_bytes
+        return self.budget - sum(figures.model_bytes for figures in self.models.values())
 
-    def refusal(self, tokens: int, others_in_flight: int) -> str | None:
-        """Why ``tokens`` more KV tokens do not fit, or ``None`` if they do.
+    def refusal(self, model: str, tokens: int, others_in_flight: int) -> str | None:
+        """Why ``tokens`` more KV tokens for ``model`` do not fit, or ``None`` if they do.
 
         A request is not refused when nothing else is in flight: the estimate
         errs high (max_tokens is a ceiling), and the prefix cache gives way
         under pressure, so refusing it would turn it away forever.
         """
         left = self.left
-        if left is None or not others_in_flight:
+        figures = self.models.get(model)
+        if left is None or figures is None or not others_in_flight:
             return None
-        need = tokens * self.kv_bytes_per_token
-        booked = self.booked_tokens * self.kv_bytes_per_token
+        need = tokens * figures.kv_bytes_per_token
+        booked = sum(f.booked_tokens * f.kv_bytes_per_token for f in self.models.values())
         if booked + need <= left:
             return None
         return (

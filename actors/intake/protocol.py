@@ -82,6 +82,8 @@ class Admit(Message, frozen=True, kw_only=True):
     """Completion tokens the request may generate, over all its choices."""
     choices: int = 1
     """Sequences the prompt is generated for (``n``); each holds the prompt's KV cache."""
+    model: str = ""
+    """The served model it is for ("" with a single model): its KV bytes per token apply."""
 
 
 class Admitted(Message, frozen=True, kw_only=True):
@@ -147,6 +149,8 @@ class ReportMemory(Message, frozen=True, kw_only=True):
     """KV cache bytes per token of the served model."""
     model_bytes: int
     """Bytes the weights and the prefix cache take now."""
+    model: str = ""
+    """Which served model ("" with a single model)."""
 
 
 class CrashIntake(Message, frozen=True, kw_only=True):

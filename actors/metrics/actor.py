@@ -70,7 +70,8 @@ class MetricsActor(Actor):
         self._subscribe = subscribe
         self._sources = sources or MetricsSources()
         self._subscription: Subscription[Event] | None = None
-        self._reported: EngineReport | None = None
+        self._reports: dict[str, EngineReport] = {}
+        """The latest report of each model's engine (one, under "", with a single model)."""
         if sources is None:  # nothing to read: the figures are pushed (EngineReport)
             self._sources = MetricsSources(
                 cache=self._reported_cache,
@@ -108,8 +109,8 @@ class MetricsActor(Actor):
         match message:
             case RequestCompleted() | RequestShed() | RequestCancelled():
                 self.state.observe(message)
-            case EngineReport():
-                self._reported = message
+            case EngineReport(model=model):
+                self._reports[model] = message
             case GetMetricsSnapshot(categories=categories):
                 self._catch_up()
                 self.state.refresh(self._sources, dropped=self.ctx.undelivered())
@@ -122,25 +123,40 @@ class MetricsActor(Actor):
         return None
 
     def _reported_cache(self) -> CacheFigures | None:
-        report = self._reported
-        if report is None:
+        reports = list(self._reports.values())
+        if not reports:
             return None
+        breakers = {report.cache_breaker for report in reports}
         return CacheFigures(
-            queries=report.cache_queries,
-            hits=report.cache_hits,
-            hit_tokens=report.cache_hit_tokens,
-            evictions=report.cache_evictions,
-            nbytes=report.cache_nbytes,
-            entries=report.cache_entries,
-            breaker_state=report.cache_breaker,
+            queries=sum(report.cache_queries for report in reports),
+            hits=sum(report.cache_hits for report in reports),
+            hit_tokens=sum(report.cache_hit_tokens for report in reports),
+            evictions=sum(report.cache_evictions for report in reports),
+            nbytes=sum(report.cache_nbytes for report in reports),
+            entries=sum(report.cache_entries for report in reports),
+            # One model's open breaker is what an operator must see.
+            breaker_state=breakers.pop() if len(breakers) == 1 else "open",
         )
 
     def _reported_engine_memory(self) -> MemoryFigures | None:
-        return None if self._reported is None else self._reported.engine_memory
+        figures = [r.engine_memory for r in self._reports.values() if r.engine_memory]
+        if len(figures) <= 1:
+            return figures[0] if figures else None
+        return MemoryFigures(
+            **{
+                name: sum(getattr(f, name) or 0 for f in figures)
+                for name in MemoryFigures.__struct_fields__
+            }
+        )
 
     def _reported_load(self) -> Load | None:
-        report = self._reported
-        return None if report is None else Load(running=report.running, waiting=report.waiting)
+        reports = list(self._reports.values())
+        if not reports:
+            return None
+        return Load(
+            running=sum(report.running for report in reports),
+            waiting=sum(report.waiting for report in reports),
+        )
 
     async def on_stop(self, exit_kind: ExitKind) -> None:
         """Unsubscribe, so the bus stops buffering events for a dead incarnation."""

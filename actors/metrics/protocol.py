@@ -117,6 +117,8 @@ class EngineReport(Message, frozen=True, kw_only=True):
     cache_breaker: str
     engine_memory: MemoryFigures | None = None
     """The engine process's memory, as of its last heartbeat."""
+    model: str = ""
+    """Which served model's engine ("" with a single model)."""
 
 
 class GetMetricsSnapshot(Message, frozen=True, kw_only=True):

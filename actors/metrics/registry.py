@@ -189,8 +189,12 @@ class MetricsRegistry:
         registry.register(self._figures)
         self._endpoints = _Labels()
         self._reasons = _Labels()
+        self._models = _Labels()
         self.requests = Counter(
-            "troupe_requests", "Requests answered.", ["endpoint", "status"], registry=registry
+            "troupe_requests",
+            'Requests answered, by the served model they named ("" before one was known).',
+            ["endpoint", "status", "model"],
+            registry=registry,
         )
         self.ttft = self._histogram("time_to_first_token_seconds", "Time to the first token.")
         self.inter_token = self._histogram("inter_token_latency_seconds", "Gaps between tokens.")
@@ -215,7 +219,9 @@ class MetricsRegistry:
 
     def observe_completed(self, event: RequestCompleted, inter_token: list[float]) -> None:
         """Count a finished request; observe its latencies if it was admitted."""
-        self.requests.labels(self._endpoints(event.endpoint), str(event.status)).inc()
+        self.requests.labels(
+            self._endpoints(event.endpoint), str(event.status), self._models(event.model)
+        ).inc()
         self.prompt_tokens.inc(max(0, event.prompt_tokens))
         self.generated_tokens.inc(max(0, event.completion_tokens))
         if not event.admitted:
