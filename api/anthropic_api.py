@@ -78,7 +78,7 @@ class AnthropicMessages:
                 body = await request.json_body(
                     CountTokensRequest, core.settings.max_body_bytes, NOT_HONOURED_MESSAGES
                 )
-                outcome.model = core.check_model(body.model).name
+                outcome.model = (await core.check_model(body.model)).name
                 continues = _continues(body.messages)
                 job = await core.chat_job_of(_chat_request(body, body.model), continues)
                 prompt = await core.tokenized(job.make_prompt)
@@ -101,7 +101,7 @@ class AnthropicMessages:
         body = await request.json_body(
             MessagesRequest, core.settings.max_body_bytes, NOT_HONOURED_MESSAGES
         )
-        core.check_model(body.model)
+        await core.check_model(body.model)
         continues = _continues(body.messages)
         job = await core.chat_job_of(_chat_request(body, body.model), continues)
         tools = job.tools

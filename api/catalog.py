@@ -10,16 +10,25 @@ loads it; one that cannot be loaded answers 503 ``model-unavailable`` with a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from actors.generation.client import GenerationClient
-from actors.generation.protocol import AwaitModel, EngineStats, ModelUnavailable
+from actors.generation.protocol import (
+    MODEL_RETRY_AFTER,
+    AwaitModel,
+    EngineStats,
+    ModelUnavailable,
+)
+from actors.model.load_errors import ModelLoadError
 from actors.tree import ModelRoute
 from api.logprobs import TokenNames
 from api.problems import HTTPProblem
 from runtime import ActorSystem
+
+log = logging.getLogger("troupe.models")
 
 LOAD_TIMEOUT = 900.0
 """Seconds a request waits for its model to load (its own deadline usually ends it first)."""
@@ -39,6 +48,7 @@ class CatalogEntry:
     names: TokenNames
     info: EngineStats | None = None
     """Its figures, once its engine has come up."""
+    tokenizer_loaded: bool = False
 
 
 @dataclass
@@ -58,13 +68,14 @@ class ModelCatalog:
         entries = {}
         for route in routes:
             name = route.name or single_name
+            tokenizer = _guarded(name, route.tokenizer)
             entries[name] = CatalogEntry(
                 name,
                 route.name,
                 route.generation,
                 route.kvcache,
-                route.tokenizer,
-                TokenNames(route.tokenizer),
+                tokenizer,
+                TokenNames(tokenizer),
             )
         return cls(entries, system)
 
@@ -101,10 +112,32 @@ class ModelCatalog:
                 entry.info = answer
                 return answer
             case ModelUnavailable(retry_after=retry_after):
-                raise HTTPProblem(
-                    503,
-                    "model-unavailable",
-                    f"the model {entry.name!r} could not be loaded; the server's log says why",
-                    (("retry-after", f"{max(1, round(retry_after))}"),),
-                )
+                raise _unavailable(entry.name, retry_after)
         raise HTTPProblem(500, "internal-error", "the server failed to handle this request")
+
+
+def _unavailable(name: str, retry_after: float) -> HTTPProblem:
+    return HTTPProblem(
+        503,
+        "model-unavailable",
+        f"the model {name!r} could not be loaded; the server's log says why",
+        (("retry-after", f"{max(1, round(retry_after))}"),),
+    )
+
+
+def _guarded(name: str, tokenizer: Callable[[], Any]) -> Callable[[], Any]:
+    """``tokenizer``, whose failure to load is the model's 503, not the server's 500."""
+
+    def load() -> Any:
+        try:
+            return tokenizer()
+        except ModelLoadError as exc:
+            log.error(
+                "the tokenizer of model %s could not be loaded: %s",
+                name,
+                exc,
+                extra={"event": "model_load_failed", "model": name},
+            )
+            raise _unavailable(name, MODEL_RETRY_AFTER) from None
+
+    return load

@@ -159,7 +159,7 @@ class Completions:
         body = await request.json_body(
             ChatCompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
         )
-        self.check_model(body.model)
+        await self.check_model(body.model)
         return await self.chat_job_of(body)
 
     async def chat_job_of(self, body: ChatCompletionRequest, continue_final: bool = False) -> Job:
@@ -183,11 +183,19 @@ class Completions:
         body = await request.json_body(
             CompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
         )
-        return text_job(body, self.check_model(body.model).tokenizer)
+        return text_job(body, (await self.check_model(body.model)).tokenizer)
 
-    def check_model(self, model: str) -> CatalogEntry:
-        """The served model ``model`` names; 404 naming the served ones if none."""
-        return self.catalog.get(model)
+    async def check_model(self, model: str) -> CatalogEntry:
+        """The served model ``model`` names (404 naming the served ones if none).
+
+        Its tokenizer is loaded first, on a tokenizing thread: with several
+        models, the first request for one pays for it, never the event loop.
+        """
+        entry = self.catalog.get(model)
+        if not entry.tokenizer_loaded:
+            await anyio.to_thread.run_sync(entry.tokenizer, limiter=self._tokenizing)
+            entry.tokenizer_loaded = True
+        return entry
 
     async def described(self, model: str) -> EngineStats:
         """The model's figures (context window, vocabulary ...), loading it if it is not."""

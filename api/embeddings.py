@@ -82,7 +82,7 @@ class Embeddings:
     async def _job(self, request: Request) -> Job:
         core = self._core
         body = await request.json_body(EmbeddingRequest, core.settings.max_body_bytes)
-        tokenizer = core.check_model(body.model).tokenizer
+        tokenizer = (await core.check_model(body.model)).tokenizer
         if body.dimensions is not None:
             size = (await core.described(body.model)).embedding_size
             if body.dimensions != size:

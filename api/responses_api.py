@@ -66,7 +66,7 @@ class Responses:
         body = await request.json_body(
             ResponsesRequest, core.settings.max_body_bytes, NOT_HONOURED_RESPONSES
         )
-        core.check_model(body.model)
+        await core.check_model(body.model)
         limit = core.settings.max_tokens_limit
         if limit is not None and (body.max_output_tokens or 0) > limit:
             raise HTTPProblem(

@@ -69,6 +69,8 @@ def phase(server: Server, name: str) -> str:
 def several(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("several")
     budget = int(weight_bytes(model_dir) * 2.5)  # room for two models, not three
+    hollow = tmp / "hollow"  # not even a tokenizer
+    hollow.mkdir()
     models = write_models(
         tmp / "models.toml",
         f"""
@@ -95,6 +97,10 @@ weights = "quantized"
 name = "broken"
 path = "{broken_copy(model_dir, tmp)}"
 weights = "quantized"
+
+[[model]]
+name = "hollow"
+path = "{hollow}"
 """,
     )
     args = ("--models", str(models), "--audit-path", str(tmp / "audit.db"), "--admin-key", "k")
@@ -106,7 +112,7 @@ def test_models_are_listed_loaded_on_demand_and_evicted_least_recently_used(
     several: Server,
 ) -> None:
     listed = httpx.get(several.url + "/v1/models", timeout=10).json()
-    assert [card["id"] for card in listed["data"]] == ["alpha", "beta", "gamma", "broken"]
+    assert [card["id"] for card in listed["data"]] == ["alpha", "beta", "gamma", "broken", "hollow"]
     assert phase(several, "alpha") == "loaded"  # preloaded
     assert phase(several, "beta") == "unloaded"
 
@@ -145,6 +151,9 @@ def test_a_model_that_fails_to_load_answers_its_own_requests_and_the_others_serv
     assert phase(several, "broken") == "failed"
     # Within the retry delay, the failure is answered at once (no second load).
     assert_problem(chat(several, "broken"), 503)
+    # A model whose tokenizer cannot load is unavailable too, not a server error.
+    hollow = assert_problem(chat(several, "hollow"), 503)
+    assert str(hollow["type"]).endswith("/model-unavailable")
     answered = chat(several, "gamma")
     assert answered.status_code == 200, answered.text
     # The server stays ready: one bad model is not the server's failure.
