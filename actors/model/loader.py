@@ -25,6 +25,7 @@ from mlx_lm.utils import load_tokenizer as load_tokenizer_files
 
 from actors.model.embedded import cache_dir
 from actors.model.gguf import gguf_display_name, gguf_model_dir, is_gguf_file
+from actors.model.hub import download
 from actors.model.load_errors import ModelLoadError, describe_exception
 
 DEFAULT_CONTEXT_LENGTH: Final = 4096
@@ -108,14 +109,14 @@ def load_model(path_or_id: str | Path) -> LoadedModel:
     A GGUF file is converted once into an mlx-lm directory in the cache
     (:mod:`actors.model.gguf`). An existing path, or anything not shaped like
     ``owner/name``, is otherwise treated as a local directory and validated
-    first. A hub id goes to ``mlx_lm.load`` as is (which fails without a
-    network unless the hub cache has it). Loading blocks for as long as reading
+    first. A hub id is downloaded first, with retries (:mod:`actors.model.hub`;
+    without a network only the hub cache can have it). Loading blocks for as long as reading
     (or converting) the weights takes.
 
     Raises:
         ModelLoadError: With one message listing every problem found.
     """
-    name, source, from_hub = resolve_source(path_or_id)
+    name, source, _ = resolve_source(path_or_id)
     try:
         # mlx_lm types its result as a 2- or 3-tuple; return_config makes it 3.
         loaded: tuple[Any, ...] = mlx_lm.load(source, return_config=True)
@@ -124,11 +125,7 @@ def load_model(path_or_id: str | Path) -> LoadedModel:
         # mlx_lm's count unpacks quantized weights, so it stays the true size.
         num_parameters = int(get_total_parameters(model))  # type: ignore[no-untyped-call]
     except Exception as exc:
-        detail = describe_exception(exc)
-        if from_hub and isinstance(exc, OSError):
-            # huggingface_hub's lookup errors are OSErrors; say where it looked.
-            detail = f"not a local directory, and the Hugging Face Hub lookup failed: {detail}"
-        raise ModelLoadError(name, [detail]) from exc
+        raise ModelLoadError(name, [describe_exception(exc)]) from exc
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -163,13 +160,28 @@ def resolve_source(path_or_id: str | Path) -> tuple[str, str, bool]:
     text = str(path_or_id)
     path = Path(text).expanduser()
     if not _exists(path) and looks_like_hub_id(text):
-        return text, text, True
+        return text, str(_from_hub(text)), True
     if path.is_file() and is_gguf_file(path):
         return gguf_display_name(path), str(gguf_model_dir(path, cache_dir())), False
     name = display_name(path)
     if problems := validate_model_dir(path):
         raise ModelLoadError(name, problems) from None
     return name, str(path), False
+
+
+def _from_hub(repo_id: str) -> Path:
+    """The complete local snapshot of a hub model (downloaded with retries if needed)."""
+    try:
+        snapshot = download(repo_id)
+    except Exception as exc:
+        detail = describe_exception(exc)
+        message = f"not a local directory, and the Hugging Face Hub lookup failed: {detail}"
+        raise ModelLoadError(repo_id, [message]) from exc
+    if problems := validate_model_dir(snapshot):
+        raise ModelLoadError(
+            repo_id, [f"the downloaded snapshot is incomplete: {p}" for p in problems]
+        )
+    return snapshot
 
 
 def context_length(config: Mapping[str, Any], tokenizer: Any) -> int:
