@@ -189,8 +189,9 @@ def build_inference(
     sources = MetricsSources(
         cache=lambda: cache_figures(cache.statistics()), load=lambda: _engine_load(latest)
     )
-    spec = SupervisorSpec(
+    spec = supervised(
         "troupe",
+        settings,
         [
             # Metrics starts first, so it sees every other actor's Started event, and
             # stops last, so it counts until the end.
@@ -200,10 +201,6 @@ def build_inference(
             _with_shutdown(kvcache, KVCACHE_SHUTDOWN),
             generation,
         ],
-        strategy=Strategy.ONE_FOR_ONE,
-        intensity=settings.restart_intensity,
-        period=settings.restart_period,
-        backoff=settings.backoff,
     )
     return Inference(
         host,
@@ -244,8 +241,9 @@ def build_process_inference(
     events = EventBus[Event]()
     metrics = MetricsState(clock, config=settings.public_config)
     spawner = Spawner()  # one engine process kept started ahead, for fast restarts
-    spec = SupervisorSpec(
+    spec = supervised(
         "troupe",
+        settings,
         [
             metrics_child(metrics, lambda: events.subscribe(METRICS_EVENTS)),
             intake_child(intake),
@@ -266,10 +264,6 @@ def build_process_inference(
                 mailbox=ROUTER_MAILBOX,
             ),
         ],
-        strategy=Strategy.ONE_FOR_ONE,
-        intensity=settings.restart_intensity,
-        period=settings.restart_period,
-        backoff=settings.backoff,
     )
     return Inference(
         None,
@@ -282,6 +276,20 @@ def build_process_inference(
         spec,
         faults,
         recovery,
+    )
+
+
+def supervised(
+    name: str, settings: InferenceSettings, children: list[ChildSpec | SupervisorSpec]
+) -> SupervisorSpec:
+    """A one_for_one supervisor of ``children`` with the tree's intensity, period and backoff."""
+    return SupervisorSpec(
+        name,
+        children,
+        strategy=Strategy.ONE_FOR_ONE,
+        intensity=settings.restart_intensity,
+        period=settings.restart_period,
+        backoff=settings.backoff,
     )
 
 

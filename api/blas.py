@@ -36,15 +36,21 @@ SYSTEM_OPENBLAS: Final = (
 _BLAS_NAMES: Final = ("blas", "mkl_rt", "openblas")
 
 
-def cpu_backend() -> bool:
-    """Whether MLX is installed with its Linux CPU backend and no CUDA one."""
-    installed = set()
+def mlx_backends() -> list[str]:
+    """MLX's Linux backend distributions that are installed (none on macOS: Metal is built in)."""
+    found = []
     for name in ("mlx-cpu", "mlx-cuda-12", "mlx-cuda-13", "mlx-cuda"):
         try:
             metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-        installed.add(name)
+        found.append(name)
+    return found
+
+
+def cpu_backend() -> bool:
+    """Whether MLX is installed with its Linux CPU backend and no CUDA one."""
+    installed = mlx_backends()
     return "mlx-cpu" in installed and not any(name.startswith("mlx-cuda") for name in installed)
 
 

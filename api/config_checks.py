@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from api.blas import mlx_backends
 from api.config import EMBEDDED_MODEL, Settings, is_loopback, load_settings
 from api.config_problems import Problem, Severity, error, warning
 from api.models_file import ModelsFileError, read_models_file
@@ -279,22 +280,10 @@ def _check_dependencies() -> list[Problem]:
             problems.append(
                 error(None, f"{name} {installed} is installed; mlx-troupe needs >= {wanted}")
             )
-    if sys.platform.startswith("linux") and not _linux_backends():
+    if sys.platform.startswith("linux") and not mlx_backends():
         message = "MLX has no backend: install mlx-troupe[cpu], [cuda12] or [cuda13]"
         problems.append(error(None, message))
     return problems
-
-
-def _linux_backends() -> list[str]:
-    """MLX's Linux backend distributions that are installed."""
-    found = []
-    for name in ("mlx-cpu", "mlx-cuda-12", "mlx-cuda-13"):
-        try:
-            metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-        found.append(name)
-    return found
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

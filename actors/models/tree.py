@@ -44,9 +44,10 @@ from actors.tree import (
     Inference,
     InferenceSettings,
     ModelRoute,
+    supervised,
     tokenizer_loader,
 )
-from runtime import ChildSpec, Clock, Strategy, SupervisorSpec, SystemClock
+from runtime import ChildSpec, Clock, SupervisorSpec, SystemClock
 from runtime.events import EventBus
 from runtime.lifecycle import Event
 
@@ -72,27 +73,23 @@ def build_models_inference(
     events = EventBus[Event]()
     metrics = MetricsState(clock, config=settings.public_config)
     subtrees = [_model_subtree(model, settings, process, faults, recovery) for model in models]
-    spec = SupervisorSpec(
+    spec = supervised(
         "troupe",
+        settings,
         [
             metrics_child(metrics, lambda: events.subscribe(METRICS_EVENTS)),
             intake_child(intake),
             ChildSpec(KEEPER, lambda: ModelKeeper(book)),
             *subtrees,
         ],
-        strategy=Strategy.ONE_FOR_ONE,
-        intensity=settings.restart_intensity,
-        period=settings.restart_period,
-        backoff=settings.backoff,
     )
     routes = [
         ModelRoute(m.name, generation_id(m.name), tokenizer_loader(m.source), kvcache_id(m.name))
         for m in models
     ]
-    first = routes[0]
     return Inference(
         None,
-        first.tokenizer,
+        routes[0].tokenizer,
         None,
         None,
         intake,
@@ -136,8 +133,9 @@ def _model_subtree(
     engine_peers = EnginePeers(
         generation=generation_id(name), keeper=KEEPER, model=name, preload=model.preload
     )
-    return SupervisorSpec(
+    return supervised(
         f"model@{name}",
+        settings,
         [
             ChildSpec(
                 generation_id(name),
@@ -156,10 +154,6 @@ def _model_subtree(
                 mailbox=ROUTER_MAILBOX,
             ),
         ],
-        strategy=Strategy.ONE_FOR_ONE,
-        intensity=settings.restart_intensity,
-        period=settings.restart_period,
-        backoff=settings.backoff,
     )
 
 
