@@ -178,6 +178,7 @@ def build_inference(
             config=settings.engine,
             faults=faults,
             recovery=recovery,
+            cache_bytes=lambda: cache.statistics().nbytes,
         )
         latest[:] = [actor]
         return actor

@@ -260,6 +260,9 @@ def _check_models_file(settings: Settings) -> list[Problem]:
     problems = []
     if settings.model is not None:
         problems.append(error("model", "cannot be set with models: name every model in the file"))
+    if settings.engine == "thread":
+        message = "must be process with models: each model runs in an engine process of its own"
+        problems.append(error("engine", message))
     try:
         read_models_file(settings.models)
     except ModelsFileError as exc:

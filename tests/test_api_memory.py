@@ -73,3 +73,16 @@ def test_a_long_request_that_would_not_fit_beside_another_is_shed(server: Server
     # With the first one done, the same long request fits again.
     assert chat(server, 1_000).status_code == 200
     assert model_name(server)
+
+
+def test_the_thread_engine_tells_intake_its_memory_too(
+    model_dir: Path, loaded_model: LoadedModel, tmp_path: Path
+) -> None:
+    room = ROOM * kv_bytes_per_token(loaded_model.model)
+    budget = str(weight_bytes(loaded_model.model) + room)
+    with running_server(
+        model_dir, tmp_path, "--engine", "thread", "--memory-budget", budget
+    ) as thread_server:
+        eventually(lambda: intake(thread_server)["memory_left_bytes"] is not None)
+        assert 0 < intake(thread_server)["memory_left_bytes"] <= room
+        assert chat(thread_server, 4).status_code == 200

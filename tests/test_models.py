@@ -145,6 +145,8 @@ def test_model_and_models_together_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path / "m.toml", '[[model]]\nname = "a"\npath = "x"\n')
     problems = check_settings(Settings(model="x", models=str(path)), probe_port=False)
     assert any(p.setting == "model" and "models" in p.message for p in problems)
+    threaded = check_settings(Settings(engine="thread", models=str(path)), probe_port=False)
+    assert any(p.setting == "engine" for p in threaded)
 
 
 def test_check_config_reports_a_bad_models_file_and_exits_2(tmp_path: Path) -> None:

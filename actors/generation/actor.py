@@ -14,9 +14,12 @@ the :class:`~actors.generation.host.ModelHost`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +47,20 @@ from actors.generation.protocol import (
     StreamEvent,
 )
 from actors.generation.requests import vocab_size
-from runtime import Actor, ExitKind, Message, TroupeError
+from actors.intake.protocol import ReportMemory
+from actors.model.weights import kv_bytes_per_token, weight_bytes
+from runtime import Actor, DeliveryError, ExitKind, Message, TroupeError
+
+INTAKE = "intake"
+MEMORY_REPORT_INTERVAL = 1.0
+"""Seconds between two looks at the prefix cache's size for intake."""
 
 log = logging.getLogger("troupe.generation")
+
+
+def _memory_figures(loaded: ModelLike) -> tuple[int, int]:
+    """(weights' bytes, KV cache bytes per token): one token through a fresh cache."""
+    return weight_bytes(loaded.model), kv_bytes_per_token(loaded.model)
 
 
 @dataclass(frozen=True)
@@ -69,8 +83,18 @@ class GenerationActor(Actor):
         config: EngineConfig | None = None,
         faults: FaultPlan | None = None,
         recovery: RecoveryTimer | None = None,
+        cache_bytes: Callable[[], int] | None = None,
     ) -> None:
+        """Create an incarnation.
+
+        ``cache_bytes`` reads the prefix cache's size; given, this actor measures
+        the model's memory figures and tells intake (memory-aware admission).
+        """
         self._host = host
+        self._cache_bytes = cache_bytes
+        self._figures: tuple[int, int] | None = None
+        self._memory: ReportMemory | None = None
+        self._memory_at = 0.0
         # Both outlive this incarnation when the composition root shares them.
         self._faults = faults or FaultPlan()
         self._recovery = recovery or RecoveryTimer()
@@ -109,6 +133,11 @@ class GenerationActor(Actor):
             faults=self._faults,
             recovery=self._recovery,
         )
+        if self._cache_bytes is not None:
+            self._figures = await anyio.to_thread.run_sync(
+                _memory_figures, loaded, limiter=self._lifecycle_thread
+            )
+            self._report_memory(force=True)
         self._engine.start()
         self.ctx.start_soon(self._pump)
 
@@ -204,6 +233,24 @@ class GenerationActor(Actor):
             for item in items:
                 if isinstance(item, _EngineDied):
                     raise EngineCrashed(f"the engine thread died: {item.reason}")
+            self._report_memory()
+
+    def _report_memory(self, *, force: bool = False) -> None:
+        """Tell intake the weights' and prefix cache's bytes when they change (at most 1/s)."""
+        now = time.monotonic()
+        if self._figures is None or self._cache_bytes is None:
+            return
+        if not force and now - self._memory_at < MEMORY_REPORT_INTERVAL:
+            return
+        self._memory_at = now
+        weights, per_token = self._figures
+        memory = ReportMemory(
+            kv_bytes_per_token=per_token, model_bytes=weights + self._cache_bytes()
+        )
+        if memory != self._memory:
+            with contextlib.suppress(DeliveryError, LookupError):
+                self.ctx.lookup(INTAKE).tell_nowait(memory)
+                self._memory = memory
 
     def _drain_outbox(self) -> list[list[StreamEvent] | _EngineDied]:
         items: list[list[StreamEvent] | _EngineDied] = []
