@@ -295,7 +295,8 @@ class TroupeApp:
         """``GET /openapi.json``: the API, generated from the msgspec types."""
         if self._openapi is None:
             completions = self.completions.settings
-            info = self.catalog.default.info
+            # With several models no one vocabulary or embedding size holds for all.
+            info = None if self.catalog.several else self.catalog.default.info
             self._openapi = openapi_document(
                 ServedApi(
                     version=_version(),
@@ -307,6 +308,7 @@ class TroupeApp:
                     audit_log=bool(self.settings.audit_path),
                     fault_injection=self.faults.enabled,
                     embedding_size=info.embedding_size if info else 0,
+                    models=tuple(self.catalog.entries) if self.catalog.several else (),
                 )
             )
         await respond.json(200, self._openapi)

@@ -129,7 +129,7 @@ def openapi_document(served: ServedApi) -> dict[str, Any]:
                 )
             },
             **agent_paths(api, ref),
-            "/v1/models": {"get": api.operation("The served model.", {JSON: models}, ())},
+            "/v1/models": {"get": api.operation("The served models.", {JSON: models}, ())},
             "/v1/supervisor": {
                 "get": api.operation("The supervision tree.", {JSON: OBJECT}, (503,))
             },
@@ -222,7 +222,7 @@ def _fit_requests(components: dict[str, Any], served: ServedApi) -> None:
     """Narrow the request schemas to what this server accepts."""
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         fields = components[name]["properties"]
-        fields["model"] = {"type": "string", "enum": [served.model]}
+        fields["model"] = {"type": "string", "enum": served.model_names}
         for field in ("max_tokens", "max_completion_tokens"):
             fields[field] = {
                 "anyOf": [

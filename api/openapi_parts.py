@@ -42,6 +42,13 @@ class ServedApi:
     """``/admin/faults`` is on (else 404)."""
     embedding_size: int = 0
     """Dimensions of the model's embeddings (0: unknown, ``dimensions`` unbounded)."""
+    models: tuple[str, ...] = ()
+    """Every served model's name, when the server serves several (else ``model``)."""
+
+    @property
+    def model_names(self) -> list[str]:
+        """The names a request's ``model`` may take."""
+        return list(self.models) or [self.model]
 
 
 @dataclass(frozen=True)
@@ -192,7 +199,7 @@ def query_parameter(name: str, schema: dict[str, Any], description: str) -> dict
 
 def fit_agent_requests(components: dict[str, Any], served: ServedApi) -> None:
     """Narrow the Messages, Responses and embeddings requests to what this server accepts."""
-    model = {"type": "string", "enum": [served.model]}
+    model = {"type": "string", "enum": served.model_names}
     limit = {"type": "integer", "minimum": 1, "maximum": served.max_tokens}
     for name in ("MessagesRequest", "CountTokensRequest", "ResponsesRequest", "EmbeddingRequest"):
         components[name]["properties"]["model"] = model

@@ -163,6 +163,8 @@ def test_a_model_that_fails_to_load_answers_its_own_requests_and_the_others_serv
 def test_an_unknown_model_is_404_naming_the_served_ones(several: Server) -> None:
     problem = assert_problem(chat(several, "delta"), 404)
     assert "'gamma'" in str(problem["detail"])
+    document = httpx.get(several.url + "/openapi.json", timeout=10).text
+    assert '["alpha","beta","gamma","broken","hollow"]' in document.replace(" ", "")
 
 
 def test_metrics_and_the_audit_log_carry_the_model(several: Server) -> None:
