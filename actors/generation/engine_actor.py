@@ -26,7 +26,6 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import anyio
 import msgspec
@@ -44,6 +43,11 @@ from actors.generation.engine_link import (
     RelayCache,
     RelayFault,
     Submit,
+)
+from actors.generation.engine_settings import (
+    ENGINE,
+    EnginePeers,
+    EngineProcessSettings,
 )
 from actors.generation.process import EngineProcess, Spawner
 from actors.generation.process_protocol import (
@@ -78,41 +82,6 @@ from runtime.messages import Message
 from runtime.node import ExitKind
 
 log = logging.getLogger("troupe.engine")
-
-GENERATION = "generation"
-"""The id of the actor that keeps the requests."""
-ENGINE = "engine"
-"""This actor's id."""
-
-
-@dataclass(frozen=True)
-class EngineProcessSettings:
-    """How the engine process is watched (defaults after vLLM's 60 s step timeout, halved)."""
-
-    hang_timeout: float = 30.0
-    """Seconds without a heartbeat, or without a step while requests wait, that mean hung."""
-    heartbeat_interval: float = 0.5
-    """Seconds between two heartbeats of the engine process."""
-    load_timeout: float = 600.0
-    """Seconds the engine process may take to load the model."""
-    stop_timeout: float = 30.0
-    """Seconds a shutdown waits for the process to finish its step and save the cache."""
-
-    def __post_init__(self) -> None:
-        if self.heartbeat_interval <= 0 or self.hang_timeout <= self.heartbeat_interval:
-            raise ValueError("the hang timeout must exceed the (positive) heartbeat interval")
-
-
-@dataclass(frozen=True)
-class EnginePeers:
-    """Whom the engine actor works with (ids differ per model in a several-model tree)."""
-
-    generation: str = GENERATION
-    keeper: str | None = None
-    """The model keeper: the engine then loads on demand; ``None``: at start, or never up."""
-    model: str = ""
-    preload: bool = False
-    """With a keeper: load at start all the same (a failure is reported, not raised)."""
 
 
 class EngineProcessDied(TroupeError):
@@ -407,4 +376,11 @@ def _relog(line: LogLine) -> None:
     logging.getLogger(line.logger).log(line.level, "%s", line.message)
 
 
-__all__ = ["EngineActor", "EngineExit", "EngineProcessDied", "EngineProcessSettings"]
+__all__ = [
+    "ENGINE",
+    "EngineActor",
+    "EngineExit",
+    "EnginePeers",
+    "EngineProcessDied",
+    "EngineProcessSettings",
+]
