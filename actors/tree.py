@@ -97,6 +97,8 @@ class InferenceSettings:
     intake: IntakeSettings = field(default_factory=IntakeSettings)
     public_config: dict[str, str] = field(default_factory=dict)
     """Settings to publish as the config info metric (the caller leaves out secrets)."""
+    vllm_metrics: bool = True
+    """Also expose the vLLM-compatible ``vllm:*`` metric families."""
     restart_intensity: int = 5
     """Restarts of the tree's children allowed within ``restart_period`` (OTP's intensity)."""
     restart_period: float = 10.0
@@ -186,9 +188,10 @@ def build_inference(
     generation = ChildSpec("generation", new_generation, shutdown=GENERATION_SHUTDOWN)
     intake = IntakeState(settings.intake)
     events = EventBus[Event]()
-    metrics = MetricsState(clock, config=settings.public_config)
+    metrics = MetricsState(clock, config=settings.public_config, vllm_names=settings.vllm_metrics)
     sources = MetricsSources(
-        cache=lambda: cache_figures(cache.statistics()), load=lambda: _engine_load(latest)
+        cache=lambda: cache_figures(cache.statistics(), under_pressure=monitor.under_pressure),
+        load=lambda: _engine_load(latest),
     )
     spec = supervised(
         "troupe",
@@ -240,7 +243,7 @@ def build_process_inference(
     )
     intake = IntakeState(settings.intake)
     events = EventBus[Event]()
-    metrics = MetricsState(clock, config=settings.public_config)
+    metrics = MetricsState(clock, config=settings.public_config, vllm_names=settings.vllm_metrics)
     spawner = Spawner()  # one engine process kept started ahead, for fast restarts
     spec = supervised(
         "troupe",

@@ -130,6 +130,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_format: LogFormat = "json"
     """Log lines on stderr: ``json`` (one object per line, for log collectors) or
     ``text`` (for people); either way tagged with the request id, never content."""
+    vllm_metrics: bool = True
+    """Also expose the vLLM-compatible ``vllm:*`` families at ``/metrics`` (same names,
+    labels and buckets as vLLM's), so existing Grafana dashboards and autoscalers work."""
     audit_path: str | None = None
     """SQLite file of the metadata-only audit log (one row per request, never
     content); unset: no audit log. Read back at ``/admin/audit-logs``."""

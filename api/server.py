@@ -151,6 +151,7 @@ def inference_settings(settings: Settings) -> InferenceSettings:
         # The model's name tags persisted entries: files of another model are dropped.
         kvcache=KVCacheSettings(directory=settings.cache_dir, model=model_tag(settings)),
         public_config=public_config(settings, served_name(settings)),
+        vllm_metrics=settings.vllm_metrics,
         restart_intensity=settings.restart_intensity,
         restart_period=settings.restart_period,
         backoff=Backoff(initial=min(Backoff.initial, cap), cap=cap),

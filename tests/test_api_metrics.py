@@ -281,7 +281,10 @@ def test_every_family_has_figures_after_real_traffic(observed: Observed) -> None
     ).is_success
     shed = httpx.post(srv.url + "/v1/completions", json={"model": model, "prompt": "x"}, timeout=10)
     assert_problem(shed, 429)
+    # The gauge the memory alert reads follows the engine's next report.
+    eventually(lambda: value(samples(metrics_text(srv)), "troupe_memory_pressure") == 1.0)
     assert httpx.delete(srv.url + "/admin/faults", headers=ADMIN, timeout=30).is_success
+    eventually(lambda: value(samples(metrics_text(srv)), "troupe_memory_pressure") == 0.0)
     # A client that goes away mid-stream.
     body = {"model": model, "prompt": "go", "max_tokens": 500, "stream": True,
             "logit_bias": {str(token): -100 for token in range(7)}}  # fmt: skip

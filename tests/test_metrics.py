@@ -67,7 +67,7 @@ FAMILIES = set(
     troupe_process_resident_memory_bytes troupe_process_resident_memory_peak_bytes
     troupe_engine_resident_memory_bytes troupe_engine_resident_memory_peak_bytes
     troupe_mlx_active_memory_bytes troupe_mlx_peak_memory_bytes troupe_mlx_cache_memory_bytes
-    troupe_metric_events_dropped troupe_config_info
+    troupe_metric_events_dropped troupe_config_info troupe_memory_pressure
     """.split()  # noqa: SIM905 - a word list reads better than one quoted line each
 )
 

@@ -171,6 +171,14 @@ def test_metrics_and_the_audit_log_carry_the_model(several: Server) -> None:
     assert chat(several, "gamma").status_code == 200
     parsed = samples(metrics_text(several))
     assert value(parsed, "troupe_requests_total", model="gamma", status="200") >= 1
+    # vLLM's names, one series per model, as dashboards filter them by model_name.
+    assert value(parsed, "vllm:request_success_total", model_name="gamma") >= 1
+
+    def running_gauge_models() -> set[str]:
+        rows = samples(metrics_text(several))["vllm:num_requests_running"]
+        return {labels["model_name"] for _, labels, _ in rows}
+
+    eventually(lambda: "gamma" in running_gauge_models())  # its engine's first report
 
     def audited(model: str) -> list[dict[str, Any]]:
         rows = httpx.get(

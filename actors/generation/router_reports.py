@@ -51,6 +51,9 @@ class RouterReports:
             cache_nbytes=cache.nbytes,
             cache_entries=cache.entries,
             cache_breaker=str(cache.breaker.state.value),
+            cache_query_tokens=cache.query_tokens,
+            cache_max_bytes=cache.max_bytes,
+            under_pressure=cache.under_pressure,
             engine_memory=beat.memory if beat is not None else None,
         )
         with contextlib.suppress(DeliveryError, LookupError):  # a full metrics mailbox drops

@@ -61,6 +61,8 @@ class CacheStats(Message, frozen=True, kw_only=True):
     hits: int
     misses: int
     hit_tokens: int
+    query_tokens: int = 0
+    """Prompt tokens looked up."""
     inserts: int
     evictions: int
     evicted_bytes: int

@@ -97,6 +97,7 @@ class _Counters:
     hits: int = 0
     misses: int = 0
     hit_tokens: int = 0
+    query_tokens: int = 0
     inserts: int = 0
     evictions: int = 0
     evicted_bytes: int = 0
@@ -125,6 +126,8 @@ class CacheStatistics:
     hits: int
     misses: int
     hit_tokens: int
+    query_tokens: int
+    """Prompt tokens looked up (vLLM's ``prefix_cache_queries`` counts these)."""
     inserts: int
     evictions: int
     evicted_bytes: int
@@ -181,6 +184,7 @@ class PrefixCache:
         hit = self._guarded("lookup", lambda: self._lookup(tokens), None)
         with self._lock:
             self._counters.queries += 1
+            self._counters.query_tokens += len(tokens)
             if hit is None:
                 self._counters.misses += 1
             else:

@@ -37,6 +37,7 @@ from actors.metrics.protocol import (
 )
 from actors.metrics.registry import CacheFigures, Load
 from actors.metrics.state import MetricsSources, MetricsState
+from actors.metrics.vllm_compat import EngineFigures
 from runtime.actor import Actor
 from runtime.events import Subscription
 from runtime.lifecycle import Event
@@ -77,6 +78,7 @@ class MetricsActor(Actor):
                 cache=self._reported_cache,
                 load=self._reported_load,
                 engine_memory=self._reported_engine_memory,
+                engines=self._reported_engines,
             )
 
     async def on_start(self) -> None:
@@ -136,7 +138,23 @@ class MetricsActor(Actor):
             entries=sum(report.cache_entries for report in reports),
             # One model's open breaker is what an operator must see.
             breaker_state=breakers.pop() if len(breakers) == 1 else "open",
+            query_tokens=sum(report.cache_query_tokens for report in reports),
+            max_bytes=sum(report.cache_max_bytes for report in reports),
+            under_pressure=any(report.under_pressure for report in reports),
         )
+
+    def _reported_engines(self) -> dict[str, EngineFigures]:
+        return {
+            model: EngineFigures(
+                running=report.running,
+                waiting=report.waiting,
+                cache_query_tokens=report.cache_query_tokens,
+                cache_hit_tokens=report.cache_hit_tokens,
+                cache_bytes=report.cache_nbytes,
+                cache_max_bytes=report.cache_max_bytes,
+            )
+            for model, report in self._reports.items()
+        }
 
     def _reported_engine_memory(self) -> MemoryFigures | None:
         figures = [r.engine_memory for r in self._reports.values() if r.engine_memory]

@@ -115,6 +115,10 @@ class EngineReport(Message, frozen=True, kw_only=True):
     cache_nbytes: int
     cache_entries: int
     cache_breaker: str
+    cache_query_tokens: int = 0
+    cache_max_bytes: int = 0
+    under_pressure: bool = False
+    """Memory reads above the high-water mark, as the engine's cache last checked."""
     engine_memory: MemoryFigures | None = None
     """The engine process's memory, as of its last heartbeat."""
     model: str = ""

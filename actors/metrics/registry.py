@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from actors.memory import MemoryFigures
 from actors.metrics.protocol import RequestCompleted
+from actors.metrics.vllm_compat import EngineFigures, VllmFamilies
 from runtime.lifecycle import Crashed, Escalated, Event, Restarted, Started, Stopped
 
 LATENCY_BUCKETS = (
@@ -49,6 +50,10 @@ class CacheFigures:
     entries: int
     breaker_state: str | None
     """``closed``, ``half_open`` or ``open``."""
+    query_tokens: int = 0
+    max_bytes: int = 0
+    under_pressure: bool = False
+    """Memory reads above the high-water mark (the cache is being shed)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class _Figures(Collector):
         self.memory = MemoryFigures()
         self.engine_memory: MemoryFigures | None = None
         self.states: dict[str, str] = {}
+        self.engines: dict[str, EngineFigures] = {}
 
     def collect(self) -> Iterator[Metric]:
         yield from self._cache()
@@ -138,6 +144,14 @@ class _Figures(Collector):
         if cache.breaker_state in BREAKER_CODES:
             breaker.add_metric([], BREAKER_CODES[cache.breaker_state])
         yield breaker
+        pressure = GaugeMetricFamily(
+            "troupe_memory_pressure",
+            "1 while memory reads above the high-water mark (the prefix cache is shed "
+            "and new requests get 429), else 0.",
+        )
+        if self.cache is not None:
+            pressure.add_metric([], 1.0 if self.cache.under_pressure else 0.0)
+        yield pressure
 
     def _load(self) -> Iterator[Metric]:
         running = GaugeMetricFamily("troupe_requests_running", "Requests being generated.")
@@ -177,11 +191,13 @@ class _Figures(Collector):
 class MetricsRegistry:
     """Every ``troupe_`` family, on a private registry."""
 
-    def __init__(self, config: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config: Mapping[str, str] | None = None, *, vllm_names: bool = True) -> None:
         """Create the families.
 
         Args:
             config: The effective configuration as strings; must hold no secrets.
+                Its ``model`` names the single served model in ``vllm:*`` labels.
+            vllm_names: Also expose the vLLM-compatible ``vllm:*`` families.
         """
         self.registry = CollectorRegistry()
         registry = self.registry
@@ -213,6 +229,8 @@ class MetricsRegistry:
         )
         self.config = Info("troupe_config", "The effective configuration.", registry=registry)
         self.config.info(safe_config(config or {}))
+        self.default_model = (config or {}).get("model", "")
+        self.vllm = VllmFamilies(registry, lambda: self._figures.engines) if vllm_names else None
 
     def _histogram(self, name: str, doc: str) -> Histogram:
         return Histogram(f"troupe_{name}", doc, buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -224,6 +242,8 @@ class MetricsRegistry:
         ).inc()
         self.prompt_tokens.inc(max(0, event.prompt_tokens))
         self.generated_tokens.inc(max(0, event.completion_tokens))
+        if self.vllm is not None:
+            self.vllm.observe_completed(event, inter_token, event.model or self.default_model)
         if not event.admitted:
             return
         self.e2e.observe(max(0.0, event.duration_s))
@@ -272,6 +292,12 @@ class MetricsRegistry:
     def set_load(self, load: Load | None) -> None:
         """Store the engine's running and waiting requests (``None``: unknown, not set)."""
         self._figures.load = load
+
+    def set_engines(self, engines: Mapping[str, EngineFigures]) -> None:
+        """Store each model's engine figures, by served name ("": the single model)."""
+        self._figures.engines = {
+            name or self.default_model: figures for name, figures in engines.items()
+        }
 
     def set_memory(self, memory: MemoryFigures, engine: MemoryFigures | None = None) -> None:
         """Store the server's memory, and the engine process's where it has one."""

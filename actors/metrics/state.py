@@ -30,6 +30,7 @@ from actors.metrics.protocol import (
     cap_samples,
 )
 from actors.metrics.registry import CacheFigures, Load, MetricsRegistry
+from actors.metrics.vllm_compat import EngineFigures
 from actors.metrics.windows import RollingRate, SlidingWindow
 from runtime.clock import Clock
 from runtime.lifecycle import Event, Restarted
@@ -45,8 +46,8 @@ HTTP_ERROR = 400
 """Statuses from here on count as errors (client or server)."""
 
 
-def cache_figures(stats: CacheStatistics) -> CacheFigures:
-    """What the metrics read of the prefix cache's statistics."""
+def cache_figures(stats: CacheStatistics, *, under_pressure: bool = False) -> CacheFigures:
+    """What the metrics read of the prefix cache's statistics (and the pressure flag)."""
     return CacheFigures(
         queries=stats.queries,
         hits=stats.hits,
@@ -55,6 +56,22 @@ def cache_figures(stats: CacheStatistics) -> CacheFigures:
         nbytes=stats.nbytes,
         entries=stats.entries,
         breaker_state=str(stats.breaker.state.value),
+        query_tokens=stats.query_tokens,
+        max_bytes=stats.max_bytes,
+        under_pressure=under_pressure,
+    )
+
+
+def engine_figures(load: Load | None, cache: CacheFigures | None) -> EngineFigures:
+    """One engine's figures for the ``vllm:*`` families."""
+    cache = cache or CacheFigures(0, 0, 0, 0, 0, 0, None)
+    return EngineFigures(
+        running=None if load is None else load.running,
+        waiting=None if load is None else load.waiting,
+        cache_query_tokens=cache.query_tokens,
+        cache_hit_tokens=cache.hit_tokens,
+        cache_bytes=cache.nbytes,
+        cache_max_bytes=cache.max_bytes,
     )
 
 
@@ -70,6 +87,8 @@ class MetricsSources:
     memory: Callable[[MemoryFigures | None], MemoryFigures] = read_memory
     engine_memory: Callable[[], MemoryFigures | None] | None = None
     """The engine process's memory, where the engine runs in a process of its own."""
+    engines: Callable[[], Mapping[str, EngineFigures]] | None = None
+    """Each served model's engine, by name; ``None``: one engine, from ``load`` and ``cache``."""
 
 
 def _safely(read: Callable[[], T | None] | None) -> T | None:
@@ -103,6 +122,7 @@ class MetricsState:
         window_size: int = 1024,
         window_age: float = 300.0,
         rate_window: float = 300.0,
+        vllm_names: bool = True,
     ) -> None:
         """Create empty metrics.
 
@@ -112,12 +132,13 @@ class MetricsState:
             window_size: Observations each latency window keeps at most.
             window_age: Seconds an observation stays in a latency window.
             rate_window: Seconds the rates are averaged over.
+            vllm_names: Also expose the vLLM-compatible ``vllm:*`` families.
         """
         self.clock = clock
         self.created = clock.monotonic()
         self.dropped = 0
         """Events refused at the metrics actor's mailbox (the runtime counts them)."""
-        self.registry = MetricsRegistry(config)
+        self.registry = MetricsRegistry(config, vllm_names=vllm_names)
         now = clock.monotonic
 
         def window() -> SlidingWindow:
@@ -188,6 +209,10 @@ class MetricsState:
         self.registry.set_memory(self.memory, self.engine_memory)
         self.registry.set_cache(self.cache)
         self.registry.set_load(self.load)
+        engines = _safely(sources.engines) if sources.engines is not None else None
+        if engines is None:
+            engines = {"": engine_figures(self.load, self.cache)}
+        self.registry.set_engines(engines)
 
     def mark_start(self, sources: MetricsSources) -> None:
         """Read memory as the baseline of growth, once (later incarnations keep it)."""

@@ -71,7 +71,7 @@ def build_models_inference(
     )
     intake = IntakeState(settings.intake)
     events = EventBus[Event]()
-    metrics = MetricsState(clock, config=settings.public_config)
+    metrics = MetricsState(clock, config=settings.public_config, vllm_names=settings.vllm_metrics)
     subtrees = [_model_subtree(model, settings, process, faults, recovery) for model in models]
     spec = supervised(
         "troupe",
