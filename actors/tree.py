@@ -57,6 +57,7 @@ from actors.metrics.actor import metrics_child
 from actors.metrics.registry import Load
 from actors.metrics.state import MetricsSources, MetricsState, cache_figures
 from actors.model.loader import LoadedModel, load_tokenizer
+from actors.telemetry import TracingConfig
 from runtime import (
     ActorSystem,
     Backoff,
@@ -99,6 +100,8 @@ class InferenceSettings:
     """Settings to publish as the config info metric (the caller leaves out secrets)."""
     vllm_metrics: bool = True
     """Also expose the vLLM-compatible ``vllm:*`` metric families."""
+    tracing: TracingConfig | None = None
+    """Where engine processes export their spans; ``None``: tracing is off."""
     restart_intensity: int = 5
     """Restarts of the tree's children allowed within ``restart_period`` (OTP's intensity)."""
     restart_period: float = 10.0
@@ -240,6 +243,7 @@ def build_process_inference(
         pressure=settings.pressure or PressureConfig.for_machine(),
         cache=settings.kvcache,
         heartbeat_interval=(process or EngineProcessSettings()).heartbeat_interval,
+        tracing=settings.tracing,
     )
     intake = IntakeState(settings.intake)
     events = EventBus[Event]()

@@ -229,18 +229,20 @@ class Completions:
         limit = self.settings.max_tokens_limit or info.context_length
         params = sampling_params(body, limit, job.grammar, job.logprobs)
         self._check_max_tokens(body)
+        tracing = self.reporter.tracing
         try:
             generating = job.embed_inputs is None
-            await self._admission.admit(
-                request,
-                endpoint,
-                job.prompt_chars,
-                job.messages,
-                deadline.wall,
-                max_tokens=params.max_tokens * body.n if generating else 0,
-                choices=body.n if generating else 1,
-                model=model.key,
-            )
+            with tracing.child(outcome.span, "admission"):
+                await self._admission.admit(
+                    request,
+                    endpoint,
+                    job.prompt_chars,
+                    job.messages,
+                    deadline.wall,
+                    max_tokens=params.max_tokens * body.n if generating else 0,
+                    choices=body.n if generating else 1,
+                    model=model.key,
+                )
         except HTTPProblem as refused:
             self._observer.shed(refused.problem.slug.replace("-", "_"))
             raise
@@ -250,12 +252,14 @@ class Completions:
         # Abandoned at the deadline: the template may still be running on its
         # thread, but the client is answered 504 on time.
         if job.embed_inputs is not None:
-            prompts = await anyio.to_thread.run_sync(
-                job.embed_inputs, abandon_on_cancel=True, limiter=self._tokenizing
-            )
+            with tracing.child(outcome.span, "tokenization"):
+                prompts = await anyio.to_thread.run_sync(
+                    job.embed_inputs, abandon_on_cancel=True, limiter=self._tokenizing
+                )
             generates = embedding_requests(engine_id, prompts, deadline.wall)
         else:
-            prompt = await self.tokenized(job.make_prompt)
+            with tracing.child(outcome.span, "tokenization"):
+                prompt = await self.tokenized(job.make_prompt)
             prompts = [prompt]
             base = Generate(
                 request_id=engine_id,
@@ -263,6 +267,7 @@ class Completions:
                 params=params,
                 deadline=deadline.wall,
                 submitted_at=time.time(),
+                traceparent=tracing.traceparent(outcome.span),
             )
             generates = choice_requests(base, body.n)
         outcome.prompt_tokens = sum(len(prompt) for prompt in prompts)
@@ -297,7 +302,8 @@ class Completions:
 
             tg.start_soon(watch)
             runs = await self._run_choices(channel, generates, outcome)
-            await self._finish(channel.respond, channel.reply, outcome, runs)
+            with self.reporter.tracing.child(outcome.span, "stream_end"):
+                await self._finish(channel.respond, channel.reply, outcome, runs)
             tg.cancel_scope.cancel()
 
     async def _run_choices(

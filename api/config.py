@@ -133,6 +133,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     vllm_metrics: bool = True
     """Also expose the vLLM-compatible ``vllm:*`` families at ``/metrics`` (same names,
     labels and buckets as vLLM's), so existing Grafana dashboards and autoscalers work."""
+    tracing: bool = False
+    """Export OpenTelemetry traces over OTLP (a span per request, its admission,
+    tokenization, queue, prefill, decode and end; counts and ids, never text). Also
+    on when ``otlp_endpoint`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` /
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set; ``OTEL_EXPORTER_OTLP_PROTOCOL``
+    (``http/protobuf`` or ``grpc``) and ``OTEL_SERVICE_NAME`` are honoured."""
+    otlp_endpoint: str | None = None
+    """The OTLP traces endpoint, used as given (``http://host:4318/v1/traces``, or
+    ``http://host:4317`` for gRPC); unset: the ``OTEL_*`` variables, else localhost."""
     audit_path: str | None = None
     """SQLite file of the metadata-only audit log (one row per request, never
     content); unset: no audit log. Read back at ``/admin/audit-logs``."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from actors.telemetry import choose_tracing
 from api.blas import mlx_backends
 from api.config import EMBEDDED_MODEL, Settings, is_loopback, load_settings
 from api.config_problems import Problem, Severity, error, warning
@@ -93,8 +94,14 @@ def load_and_check(
     """
     settings, problems = load_settings(argv_overrides, env, config_path)
     unreadable = {p.setting for p in problems if p.severity is Severity.ERROR and p.setting}
-    checked = check_settings(settings, probe_port=probe_port)
+    checked = check_settings(settings, probe_port=probe_port) + check_tracing(settings, env)
     return settings, problems + [p for p in checked if p.setting not in unreadable]
+
+
+def check_tracing(settings: Settings, env: Mapping[str, str]) -> list[Problem]:
+    """The tracing settings and the ``OTEL_*`` variables they are read with."""
+    choice = choose_tracing(settings.tracing, settings.otlp_endpoint, env)
+    return [error("tracing", message) for message in choice.problems]
 
 
 def _check_ranges(settings: Settings) -> list[Problem]:

@@ -15,6 +15,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import INVALID_SPAN, Span
+
 from actors.generation.protocol import Failed, Finished, TokenLogprob
 from actors.metrics.protocol import RequestCompleted
 from api.audit_routes import AuditLog
@@ -22,6 +24,7 @@ from api.http import ClientDisconnected, Request
 from api.logs import annotate
 from api.observe import Observer, Timing
 from api.problems import Problem, innermost, problem_for
+from api.tracing import RequestTracing
 
 CANCEL_ERRORS = {"disconnect": "client_disconnect", "deadline": "deadline_exceeded"}
 """The audit's and the log's ``error_type`` of a request cut short, by cause."""
@@ -47,6 +50,8 @@ class Outcome:
     """The problem that answered it, when one was raised (bad input, shed, ...)."""
     model: str = ""
     """The served model it named, once known ("": the reporter's default)."""
+    span: Span = INVALID_SPAN
+    """The request's trace span (a non-recording one while tracing is off)."""
 
     @property
     def status(self) -> int:
@@ -95,6 +100,8 @@ class Reporter:
         self._observer = observer
         self.audit: AuditLog | None = None
         """Set while the server runs with an audit log."""
+        self.tracing = RequestTracing()
+        """The request spans; off until the server turns tracing on."""
 
     @contextlib.asynccontextmanager
     async def reporting(
@@ -105,7 +112,7 @@ class Reporter:
         ``gate`` runs first and raises the problem that refuses every request
         now (draining, not ready), so that those are reported too.
         """
-        outcome = Outcome()
+        outcome = Outcome(span=self.tracing.start(request.scope, endpoint, request.request_id))
         try:
             gate()
             yield outcome
@@ -117,9 +124,10 @@ class Reporter:
                 outcome.refused = problem_for(inner)
             raise
         finally:
-            self.report(request, endpoint, outcome)
+            event = self.report(request, endpoint, outcome)
+            self.tracing.end(outcome.span, event, outcome.error_type)
 
-    def report(self, request: Request, endpoint: str, outcome: Outcome) -> None:
+    def report(self, request: Request, endpoint: str, outcome: Outcome) -> RequestCompleted:
         """Tell the metrics actor, the audit log if there is one, and the log how it ended."""
         timing = outcome.timing
         finished = outcome.end if isinstance(outcome.end, Finished) else None
@@ -164,3 +172,7 @@ class Reporter:
             cached_tokens=finished.cached_tokens if finished else 0,
             error_type=outcome.error_type,
         )
+        trace_id = self.tracing.trace_id(outcome.span)
+        if trace_id is not None:  # the line leads to the trace, and back
+            annotate(request.scope, trace_id=trace_id)
+        return event

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from actors.model.gguf import gguf_model_dir, is_gguf_file
 from actors.model.loader import LoadedModel, load_model
 from actors.model.weights import fit_for_device
 from actors.models.tree import build_models_inference
+from actors.telemetry import TracingConfig, choose_tracing, start_tracing, stop_tracing
 from actors.tree import (
     GENERATION_SHUTDOWN,
     KVCACHE_SHUTDOWN,
@@ -48,6 +50,7 @@ from api.logs import log_lifecycle
 from api.model_choice import chosen_model, served_name, warn_if_embedded_by_default
 from api.models_file import read_models_file
 from api.observe import public_config
+from api.tracing import RequestTracing
 from runtime import Backoff, SupervisorEscalated
 from runtime.breaker import BreakerConfig
 
@@ -152,6 +155,7 @@ def inference_settings(settings: Settings) -> InferenceSettings:
         kvcache=KVCacheSettings(directory=settings.cache_dir, model=model_tag(settings)),
         public_config=public_config(settings, served_name(settings)),
         vllm_metrics=settings.vllm_metrics,
+        tracing=tracing_config(settings),
         restart_intensity=settings.restart_intensity,
         restart_period=settings.restart_period,
         backoff=Backoff(initial=min(Backoff.initial, cap), cap=cap),
@@ -172,9 +176,16 @@ class _Exit:
     """Set once a signal or an escalation has started the shutdown."""
 
 
+def tracing_config(settings: Settings) -> TracingConfig | None:
+    """Where spans go (the settings and the ``OTEL_*`` variables); ``None``: tracing is off."""
+    return choose_tracing(settings.tracing, settings.otlp_endpoint, os.environ).config
+
+
 def serve(settings: Settings) -> int:
     """Run the server until a signal or an escalation; return the exit status."""
     outcome = _Exit()
+    tracing = tracing_config(settings)
+    provider = start_tracing(tracing, "server") if tracing is not None else None
     try:
         anyio.run(_serve, settings, outcome)
     except asyncio.CancelledError:
@@ -184,6 +195,8 @@ def serve(settings: Settings) -> int:
         # then is it not an error: the exit status is already decided.
         if not outcome.stopping:
             raise
+    finally:
+        stop_tracing(provider)  # the last requests' spans, before the process exits
     return outcome.code
 
 
@@ -191,6 +204,8 @@ async def _serve(settings: Settings, outcome: _Exit) -> None:
     inference = await build_tree(settings)
     admission = IntakeAdmission()
     app = TroupeApp(settings, inference, admission)
+    if tracing_config(settings) is not None:
+        app.completions.reporter.tracing = RequestTracing.from_provider()
     config = _hypercorn_config(settings)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:

@@ -31,6 +31,7 @@ from actors.kvcache.control import CacheAnswer, CacheRequest, KVCacheSettings
 from actors.kvcache.pressure import PressureConfig
 from actors.kvcache.protocol import CacheStats
 from actors.memory import MemoryFigures
+from actors.telemetry import TracingConfig
 from runtime.breaker import BreakerConfig
 from runtime.messages import Message
 
@@ -60,6 +61,8 @@ class Boot(Message, frozen=True, kw_only=True):
     faults: list[ArmedFault] = msgspec.field(default_factory=list)
     exit_on_load: bool = False
     """Fault injection: exit while loading, as a crash during load would."""
+    tracing: TracingConfig | None = None
+    """Where the engine exports its spans; ``None``: tracing is off."""
 
 
 class Shutdown(Message, frozen=True, kw_only=True):

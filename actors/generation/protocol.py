@@ -63,6 +63,9 @@ class Generate(Message, frozen=True, kw_only=True):
     """Requests naming the same group (the ``n`` choices of one API request,
     same prompt) share one prefill of the prompt (see
     :mod:`actors.generation.shared_prefill`)."""
+    traceparent: str | None = None
+    """The W3C trace context of the HTTP request's span, while tracing is on: the
+    engine's spans (queue, prefill, decode) join that trace."""
     embed: bool = False
     """Return the prompt's embedding (:attr:`Finished.embedding`) instead of
     generating: the final hidden states, mean-pooled over the prompt and

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from actors.generation.constraints import ConstraintError
+from actors.generation.engine_spans import EngineTrace
 from actors.generation.grammar_mask import GrammarBook, TokenMask
 from actors.generation.protocol import (
     Failed,
@@ -51,6 +52,8 @@ class ActiveRequest:
     """Seconds it waited before its prefill started (``None``: unknown)."""
     logprobs: int | None = None
     """Alternatives per token to report (``None``: no log-probabilities)."""
+    trace: EngineTrace | None = None
+    """Its times, for its engine spans, when the request is traced."""
     _unsent: list[int] = field(default_factory=list)
     _unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
 
@@ -59,6 +62,8 @@ class ActiveRequest:
     ) -> list[StreamEvent]:
         """Account for one sampled token; return the events it produces."""
         self.completion_tokens += 1
+        if self.trace is not None:
+            self.trace.token()
         if finish_reason == "stop":  # an EOS token: it ends the text, it is not text
             return self._end(FinishReason.STOP, self._tail())
         if token not in self.special:
@@ -94,6 +99,7 @@ class ActiveRequest:
     def finish(self, reason: FinishReason) -> Finished:
         """The terminal event for a request ended from outside (cancellation)."""
         self.done = True
+        self._traced(reason.value)
         return Finished(
             request_id=self.request_id,
             reason=reason,
@@ -107,6 +113,7 @@ class ActiveRequest:
     def fail(self, kind: FailureKind, detail: str, retryable: bool) -> Failed:
         """The terminal event for a request the engine could not finish."""
         self.done = True
+        self._traced(kind.value)
         return Failed(
             request_id=self.request_id,
             kind=kind,
@@ -114,6 +121,17 @@ class ActiveRequest:
             detail=detail,
             tokens_sent=self.tokens_sent,
         )
+
+    def _traced(self, outcome: str) -> None:
+        if self.trace is not None:
+            self.trace.end(
+                self.request_id,
+                prompt_tokens=self.prompt_tokens,
+                cached_tokens=self.cached_tokens,
+                completion_tokens=self.completion_tokens,
+                outcome=outcome,
+            )
+            self.trace = None  # one set of spans, however it ends
 
     def _tail(self) -> str:
         self.detokenizer.finalize()
@@ -208,6 +226,7 @@ def admit(
         special=special,
         queued_s=_waited(request),
         logprobs=params.logprobs,
+        trace=EngineTrace.begin(request.traceparent, request.submitted_at),
     )
     active.replay(resumed)
     return Admission(

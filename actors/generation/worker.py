@@ -62,6 +62,7 @@ from actors.memory import MemoryFigures, read_memory
 from actors.model.load_errors import ModelLoadError
 from actors.model.loader import LoadedModel, load_model
 from actors.model.weights import fit_for_device, kv_bytes_per_token, weight_bytes
+from actors.telemetry import start_tracing, stop_tracing
 from runtime.breaker import CircuitBreaker
 from runtime.errors import describe_failure
 from runtime.wire import BlockingChannel
@@ -264,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         channel.send(LoadFailed(reason=str(exc)))
         return EXIT_LOAD_FAILED
-    return EngineSession(loaded, boot, channel).serve()
+    provider = start_tracing(boot.tracing, "engine") if boot.tracing is not None else None
+    try:
+        return EngineSession(loaded, boot, channel).serve()
+    finally:
+        stop_tracing(provider)  # the last spans, before the exit that skips teardown
 
 
 def _exit_without_teardown(code: int) -> None:

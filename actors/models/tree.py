@@ -125,6 +125,7 @@ def _model_subtree(
         pressure=settings.pressure or PressureConfig.for_machine(),
         cache=dataclasses.replace(cache, model=model.source),
         heartbeat_interval=(process or EngineProcessSettings()).heartbeat_interval,
+        tracing=settings.tracing,
     )
     # No spare process per model: an idle Python with MLX imported costs memory
     # that several models would multiply; a restart pays about a second more.
