@@ -287,17 +287,23 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.observability_bench")
+def serving_options(prog: str, rounds: int) -> argparse.ArgumentParser:
+    """The options of a paired on/off serving run (this one's, and the tracing bench's)."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--model", help="model directory or hub id (default: embedded)")
     parser.add_argument("--size", default="tiny", help="embedded model size (default: tiny)")
     parser.add_argument("--streams", type=int, default=8, help="concurrent streaming clients")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per request")
     parser.add_argument("--requests", type=int, default=4, help="requests per client per round")
-    parser.add_argument("--rounds", type=int, default=100, help="pairs of rounds (on, off)")
-    parser.add_argument("--events", type=int, default=20_000, help="repetitions per cost")
+    parser.add_argument("--rounds", type=int, default=rounds, help="pairs of rounds (on, off)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    return parser
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = serving_options("python -m benchmarks.observability_bench", rounds=100)
+    parser.add_argument("--events", type=int, default=20_000, help="repetitions per cost")
     return parser.parse_args(argv)
 
 

@@ -37,7 +37,13 @@ from actors.model.embedded import default_model_dir
 from actors.telemetry import TracingConfig, start_tracing, stop_tracing
 from api.tracing import RequestTracing
 from benchmarks.generation_bench import blas_library
-from benchmarks.observability_bench import Bench, median_ci95, serving, serving_round
+from benchmarks.observability_bench import (
+    Bench,
+    median_ci95,
+    serving,
+    serving_options,
+    serving_round,
+)
 
 RECEIVER = """
 import sys
@@ -180,15 +186,7 @@ def report(result: dict[str, Any]) -> str:
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.tracing_bench")
-    parser.add_argument("--model", help="model directory or hub id (default: embedded)")
-    parser.add_argument("--size", default="tiny", help="embedded model size (default: tiny)")
-    parser.add_argument("--streams", type=int, default=8, help="concurrent streaming clients")
-    parser.add_argument("--tokens", type=int, default=64, help="tokens per request")
-    parser.add_argument("--requests", type=int, default=4, help="requests per client per round")
-    parser.add_argument("--rounds", type=int, default=40, help="pairs of rounds (on, off)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    return parser.parse_args(argv)
+    return serving_options("python -m benchmarks.tracing_bench", rounds=40).parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,6 +61,7 @@ def check_config(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
         check=False,
         cwd=REPO,
         env=clean | (env or {}),
+        timeout=60,
     )
 
 

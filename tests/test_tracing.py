@@ -9,10 +9,7 @@ One trace per request, the span tree as documented, the caller's
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,9 +18,10 @@ import pytest
 
 from actors.telemetry import DEFAULT_ENDPOINTS, choose_tracing
 from tests.otlp_receiver import ReceivedSpan, Spans, grpc_receiver, http_receiver
-from tests.server import REPO, Server, running_server
+from tests.server import Server, running_server
 from tests.test_api import model_name
 from tests.test_api_metrics import eventually
+from tests.test_config import check_config
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -224,15 +222,7 @@ def test_the_endpoint_and_protocol_are_chosen_as_the_specification_says() -> Non
     ],
 )
 def test_check_config_refuses_what_cannot_be_exported(env: dict[str, str], words: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "check-config", "--tracing"],
-        env={**os.environ, **env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = check_config("--tracing", env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert words in result.stdout + result.stderr
     assert "Traceback" not in result.stderr

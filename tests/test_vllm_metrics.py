@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from runtime.clock import ManualClock
 from tests.server import REPO, Server, running_server
 from tests.test_api import client, model_name
 from tests.test_api_metrics import eventually, metrics_text, samples, value
+from tests.test_config import check_config
 from tests.test_metrics import SOURCES, completed
 
 pytestmark = pytest.mark.timeout(180)
@@ -261,15 +261,7 @@ def _anchor(heading: str) -> str:
 
 
 def test_an_unknown_metrics_flag_value_is_refused() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "check-config"],
-        env={**os.environ, "TROUPE_VLLM_METRICS": "maybe"},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = check_config(env={"TROUPE_VLLM_METRICS": "maybe"})
     assert result.returncode == 2
     assert "vllm_metrics" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
