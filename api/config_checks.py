@@ -98,6 +98,17 @@ def load_and_check(
     return settings, problems + [p for p in checked if p.setting not in unreadable]
 
 
+def check_run_time_change(settings: Settings, changed: frozenset[str]) -> list[Problem]:
+    """The start-up checks' errors about settings in ``changed``, for an edit at run time.
+
+    The ranges and the contradictions between settings are the checks that
+    apply to values the console can change; the rest (the port, the model
+    file, the dependencies) were checked at start-up and have not changed.
+    """
+    found = _check_ranges(settings) + _check_contradictions(settings)
+    return [p for p in found if p.severity is Severity.ERROR and p.setting in changed]
+
+
 def check_tracing(settings: Settings, env: Mapping[str, str]) -> list[Problem]:
     """The tracing settings and the ``OTEL_*`` variables they are read with."""
     choice = choose_tracing(settings.tracing, settings.otlp_endpoint, env)
@@ -193,8 +204,12 @@ def _check_contradictions(settings: Settings) -> list[Problem]:
         problems.append(
             error("memory_low_water", f"must be below memory_high_water ({low} >= {high})")
         )
-    if settings.rate_limit_per_second > 0 and settings.rate_limit_burst < 1:
-        message = f"must be at least 1 with a rate limit on, got {settings.rate_limit_burst}"
+    if settings.rate_limit_burst < 1:
+        # Even with the limit off: intake refuses it, and turning the limit on at
+        # run time would need it.
+        message = (
+            f"must be at least 1 (with the rate limit on or off), got {settings.rate_limit_burst}"
+        )
         problems.append(error("rate_limit_burst", message))
     problems += _check_faults(settings)
     for origin in settings.cors_origins:

@@ -296,7 +296,7 @@ def test_contradictory_settings_are_reported() -> None:
         "error    api_keys: contains an empty key",
         "error    admin_key: is also one of the api_keys; the admin key must be separate",
         "error    memory_low_water: must be below memory_high_water (0.8 >= 0.7)",
-        "error    rate_limit_burst: must be at least 1 with a rate limit on, got 0",
+        "error    rate_limit_burst: must be at least 1 (with the rate limit on or off), got 0",
         "warning  api_keys: lists the same key more than once",
         "warning  allow_remote_faults: has no effect: fault_injection is off",
     ]

@@ -32,6 +32,8 @@ Handlers never await: statistics are answered at once, never behind inference.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -59,6 +61,7 @@ from actors.intake.protocol import (
     Release,
     ReportMemory,
     ReportPressure,
+    SetRateLimit,
     ShedReason,
     StartDraining,
     StopDraining,
@@ -208,6 +211,15 @@ class IntakeState:
             log.warning("intake reclaimed %d requests that were never released", reclaimed)
         return reclaimed
 
+    def set_rate_limit(self, rate: float, burst: int, *, now: float) -> None:
+        """Change the per-client rate limit from ``now`` on (checked as at start-up)."""
+        settings = dataclasses.replace(
+            self.settings, rate_limit_per_second=rate, rate_limit_burst=burst
+        )  # raises ValueError, leaving everything as it was, for a value start-up refuses
+        self.buckets.reconfigure(rate, burst, now)
+        self.settings = settings
+        log.info("intake rate limit now %g/s, burst %d", rate, burst)
+
     def retry_after(self, now: float) -> int:
         """``Retry-After`` for shedding caused by the backlog, from the measured drain rate."""
         s = self.settings
@@ -246,6 +258,8 @@ class IntakeState:
             unknown_releases=self.unknown_releases,
             drain_rate=self.drain.rate(now),
             client_buckets=len(self.buckets),
+            rate_limit_per_second=self.settings.rate_limit_per_second,
+            rate_limit_burst=self.settings.rate_limit_burst,
         )
 
     def _reject(
@@ -345,6 +359,11 @@ class IntakeActor(Actor):
                 self._reported = under_pressure
             case ReportMemory(model=model, kv_bytes_per_token=per_token, model_bytes=model_bytes):
                 self.state.memory.report(model, per_token, model_bytes)
+            case SetRateLimit(rate_limit_per_second=rate, rate_limit_burst=burst):
+                # A value start-up would refuse changes nothing: the stats say what holds.
+                with contextlib.suppress(ValueError):
+                    self.state.set_rate_limit(rate, burst, now=clock.monotonic())
+                answer = self._stats()
             case CrashIntake():
                 raise IntakeCrash("crash requested")
             case _:

@@ -116,6 +116,12 @@ class TokenBucket:
             return 0.0
         return (1.0 - available) / self.rate
 
+    def reconfigure(self, rate: float, burst: int, now: float) -> None:
+        """Refill at ``rate`` and hold at most ``burst`` from ``now`` on (tokens kept, capped)."""
+        self.tokens(now)  # credit the time so far at the old rate
+        self.rate, self.burst = rate, burst
+        self._tokens = min(self._tokens, float(burst))
+
 
 class ClientBuckets:
     """One :class:`TokenBucket` per client, at most ``max_clients`` of them.
@@ -138,6 +144,21 @@ class ClientBuckets:
         self.max_clients = max_clients
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self.evictions = 0
+
+    def reconfigure(self, rate: float, burst: int, now: float) -> None:
+        """A new rate and burst for every client, at run time (an operator's change).
+
+        Clients keep what they have left, up to the new burst, so tightening
+        the limit does not hand everyone a fresh burst; turning the limit off
+        forgets every bucket, and turning it on again starts them full.
+        """
+        if rate < 0 or not math.isfinite(rate) or burst < 1:
+            raise ValueError("need a finite rate limit >= 0 (0: off) and a burst >= 1")
+        self.rate, self.burst = rate, burst
+        if not self.enabled:
+            self._buckets.clear()
+        for bucket in self._buckets.values():
+            bucket.reconfigure(rate, burst, now)
 
     @property
     def enabled(self) -> bool:

@@ -153,6 +153,19 @@ class ReportMemory(Message, frozen=True, kw_only=True):
     """Which served model ("" with a single model)."""
 
 
+class SetRateLimit(Message, frozen=True, kw_only=True):
+    """Change the per-client rate limit at run time; answered with ``IntakeStats``.
+
+    The change lives in intake's durable state, so it outlives a restart of the
+    actor (not of the server: it is not written anywhere).
+    """
+
+    rate_limit_per_second: float
+    """Requests per second per client; 0 turns the limit off."""
+    rate_limit_burst: int
+    """Requests a client may send at once above the steady rate (at least 1)."""
+
+
 class CrashIntake(Message, frozen=True, kw_only=True):
     """Make the intake actor's handler raise (drills and tests); its state survives."""
 
@@ -191,3 +204,7 @@ class IntakeStats(Message, frozen=True, kw_only=True):
     """Requests released per second of busy time; ``None`` before the first release."""
     client_buckets: int
     """Clients with a token bucket now (at most ``IntakeSettings.max_clients``)."""
+    rate_limit_per_second: float = 0.0
+    """The per-client rate limit in force (0: off); it can change at run time."""
+    rate_limit_burst: int = 1
+    """The burst in force with it."""

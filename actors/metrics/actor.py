@@ -27,6 +27,7 @@ import anyio
 
 from actors.memory import MemoryFigures
 from actors.metrics.protocol import (
+    ConfigChanged,
     EngineReport,
     GetMetricsSnapshot,
     PrometheusText,
@@ -113,6 +114,8 @@ class MetricsActor(Actor):
                 self.state.observe(message)
             case EngineReport(model=model):
                 self._reports[model] = message
+            case ConfigChanged(config=config):
+                self.state.registry.show_config(config)
             case GetMetricsSnapshot(categories=categories):
                 self._catch_up()
                 self.state.refresh(self._sources, dropped=self.ctx.undelivered())

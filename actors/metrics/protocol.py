@@ -125,6 +125,16 @@ class EngineReport(Message, frozen=True, kw_only=True):
     """Which served model's engine ("" with a single model)."""
 
 
+class ConfigChanged(Message, frozen=True, kw_only=True):
+    """The effective configuration changed at run time (an operator's edit).
+
+    ``troupe_config_info`` shows it from then on; like the start-up
+    configuration, it holds no secrets and no file paths.
+    """
+
+    config: dict[str, str]
+
+
 class GetMetricsSnapshot(Message, frozen=True, kw_only=True):
     """Ask for a JSON-friendly snapshot; an empty ``categories`` means all of them."""
 

@@ -228,9 +228,13 @@ class MetricsRegistry:
             "troupe_actor_restarts", "Actor restarts.", ["actor"], registry=registry
         )
         self.config = Info("troupe_config", "The effective configuration.", registry=registry)
-        self.config.info(safe_config(config or {}))
+        self.show_config(config or {})
         self.default_model = (config or {}).get("model", "")
         self.vllm = VllmFamilies(registry, lambda: self._figures.engines) if vllm_names else None
+
+    def show_config(self, config: Mapping[str, str]) -> None:
+        """``troupe_config_info`` from now on: ``config``'s labels (secrets dropped)."""
+        self.config.info(safe_config(config))
 
     def _histogram(self, name: str, doc: str) -> Histogram:
         return Histogram(f"troupe_{name}", doc, buckets=LATENCY_BUCKETS, registry=self.registry)
