@@ -9,37 +9,32 @@ restarting.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from importlib import metadata
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
-import msgspec
 
 from actors.generation.protocol import EngineStats, GetEngineStats
-from actors.intake.protocol import GetIntakeStats, IntakeStats, StartDraining
-from actors.kvcache.protocol import CacheStats, GetCacheStats
-from actors.models.protocol import KEEPER, GetModels, ModelsReport
+from actors.intake.protocol import GetIntakeStats, IntakeStats, SetRateLimit, StartDraining
+from actors.metrics.protocol import ConfigChanged, record
 from actors.tree import Inference
+from api.admin_routes import AdminRoutes
 from api.admission import Admission
 from api.anthropic_api import AnthropicMessages
 from api.audit_routes import AuditLog
 from api.catalog import ModelCatalog
 from api.completions import Completions, CompletionSettings
 from api.config import Settings
+from api.config_file import ConfigFile
+from api.console_pages import is_public
 from api.embeddings import Embeddings
 from api.faults import FaultSwitch
-from api.health import (
-    actors_health,
-    engine_counts,
-    not_ready_reasons,
-    overall_health,
-)
 from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
+from api.live_settings import LiveSettings, SettingsHooks, endpoint_timeouts
 from api.logs import AccessLogMiddleware
 from api.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
 from api.model_choice import served_name
@@ -49,35 +44,28 @@ from api.openai_types import MAX_TOKENS_ACCEPTED
 from api.openapi import ServedApi, openapi_document
 from api.problems import HTTPProblem
 from api.responses_api import Responses
-from runtime import ActorSystem, ChildStartError, Message, TroupeError, describe_failure
+from api.status_routes import StatusRoutes
+from runtime import ActorSystem, ChildStartError, describe_failure
 
 log = logging.getLogger("troupe.server")
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
-R = TypeVar("R", bound=Message)
-STATS_TIMEOUT = 1.0
-"""Seconds status and health wait for an actor's figures before reporting them unknown."""
 DRAIN_POLL = 0.05
 """Seconds between two looks at intake's in-flight count while draining."""
 STARTUP_ASK_TIMEOUT = 60.0
 """Seconds startup waits for the started generation actor to describe the model."""
 
 
-def endpoint_timeouts(settings: Settings) -> dict[str, float]:
-    """Each generating endpoint's deadline, seconds."""
-    return {
-        "chat": settings.chat_timeout,
-        "completions": settings.completion_timeout,
-        "messages": settings.messages_timeout,
-        "responses": settings.responses_timeout,
-        "embeddings": settings.embeddings_timeout,
-    }
-
-
 class TroupeApp:
     """Routes requests to handlers and owns the actor system for its lifespan."""
 
-    def __init__(self, settings: Settings, inference: Inference, admission: Admission) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        inference: Inference,
+        admission: Admission,
+        config_file: ConfigFile | None = None,
+    ) -> None:
         self.settings = settings
         self.inference = inference
         self.admission = admission
@@ -90,6 +78,7 @@ class TroupeApp:
         self.created = int(time.time())
         self.observer = Observer()
         self.catalog = ModelCatalog.of(inference.routes, self.model_name, self._system)
+        self.status = StatusRoutes(lambda: self.system, self.catalog, self.model_name)
         self.completions = Completions(
             CompletionSettings(
                 model_name="" if self.catalog.several else self.model_name,
@@ -110,18 +99,33 @@ class TroupeApp:
             generation=self.catalog.default.generation,
             kvcache=self.catalog.default.kvcache,
         )
+        self.live_settings = LiveSettings(
+            settings,
+            self.model_name,
+            SettingsHooks(
+                set_timeouts=self._set_timeouts,
+                set_rate_limit=self._set_rate_limit,
+                config_changed=self._config_changed,
+                audit=self._audit_settings_edit,
+            ),
+            config_file,
+        )
+        self.admin = AdminRoutes(
+            self.completions.reporter, self.live_settings, self.faults, self._system
+        )
         self._openapi: dict[str, Any] | None = None
         self.routes: dict[str, dict[str, Handler]] = {
-            "/health/live": {"GET": self.live},
-            "/health/ready": {"GET": self.ready},
-            "/health": {"GET": self.health},
+            "/health/live": {"GET": self.status.live},
+            "/health/ready": {"GET": self.status.ready},
+            "/health": {"GET": self.status.health},
             "/v1/models": {"GET": self.models},
             "/openapi.json": {"GET": self.openapi},
-            "/v1/supervisor": {"GET": self.supervisor},
+            "/v1/supervisor": {"GET": self.status.supervisor},
             "/metrics": {"GET": self.prometheus},
-            "/admin/audit-logs": {"GET": self.audit_logs},
-            "/admin/audit-logs/stats": {"GET": self.audit_stats},
-            "/admin/faults": {"POST": self.inject_fault, "DELETE": self.clear_faults},
+            # The console's views, under the admin key (the /v1/ twins take an API key).
+            "/admin/supervisor": {"GET": self.status.supervisor},
+            "/admin/metrics": {"GET": self.metrics},
+            **self.admin.routes(),
             "/v1/metrics": {"GET": self.metrics},
             "/v1/chat/completions": {"POST": self.completions.chat},
             "/v1/completions": {"POST": self.completions.text},
@@ -165,6 +169,7 @@ class TroupeApp:
                 self.started.set()
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown
+                self.close_streams()
                 await self._close_audit()
         except ChildStartError as exc:
             self.start_failure = str(exc)
@@ -197,31 +202,37 @@ class TroupeApp:
         if audit is not None:  # writes what is queued: every drained request has its row
             await anyio.to_thread.run_sync(audit.close, limiter=audit.reads)
 
-    async def audit_logs(self, request: Request, respond: Responder) -> None:
-        """``GET /admin/audit-logs`` (admin key)."""
-        await self._audit().logs(request, respond)
-
-    async def audit_stats(self, request: Request, respond: Responder) -> None:
-        """``GET /admin/audit-logs/stats`` (admin key)."""
-        await self._audit().stats(request, respond)
-
-    def _audit(self) -> AuditLog:
-        if self.completions.reporter.audit is None:
-            raise HTTPProblem(404, "not-found", "this server keeps no audit log (--audit-path)")
-        return self.completions.reporter.audit
-
-    async def inject_fault(self, request: Request, respond: Responder) -> None:
-        """``POST /admin/faults`` (admin key, ``--fault-injection``)."""
-        await self.faults.inject(self._system(), request, respond)
-
-    async def clear_faults(self, request: Request, respond: Responder) -> None:
-        """``DELETE /admin/faults`` (admin key, ``--fault-injection``)."""
-        await self.faults.clear(self._system(), request, respond)
-
     def _system(self) -> ActorSystem:
         if self.system is None or not self.system.running:
             raise HTTPProblem(503, "not-ready", "the server is not ready", (("retry-after", "1"),))
         return self.system
+
+    # -- run-time settings ---------------------------------------------------------
+
+    def _set_timeouts(self, timeouts: dict[str, float]) -> None:
+        # One reference swapped: a request reads its deadline once, when it starts.
+        self.completions.settings = dataclasses.replace(
+            self.completions.settings, timeouts=timeouts
+        )
+
+    async def _set_rate_limit(self, rate: float, burst: int) -> bool:
+        change = SetRateLimit(rate_limit_per_second=rate, rate_limit_burst=burst)
+        stats = await self.status.ask_briefly("intake", change, IntakeStats)
+        return stats is not None and (stats.rate_limit_per_second, stats.rate_limit_burst) == (
+            rate,
+            burst,
+        )
+
+    def _config_changed(self, config: dict[str, str]) -> None:
+        if self.system is not None and self.system.running:
+            record(self.system.ref("metrics"), ConfigChanged(config=config))
+
+    def _audit_settings_edit(self, request: Request, status: int, took: float) -> None:
+        self.admin.record_settings_edit(request, status, took)
+
+    def close_streams(self) -> None:
+        """End the consoles' live streams: the server is stopping."""
+        self.admin.close_streams()
 
     # -- draining ------------------------------------------------------------------
 
@@ -243,7 +254,7 @@ class TroupeApp:
         with anyio.move_on_after(timeout):
             while self.system is not None and self.system.running:
                 ask = StartDraining() if before is None else GetIntakeStats()
-                stats = await self._ask_briefly("intake", ask, IntakeStats)
+                stats = await self.status.ask_briefly("intake", ask, IntakeStats)
                 if stats is not None:
                     left = stats.in_flight
                     before = left if before is None else before
@@ -252,36 +263,7 @@ class TroupeApp:
                 await anyio.sleep(DRAIN_POLL)
         return Drained(before or 0, left)
 
-    # -- health and status ------------------------------------------------------------
-
-    async def live(self, request: Request, respond: Responder) -> None:
-        """The process is up."""
-        await respond.json(200, {"status": "alive"})
-
-    async def ready(self, request: Request, respond: Responder) -> None:
-        """Model loaded, critical actors running, not draining."""
-        reasons = await self._not_ready()
-        if reasons:
-            raise HTTPProblem(503, "not-ready", "; ".join(reasons), (("retry-after", "1"),))
-        await respond.json(200, {"status": "ready", "model": self.model_name})
-
-    async def _not_ready(self) -> list[str]:
-        if self.system is None or not self.system.running:
-            return ["the actor system is not running"]
-        intake = await self._ask_briefly("intake", GetIntakeStats(), IntakeStats)
-        draining = intake is not None and intake.draining
-        return not_ready_reasons(self.system.status().root, draining)
-
-    async def health(self, request: Request, respond: Responder) -> None:
-        """Each actor's health and the server's overall state."""
-        if self.system is None:
-            raise HTTPProblem(503, "not-ready", "the server is starting", (("retry-after", "1"),))
-        cache = await self._cache_stats()
-        breaker = cache.breaker.state if cache is not None else "unknown"
-        actors = actors_health(self.system.status().root, breaker)
-        overall = overall_health(actors, bool(await self._not_ready()))
-        status = 200 if overall != "unhealthy" else 503
-        await respond.json(status, {"status": overall, "actors": actors, "cache_breaker": breaker})
+    # -- metrics, models, the API's description ---------------------------------------
 
     async def prometheus(self, request: Request, respond: Responder) -> None:
         """``GET /metrics``: Prometheus text from the metrics actor."""
@@ -318,62 +300,6 @@ class TroupeApp:
         cards = [ModelCard(id=name, created=self.created) for name in self.catalog.entries]
         await respond.json(200, ModelList(data=cards))
 
-    async def supervisor(self, request: Request, respond: Responder) -> None:
-        """The supervision tree, plus the cache breaker, as JSON."""
-        if self.system is None:
-            raise HTTPProblem(503, "not-ready", "the server is starting", (("retry-after", "1"),))
-        payload: dict[str, Any] = msgspec.to_builtins(self.system.status())
-        cache = await self._cache_stats()
-        payload["cache"] = (
-            None
-            if cache is None
-            else {"breaker": {"state": cache.breaker.state}, "entries": cache.entries}
-        )
-        payload["engine"] = await self._engine_counts()
-        if self.catalog.several:
-            models = await self._ask_briefly(KEEPER, GetModels(), ModelsReport)
-            payload["models"] = None if models is None else msgspec.to_builtins(models)
-        intake = await self._ask_briefly("intake", GetIntakeStats(), IntakeStats)
-        payload["intake"] = (
-            None
-            if intake is None
-            else {
-                "in_flight": intake.in_flight,
-                "kv_tokens_booked": intake.kv_tokens_booked,
-                "memory_left_bytes": intake.memory_left_bytes,
-            }
-        )
-        await respond.json(200, payload)
-
-    async def _cache_stats(self) -> CacheStats | None:
-        """The kv-cache actor's figures; ``None`` if it does not answer in time.
-
-        Its mailbox holds only control messages (the engine uses the cache
-        directly), so it answers at once unless a save or a drill holds it.
-        """
-        kvcache = self.catalog.default.kvcache
-        return await self._ask_briefly(kvcache, GetCacheStats(), CacheStats)
-
-    async def _engine_counts(self) -> dict[str, Any] | None:
-        """The engine's figures; ``None`` if it does not answer at once.
-
-        Running and waiting sequences, weight loads, pending drills and recent
-        crash-to-next-token times (seconds).
-
-        The generation actor's mailbox is never blocked by inference (the engine
-        runs on its own thread), so this answers in microseconds when it is up.
-        """
-        generation = self.catalog.default.generation
-        stats = await self._ask_briefly(generation, GetEngineStats(), EngineStats)
-        return None if stats is None else engine_counts(stats)
-
-    async def _ask_briefly(self, actor: str, message: Message, expect: type[R]) -> R | None:
-        """``actor``'s answer within :data:`STATS_TIMEOUT`, or ``None`` (gone, busy, slow)."""
-        assert self.system is not None
-        with anyio.move_on_after(STATS_TIMEOUT), contextlib.suppress(TroupeError):
-            return await self.system.ref(actor).ask(message, timeout=STATS_TIMEOUT, expect=expect)
-        return None
-
 
 @dataclasses.dataclass(frozen=True)
 class Drained:
@@ -393,7 +319,9 @@ def _version() -> str:
 def build_asgi(app: TroupeApp) -> ASGIApp:
     """The app wrapped in its middleware, outermost first."""
     settings = app.settings
-    inner: ASGIApp = AuthMiddleware(app, settings.api_keys, settings.admin_key, app.serves)
+    inner: ASGIApp = AuthMiddleware(
+        app, settings.api_keys, settings.admin_key, app.serves, public=is_public
+    )
     inner = ErrorMiddleware(inner)
     inner = CORSMiddleware(inner, settings.cors_origins)
     inner = AccessLogMiddleware(inner)  # inside the id: every request line carries it

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 import anyio
 
 from actors.audit import MAX_QUERY_LIMIT, AuditRecord, AuditStore, AuditWriter, hash_key
+from api.audit_feed import AuditFeed, RowFilter, stream_rows
 from api.http import Request, Responder
 from api.middleware import bearer_token
 from api.problems import HTTPProblem
@@ -26,9 +27,11 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 class AuditLog:
     """The writer and a read connection, open for the server's lifetime."""
 
-    def __init__(self, path: str, retention_days: float) -> None:
+    def __init__(self, path: str, retention_days: float, feed: AuditFeed | None = None) -> None:
         self.writer = AuditWriter(path, retention_days=retention_days)
         self.store = AuditStore(path)
+        self.feed = feed or AuditFeed()
+        """Where each new row goes live, to the consoles that follow the log."""
         # Reads share one read connection, so one runs at a time; on a thread of
         # their own, a burst of them never takes the threads streams depend on.
         self.reads = anyio.CapacityLimiter(1)
@@ -48,22 +51,22 @@ class AuditLog:
         error_type: str | None,
     ) -> None:
         """Submit the row of one finished request (never blocks)."""
-        self.writer.submit(
-            AuditRecord(
-                request_id=request.request_id,
-                ts=time.time(),
-                model=model,
-                endpoint=endpoint,
-                status=status,
-                finish_reason=finish_reason,
-                duration_ms=duration_s * 1000.0,
-                ttft_ms=None if ttft_s is None else ttft_s * 1000.0,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                error_type=error_type,
-                key_hash=hash_key(_presented_key(request)),
-            )
+        row = AuditRecord(
+            request_id=request.request_id,
+            ts=time.time(),
+            model=model,
+            endpoint=endpoint,
+            status=status,
+            finish_reason=finish_reason,
+            duration_ms=duration_s * 1000.0,
+            ttft_ms=None if ttft_s is None else ttft_s * 1000.0,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            error_type=error_type,
+            key_hash=hash_key(_presented_key(request)),
         )
+        self.writer.submit(row)
+        self.feed.publish(row)
 
     def close(self) -> None:
         """Write what is queued, stop the writer, close the read connection."""
@@ -89,6 +92,12 @@ class AuditLog:
         except ValueError:
             raise HTTPProblem(400, "invalid-query", "limit and offset must be positive") from None
         await respond.json(200, {"data": rows, "limit_max": MAX_QUERY_LIMIT})
+
+    async def stream(self, request: Request, respond: Responder) -> None:
+        """``GET /admin/audit-logs/stream?model=&endpoint=&status=``: new rows, live (SSE)."""
+        query = _query(request)
+        wanted = RowFilter(query.get("model"), query.get("endpoint"), _number(query, "status", int))
+        await stream_rows(self.feed, wanted, request, respond)
 
     async def stats(self, request: Request, respond: Responder) -> None:
         """``GET /admin/audit-logs/stats?since=&until=``: per model and endpoint."""

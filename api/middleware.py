@@ -178,7 +178,8 @@ class AuthMiddleware:
     ``scope["state"]["api_key"]``), so that per-client limits count the key
     itself, not the spelling of the header that carried it. A route or
     method the app does not serve is left to the app to answer 404 or 405:
-    that is the same answer with or without a key.
+    that is the same answer with or without a key. ``public`` paths (the
+    console's page and static files, which hold no data) need no key.
     """
 
     def __init__(
@@ -187,16 +188,23 @@ class AuthMiddleware:
         api_keys: Sequence[str],
         admin_key: str | None,
         serves: Callable[[str, str], bool] = lambda path, method: True,
+        *,
+        public: Callable[[str], bool] = lambda path: False,
     ) -> None:
         self.app = app
+        self.public = public
         self.api_keys = [key.encode() for key in api_keys]
         self.admin_key = admin_key.encode() if admin_key else None
         self.serves = serves
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection."""
-        if scope["type"] == "http" and self.serves(str(scope["path"]), str(scope["method"])):
-            path = str(scope["path"])
+        path = str(scope.get("path", ""))
+        if (
+            scope["type"] == "http"
+            and self.serves(path, str(scope["method"]))
+            and not self.public(path)
+        ):
             request = Request(scope, receive)
             presented = bearer_token(request.header("authorization"))
             if presented is None and not path.startswith("/admin/"):

@@ -44,6 +44,7 @@ from api.openai_responses import (
     StreamError,
 )
 from api.openai_types import ChatCompletionRequest, CompletionRequest
+from api.openapi_console import console_paths
 from api.openapi_parts import (
     COMPLETION_ERRORS,
     JSON,
@@ -134,6 +135,7 @@ def openapi_document(served: ServedApi) -> dict[str, Any]:
                 "get": api.operation("The supervision tree.", {JSON: OBJECT}, (503,))
             },
             "/v1/metrics": {"get": _v1_metrics(api)},
+            **console_paths(admin, served, _audit_filters()[:3], _v1_metrics(admin)),
             "/metrics": {"get": open_operation("Prometheus text exposition.", _PROMETHEUS)},
             **_admin_paths(admin, served, fault),
             **{
@@ -169,24 +171,27 @@ def _v1_metrics(api: Guard) -> dict[str, Any]:
     )
 
 
-def _admin_paths(admin: Guard, served: ServedApi, fault: dict[str, Any]) -> dict[str, Any]:
-    audit_off = () if served.audit_log else (404,)
-    faults_off = () if served.fault_injection else (404,)
+def _audit_filters() -> list[dict[str, Any]]:
+    """The audit query's parameters: model, endpoint, status, since, until, limit, offset."""
     number = {"type": "number"}
-    window = [
-        query_parameter("since", number, "Rows at or after this time (seconds since the epoch)."),
-        query_parameter("until", number, "Rows before this time (seconds since the epoch)."),
-    ]
-    filters = [
+    return [
         query_parameter("model", {"type": "string"}, "Only this model's rows."),
         query_parameter("endpoint", {"type": "string"}, "Only this endpoint's rows."),
         query_parameter(
             "status", {**_INT64, "minimum": -(2**63)}, "Only rows with this HTTP status."
         ),
-        *window,
+        query_parameter("since", number, "Rows at or after this time (seconds since the epoch)."),
+        query_parameter("until", number, "Rows before this time (seconds since the epoch)."),
         query_parameter("limit", {**_INT64, "minimum": 0}, f"Rows at most (≤ {MAX_QUERY_LIMIT})."),
         query_parameter("offset", {**_INT64, "minimum": 0}, "Rows to skip."),
     ]
+
+
+def _admin_paths(admin: Guard, served: ServedApi, fault: dict[str, Any]) -> dict[str, Any]:
+    audit_off = () if served.audit_log else (404,)
+    faults_off = () if served.fault_injection else (404,)
+    filters = _audit_filters()
+    window = filters[3:5]
     return {
         "/admin/audit-logs": {
             "get": admin.operation(

@@ -46,6 +46,7 @@ from actors.tree import (
 from api.admission import IntakeAdmission
 from api.app import TroupeApp, build_asgi
 from api.config import EMBEDDED_MODEL, Settings
+from api.config_file import ConfigFile
 from api.logs import log_lifecycle
 from api.model_choice import chosen_model, served_name, warn_if_embedded_by_default
 from api.models_file import read_models_file
@@ -181,13 +182,17 @@ def tracing_config(settings: Settings) -> TracingConfig | None:
     return choose_tracing(settings.tracing, settings.otlp_endpoint, os.environ).config
 
 
-def serve(settings: Settings) -> int:
-    """Run the server until a signal or an escalation; return the exit status."""
+def serve(settings: Settings, config_file: ConfigFile | None = None) -> int:
+    """Run the server until a signal or an escalation; return the exit status.
+
+    ``config_file``: the TOML file the settings were read from, where the
+    console may save settings changed at run time.
+    """
     outcome = _Exit()
     tracing = tracing_config(settings)
     provider = start_tracing(tracing, "server") if tracing is not None else None
     try:
-        anyio.run(_serve, settings, outcome)
+        anyio.run(_serve, settings, outcome, config_file)
     except asyncio.CancelledError:
         # hypercorn ends by cancelling its lifespan task and awaiting it; if the
         # task had not quite returned (it is finishing the actors' shutdown),
@@ -200,10 +205,10 @@ def serve(settings: Settings) -> int:
     return outcome.code
 
 
-async def _serve(settings: Settings, outcome: _Exit) -> None:
+async def _serve(settings: Settings, outcome: _Exit, config_file: ConfigFile | None) -> None:
     inference = await build_tree(settings)
     admission = IntakeAdmission()
-    app = TroupeApp(settings, inference, admission)
+    app = TroupeApp(settings, inference, admission, config_file)
     if tracing_config(settings) is not None:
         app.completions.reporter.tracing = RequestTracing.from_provider()
     config = _hypercorn_config(settings)
@@ -267,6 +272,8 @@ async def _on_signal(app: TroupeApp, settings: Settings, stop: anyio.Event, outc
             log.info(
                 "received %s: draining", name, extra={"event": "server_draining", "signal": name}
             )
+            # Consoles' live streams would hold their connections past the drain.
+            app.close_streams()
             drained = await app.drain(settings.drain_timeout)
             log.info(
                 "drained %d of %d requests in flight",
@@ -294,6 +301,7 @@ async def _on_escalation(app: TroupeApp, stop: anyio.Event, outcome: _Exit) -> N
         # The reason is sanitized at its source (the supervisor's own message).
         log.error("stopping: %s", exc, extra={"event": "server_escalated"})
         outcome.code = EXIT_ESCALATED
+        app.close_streams()
         # The actors are gone, intake with them: nothing is admitted any more and
         # requests in flight end with 503 at once. hypercorn stops listening and
         # lets the open exchanges finish (up to --drain-timeout) before closing.

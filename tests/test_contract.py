@@ -8,7 +8,10 @@ server must agree on statuses, content types, schemas, methods and auth.
 
 The fault switch stays off on this server (its operation is checked as the
 documented 404): fuzzing it would stall or crash the actors the other
-operations are being checked against.
+operations are being checked against. For the same reason the run-time
+settings edit is not fuzzed (a generated deadline of a microsecond would turn
+every later completion into a 504), nor the live audit stream, which by design
+never ends while the server runs; tests/test_console_api.py covers both.
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ def test_schemathesis_finds_no_failure_in_any_operation(
             str(SEED),
             "--workers",
             "1",
+            "--exclude-name",
+            "PATCH /admin/settings",
+            "--exclude-name",
+            "GET /admin/audit-logs/stream",
         ]
         env = {
             **os.environ,
@@ -68,4 +75,5 @@ def test_schemathesis_finds_no_failure_in_any_operation(
     assert counts is not None, report
     figures.update(cases=int(counts.group(1)), failures=int(counts.group(2) or 0), seed=SEED)
     assert run.returncode == 0, report
-    assert "17/17" in report or "Tested: 17" in report, report  # every operation was tested
+    # Every operation but the two left out was tested.
+    assert "23/23" in report or "Tested: 23" in report, report
