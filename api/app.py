@@ -27,7 +27,8 @@ from api.admission import Admission
 from api.anthropic_api import AnthropicMessages
 from api.audit_routes import AuditLog
 from api.catalog import ModelCatalog
-from api.completions import Completions, CompletionSettings
+from api.completion_settings import CompletionSettings
+from api.completions import Completions
 from api.config import Settings
 from api.config_file import ConfigFile
 from api.console_pages import is_public

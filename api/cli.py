@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from api.config import add_arguments, overrides_from_args
 from api.config_checks import load_and_check
+from api.config_flags import add_arguments, overrides_from_args
 from api.config_problems import format_problems, has_errors
 from api.status_cli import add_status_arguments, status_command
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -35,6 +35,7 @@ from actors.generation.protocol import (
 from api.admission import Admission
 from api.catalog import CatalogEntry, ModelCatalog
 from api.choices import choice_requests, combined_end, embedding_requests, retry_of
+from api.completion_settings import CompletionSettings, Deadline
 from api.http import Request, Responder
 from api.jobs import Job, chat_job, text_job
 from api.observe import Observer
@@ -54,38 +55,10 @@ inputs to embed): enough for the engine to batch them, never a flood of one
 actor's mailbox from a single request of 2048 inputs."""
 
 
-@dataclass(frozen=True)
-class CompletionSettings:
-    """What the handlers need from the server's settings."""
-
-    model_name: str
-    """The default model's name (the one requests are reported under before they name one)."""
-    max_body_bytes: int
-    timeouts: Mapping[str, float]
-    """Seconds each endpoint (``chat``, ``completions``, ``messages``, ...) may take."""
-    max_tokens_limit: int | None = None
-    """Most tokens a request may ask for; ``None``: the context length."""
-
-
 TOKENIZING_THREADS = 4
 """Prompts templated and tokenized at once, on threads of their own: a burst of
 long prompts waits here, never in the thread pool other work (audit queries,
 the engine's event pump) relies on."""
-
-
-@dataclass(frozen=True)
-class Deadline:
-    """A request's one deadline, on both clocks it is checked against."""
-
-    wall: float
-    """Seconds since the epoch: for intake and the engine (possibly another process)."""
-    loop: float
-    """The event loop's clock (``anyio.current_time``): for the request's cancel scope."""
-
-    @classmethod
-    def after(cls, timeout: float) -> Deadline:
-        """The deadline ``timeout`` seconds from now."""
-        return cls(wall=time.time() + timeout, loop=anyio.current_time() + timeout)
 
 
 @dataclass(frozen=True)

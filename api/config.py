@@ -14,7 +14,6 @@ API keys and the admin key are secrets: no message ever contains them.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import difflib
 import functools
@@ -231,39 +230,9 @@ def load_settings(
             problems.append(_unknown(key, f"'{key}'", "in the config file", FIELDS))
         known = {key: value for key, value in table.items() if key in FIELDS}
         values |= _convert_all(known, lambda name: f"'{name}' in {path}", True, problems)
-    values |= _convert_all(_from_env(env, problems), _env_name, False, problems)
-    values |= _convert_all(argv_overrides, _flag_name, False, problems)
+    values |= _convert_all(_from_env(env, problems), env_name, False, problems)
+    values |= _convert_all(argv_overrides, flag_name, False, problems)
     return Settings(**values), problems
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config`` and one ``--kebab-case`` flag per setting to ``parser``.
-
-    Every flag defaults to ``None`` so that only the flags given override the
-    other sources; values stay strings until :func:`load_settings` converts
-    them, which reports a bad one along with every other problem.
-    """
-    parser.add_argument("--config", metavar="PATH", help=f"a TOML settings file (env {CONFIG_ENV})")
-    docs = field_docs()
-    for name, field in FIELDS.items():
-        doc = docs.get(name, "").replace("``", "").removesuffix(".")
-        # An optional setting's docstring already says what unset means.
-        default = "" if field.default is None else f"default: {_show_default(name)}; "
-        text = f"{doc} ({default}env {_env_name(name)})"
-        help_text = text.replace("%", "%%")  # argparse formats help with %
-        if field.type is bool:
-            parser.add_argument(
-                _flag_name(name), action=argparse.BooleanOptionalAction, help=help_text
-            )
-        else:
-            metavar = _metavar(name, field.type)
-            parser.add_argument(_flag_name(name), metavar=metavar, help=help_text)
-
-
-def overrides_from_args(ns: argparse.Namespace) -> dict[str, object]:
-    """The settings given on the command line (flags left out are not included)."""
-    values = vars(ns)
-    return {name: values[name] for name in FIELDS if values.get(name) is not None}
 
 
 @functools.cache
@@ -312,7 +281,7 @@ def _from_env(env: Mapping[str, str], problems: list[Problem]) -> dict[str, str]
     Unknown names warn rather than fail: the environment is shared with other
     tools (and later versions), but a typo should still be visible.
     """
-    known = {_env_name(name): name for name in FIELDS}
+    known = {env_name(name): name for name in FIELDS}
     values: dict[str, str] = {}
     for key, value in env.items():
         if key in known:
@@ -379,46 +348,16 @@ def _describe_type(field_type: Any) -> str:
     return names.get(args[0] if args else field_type, "a valid value")
 
 
-_METAVARS: Final = {
-    "host": "HOST",
-    "model": "PATH|FILE.gguf|OWNER/NAME|embedded",
-    "models": "FILE.toml",
-    "blas": "auto|bundled|PATH",
-    "api_keys": "KEY,...",
-    "admin_key": "KEY",
-    "cors_origins": "ORIGIN,...",
-    "cache_dir": "PATH",
-    "max_body_bytes": "BYTES",
-    "cache_max_bytes": "BYTES",
-    "memory_budget": "BYTES",
-}
-
-
-def _metavar(name: str, field_type: Any) -> str:
-    if name in _METAVARS:
-        return _METAVARS[name]
-    if get_origin(field_type) is Literal:
-        return "{" + ",".join(get_args(field_type)) + "}"
-    if name.endswith("_timeout"):
-        return "SECONDS"
-    return {int: "N", float: "X"}.get(field_type, "TEXT")
-
-
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _show_default(name: str) -> str:
-    value = getattr(Settings(), name)
-    if isinstance(value, list):
-        return ",".join(value) or "none"
-    return str(value)
-
-
-def _env_name(name: str) -> str:
+def env_name(name: str) -> str:
+    """The environment variable of setting ``name`` (``TROUPE_PORT``)."""
     return ENV_PREFIX + name.upper()
 
 
-def _flag_name(name: str) -> str:
+def flag_name(name: str) -> str:
+    """The command-line flag of setting ``name`` (``--chat-timeout``)."""
     return "--" + name.replace("_", "-")

@@ -21,13 +21,12 @@ from api.config import (
     MIB,
     ModelSize,
     Settings,
-    add_arguments,
     field_docs,
     is_loopback,
     load_settings,
-    overrides_from_args,
 )
 from api.config_checks import check_settings, load_and_check, version_tuple
+from api.config_flags import add_arguments, overrides_from_args
 from api.config_problems import Problem, Severity, format_problems, has_errors, warning
 
 pytestmark = pytest.mark.timeout(60)

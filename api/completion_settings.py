@@ -1,0 +1,37 @@
+"""What a generating request is held to: the endpoints' limits, and its one deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import anyio
+
+
+@dataclass(frozen=True)
+class CompletionSettings:
+    """What the handlers need from the server's settings."""
+
+    model_name: str
+    """The default model's name (the one requests are reported under before they name one)."""
+    max_body_bytes: int
+    timeouts: Mapping[str, float]
+    """Seconds each endpoint (``chat``, ``completions``, ``messages``, ...) may take."""
+    max_tokens_limit: int | None = None
+    """Most tokens a request may ask for; ``None``: the context length."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A request's one deadline, on both clocks it is checked against."""
+
+    wall: float
+    """Seconds since the epoch: for intake and the engine (possibly another process)."""
+    loop: float
+    """The event loop's clock (``anyio.current_time``): for the request's cancel scope."""
+
+    @classmethod
+    def after(cls, timeout: float) -> Deadline:
+        """The deadline ``timeout`` seconds from now."""
+        return cls(wall=time.time() + timeout, loop=anyio.current_time() + timeout)
