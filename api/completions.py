@@ -125,7 +125,7 @@ class Completions:
                     outcome.cancelled_by = "deadline"
                     await self._deadline_passed(respond, None if job is None else job.reply)
             finally:
-                if outcome.admitted:
+                if outcome.release_due:
                     self._admission.release(request.request_id, outcome.intake_name)
 
     async def _chat_job(self, request: Request) -> Job:
@@ -219,7 +219,16 @@ class Completions:
         except HTTPProblem as refused:
             self._observer.shed(refused.problem.slug.replace("-", "_"))
             raise
-        outcome.admitted = True
+        except BaseException:
+            # Cut short (the deadline, the client, the ask's own timeout) while
+            # intake held the Admit: it may still book it, and with no Release
+            # that booking would count as in flight until it is reclaimed, a
+            # minute later, holding up a drain. The Release queues behind the
+            # Admit in intake's mailbox; one for a request never booked is only
+            # counted.
+            outcome.release_due = True
+            raise
+        outcome.admitted = outcome.release_due = True
         # Clients choose X-Request-ID and may reuse one; the engine's id must be unique.
         engine_id = f"{request.request_id}.{uuid.uuid4().hex[:8]}"
         # Abandoned at the deadline: the template may still be running on its

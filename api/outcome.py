@@ -44,6 +44,9 @@ class Outcome:
     timing: Timing = field(default_factory=Timing)
     admitted: bool = False
     """Intake let it in (refused requests take no part in the latency figures)."""
+    release_due: bool = False
+    """Intake may hold a booking of it: admitted, or cut short while intake was
+    still deciding (intake may book it after the asker gave up)."""
     prompt_tokens: int = 0
     """The prompt's length once tokenized."""
     refused: Problem | None = None

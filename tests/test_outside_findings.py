@@ -29,6 +29,7 @@ from api.openai_types import NOT_HONOURED, CompletionRequest
 from api.problems import HTTPProblem
 from tests.server import Server, running_server
 from tests.test_api import assert_problem, model_name
+from tests.test_api_metrics import eventually
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -251,3 +252,17 @@ def test_the_deadline_set_at_arrival_covers_admission(model_dir: Path, tmp_path:
         problem = assert_problem(response, 504)
         assert problem["type"] == "https://mlx-troupe.dev/problems/deadline-exceeded"
         assert elapsed < 3.0, elapsed
+        # Intake books the Admit once it is free, after the asker gave up: the
+        # Release sent behind it frees the booking, so nothing looks in flight
+        # (before, it did until reclaimed a minute later, and a SIGTERM waited
+        # out the whole drain timeout for it).
+        eventually(lambda: in_flight(srv) == 0)
+        stopping = time.monotonic()
+        assert srv.stop() == 0
+        assert time.monotonic() - stopping < 10.0
+
+
+def in_flight(server: Server) -> int:
+    status = httpx.get(server.url + "/v1/supervisor", timeout=10).json()
+    count: int = status["intake"]["in_flight"] if status["intake"] else -1
+    return count
