@@ -75,6 +75,11 @@ def test_console_files_are_served_without_a_key_under_a_strict_policy(server: Se
     wrong = {"authorization": "Bearer nope"}
     assert_problem(httpx.get(server.url + "/admin/supervisor", headers=wrong, timeout=10), 401)
     assert httpx.get(server.url + "/admin/supervisor", headers=ADMIN, timeout=10).is_success
+    settings = httpx.get(server.url + "/admin/settings", headers=ADMIN, timeout=10)
+    assert settings.json()["effective"]["audit_log"] == "on"
+    assert (
+        ADMIN_KEY not in settings.text and "audit.sqlite" not in settings.text
+    )  # no secrets, paths
 
 
 def test_settings_edits_are_checked_like_start_up_and_refused_whole(server: Server) -> None:
