@@ -47,8 +47,9 @@ from actors.generation.host import ModelHost
 from actors.generation.process import Spawner
 from actors.generation.process_protocol import Boot
 from actors.generation.router import GenerationRouter
-from actors.intake.actor import IntakeState, intake_child
+from actors.intake.actor import intake_child
 from actors.intake.settings import IntakeSettings
+from actors.intake.state import IntakeState
 from actors.kvcache.actor import KVCacheSettings, kvcache_child
 from actors.kvcache.pressure import MemoryMonitor, PressureConfig
 from actors.kvcache.relay import RelayedCacheActor

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 import anyio
 
+from api.openai_types import SamplingFields
+from api.problems import HTTPProblem
+
 
 @dataclass(frozen=True)
 class CompletionSettings:
@@ -20,6 +23,18 @@ class CompletionSettings:
     """Seconds each endpoint (``chat``, ``completions``, ``messages``, ...) may take."""
     max_tokens_limit: int | None = None
     """Most tokens a request may ask for; ``None``: the context length."""
+
+    def check_max_tokens(self, body: SamplingFields) -> None:
+        """422 if ``body`` asks for more tokens than ``max_tokens_limit``."""
+        limit = self.max_tokens_limit
+        if limit is None:
+            return
+        for field in ("max_completion_tokens", "max_tokens"):
+            asked = getattr(body, field)
+            if asked is not None and asked > limit:
+                raise HTTPProblem(
+                    422, "invalid-field", f"`{field}` is above this server's limit of {limit}"
+                )
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from api.completion_settings import CompletionSettings, Deadline
 from api.http import Request, Responder
 from api.jobs import Job, chat_job, text_job
 from api.observe import Observer
-from api.openai_types import NOT_HONOURED, ChatCompletionRequest, CompletionRequest, SamplingFields
+from api.openai_types import NOT_HONOURED, ChatCompletionRequest, CompletionRequest
 from api.outcome import Outcome, Reporter
 from api.problems import HTTPProblem, problem_for
 from api.prompts import sampling_params, templated
@@ -174,17 +174,6 @@ class Completions:
         """The model's figures (context window, vocabulary ...), loading it if it is not."""
         return await self.catalog.described(self.catalog.get(model))
 
-    def _check_max_tokens(self, body: SamplingFields) -> None:
-        limit = self.settings.max_tokens_limit
-        if limit is None:
-            return
-        for field in ("max_completion_tokens", "max_tokens"):
-            asked = getattr(body, field)
-            if asked is not None and asked > limit:
-                raise HTTPProblem(
-                    422, "invalid-field", f"`{field}` is above this server's limit of {limit}"
-                )
-
     async def _serve(
         self,
         request: Request,
@@ -201,7 +190,7 @@ class Completions:
         info = await self.catalog.described(model)
         limit = self.settings.max_tokens_limit or info.context_length
         params = sampling_params(body, limit, job.grammar, job.logprobs)
-        self._check_max_tokens(body)
+        self.settings.check_max_tokens(body)
         tracing = self.reporter.tracing
         try:
             generating = job.embed_inputs is None

@@ -9,9 +9,9 @@ import anyio
 import pytest
 
 from actors.audit import AuditRecord
-from actors.intake.actor import IntakeState
 from actors.intake.limits import ClientBuckets
 from actors.intake.settings import IntakeSettings
+from actors.intake.state import IntakeState
 from api.audit_feed import AuditFeed, RowFilter
 from api.config_file import ConfigFile
 from api.problems import HTTPProblem

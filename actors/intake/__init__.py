@@ -7,12 +7,7 @@ counts survive a restart of the actor. The arithmetic (token buckets, drain
 rate, prompt estimates) is in :mod:`actors.intake.limits`.
 """
 
-from actors.intake.actor import (
-    IntakeActor,
-    IntakeCrash,
-    IntakeState,
-    intake_child,
-)
+from actors.intake.actor import IntakeActor, IntakeCrash, intake_child
 from actors.intake.limits import (
     ClientBuckets,
     DrainRate,
@@ -36,6 +31,7 @@ from actors.intake.protocol import (
     Tokenized,
 )
 from actors.intake.settings import IntakeSettings
+from actors.intake.state import IntakeState
 
 __all__ = [
     "Admit",

@@ -28,7 +28,8 @@ from actors.generation.on_demand import ModelPeers
 from actors.generation.process import Spawner
 from actors.generation.process_protocol import Boot
 from actors.generation.router import GenerationRouter
-from actors.intake.actor import IntakeState, intake_child
+from actors.intake.actor import intake_child
+from actors.intake.state import IntakeState
 from actors.kvcache.pressure import PressureConfig
 from actors.kvcache.relay import RelayedCacheActor
 from actors.metrics.actor import metrics_child
