@@ -171,6 +171,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     allow_remote_faults is set."""
     allow_remote_faults: bool = False
     """Allow fault_injection while listening beyond loopback."""
+    ray: bool = False
+    """Serve through Ray Serve: ``replicas`` whole servers (each with its actors,
+    engine process and prefix cache) behind one port, routed by prompt prefix;
+    needs the ray extra (``pip install 'mlx-troupe[ray]'``)."""
+    replicas: int = 1
+    """Servers behind the port with ``ray`` on (Ray Serve replicas)."""
+    ray_address: str | None = None
+    """The Ray cluster to join with ``ray`` on (``ray://host:10001``, ``auto``);
+    unset: start a local one for this server."""
+    replica_cpus: float = 1.0
+    """CPUs Ray reserves for each replica (its placement; the engine uses what the machine has)."""
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks; the keys must not.

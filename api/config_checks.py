@@ -10,6 +10,7 @@ loads a model; the only side effect is a socket bound and closed at once.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import math
 import os
 import re
@@ -58,6 +59,8 @@ _RANGES: Final[tuple[tuple[str, Callable[[float], bool], str], ...]] = (
     ("cache_breaker_faults", lambda v: v >= 1, "at least 1"),
     ("cache_breaker_cooldown", lambda v: 0 <= v < math.inf, "0 or more seconds"),
     ("cache_breaker_successes", lambda v: v >= 1, "at least 1"),
+    ("replicas", lambda v: v >= 1, "at least 1"),
+    ("replica_cpus", lambda v: 0 <= v < math.inf, "0 or more"),
 )
 
 
@@ -76,6 +79,7 @@ def check_settings(settings: Settings, *, probe_port: bool = True) -> list[Probl
     problems += _check_contradictions(settings)
     problems += _check_model(settings)
     problems += _check_dependencies()
+    problems += _check_ray(settings)
     return problems
 
 
@@ -309,6 +313,20 @@ def _check_dependencies() -> list[Problem]:
         message = "MLX has no backend: install mlx-troupe[cpu], [cuda12] or [cuda13]"
         problems.append(error(None, message))
     return problems
+
+
+def _check_ray(settings: Settings) -> list[Problem]:
+    """Ray's settings mean something only with ``ray`` on, and it needs the ray extra."""
+    if not settings.ray:
+        given = [
+            name
+            for name in ("replicas", "ray_address", "replica_cpus")
+            if getattr(settings, name) != getattr(Settings(), name)
+        ]
+        return [error(name, "needs ray (--ray): without it there is one server") for name in given]
+    if importlib.util.find_spec("ray") is None:
+        return [error("ray", "Ray is not installed: pip install 'mlx-troupe[ray]'")]
+    return []
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -384,6 +384,18 @@ def test_check_config_says_ok_and_exits_0(free_port: int) -> None:
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "configuration OK", "")
 
 
+def test_ray_settings_need_ray_and_ray_takes_them(free_port: int) -> None:
+    alone = check_config("--port", str(free_port), "--replicas", "2", "--ray-address", "auto")
+    assert alone.returncode == 2
+    assert "replicas: needs ray (--ray)" in alone.stderr
+    assert "ray_address: needs ray (--ray)" in alone.stderr
+    zero = check_config("--port", str(free_port), "--ray", "--replicas", "0")
+    assert zero.returncode == 2 and "replicas: must be at least 1, got 0" in zero.stderr
+    # The dev install has the ray extra; without it, --ray names the extra to install.
+    ok = check_config("--port", str(free_port), "--ray", "--replicas", "2")
+    assert (ok.returncode, ok.stdout.strip()) == (0, "configuration OK")
+
+
 def test_check_config_shows_warnings_and_still_exits_0(free_port: int) -> None:
     result = check_config(env={"TROUPE_PORT": str(free_port), "TROUPE_PROT": "1"})
     assert result.returncode == 0
