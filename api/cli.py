@@ -144,10 +144,15 @@ def serve_command(args: argparse.Namespace, restart_as: Sequence[str] | None = N
             problem.message,
             extra={"event": "config_warning", "setting": problem.setting},
         )
-    from api.config_file import ConfigFile  # noqa: PLC0415
-    from api.server import serve  # noqa: PLC0415 - MLX loads only for serving
+    if settings.ray:
+        from api.replicas.launch import serve_on_ray  # noqa: PLC0415 - Ray is an extra
 
-    code = serve(settings, ConfigFile.of(args.config, os.environ, overrides_from_args(args)))
+        code = serve_on_ray(settings)
+    else:
+        from api.config_file import ConfigFile  # noqa: PLC0415
+        from api.server import serve  # noqa: PLC0415 - MLX loads only for serving
+
+        code = serve(settings, ConfigFile.of(args.config, os.environ, overrides_from_args(args)))
     # Everything is stopped and joined by now. Skip the interpreter's teardown:
     # MLX's native threads occasionally abort it ("terminate called without an
     # active exception"), which would turn a clean exit 0 into SIGABRT.

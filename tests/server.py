@@ -48,7 +48,11 @@ class Server:
 
 @contextmanager
 def running_server(
-    model_dir: Path | None, tmp: Path, *args: str, env: dict[str, str] | None = None
+    model_dir: Path | None,
+    tmp: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    startup_timeout: float = STARTUP_TIMEOUT,
 ) -> Iterator[Server]:
     """Start ``troupe serve`` with ``args``; stop it (SIGTERM, then SIGKILL) afterwards.
 
@@ -78,7 +82,7 @@ def running_server(
         )
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_ready(server)
+        wait_ready(server, startup_timeout)
         yield server
     finally:
         if process.poll() is None:
@@ -90,9 +94,9 @@ def running_server(
                 process.wait(10)
 
 
-def wait_ready(server: Server) -> None:
+def wait_ready(server: Server, timeout: float = STARTUP_TIMEOUT) -> None:
     """Poll readiness until the server answers 200 (startup is a real model load)."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise AssertionError(f"the server exited early:\n{server.log()}")

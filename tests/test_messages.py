@@ -60,6 +60,12 @@ def strategy_for(info: mi.Type) -> st.SearchStrategy[Any]:  # noqa: PLR0911, PLR
             return st.one_of(*(strategy_for(t) for t in types))
         case mi.ListType(item_type=item):
             return st.lists(strategy_for(item), max_size=4)
+        case mi.VarTupleType(item_type=item):
+            return st.lists(strategy_for(item), max_size=4).map(tuple)
+        case mi.TupleType(item_types=items):
+            return st.tuples(*(strategy_for(item) for item in items))
+        case mi.BytesType():
+            return st.binary(max_size=16)
         case mi.DictType(key_type=key, value_type=value):
             return st.dictionaries(strategy_for(key), strategy_for(value), max_size=4)
         case mi.EnumType(cls=enum_cls):

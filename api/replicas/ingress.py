@@ -1,0 +1,214 @@
+"""The ingress tier: reads each HTTP request and calls a model replica through a handle.
+
+Serve's HTTP proxy cannot route by body (its router never sees it), so this
+thin deployment reads the body, derives the prompt-prefix hint
+(:func:`~api.replicas.prefix.route_hint`) and hands both to the model
+deployment's handle, whose :class:`~api.replicas.router.PrefixAffinityRouter`
+picks the replica. The replica's status, headers (``Retry-After`` among them)
+and body come back unchanged, with ``x-troupe-replica`` naming the replica.
+
+Holding the stream here is what lets a lost replica be survived: a request
+whose replica died before it answered (no token had been sent) is sent to
+another replica; a stream cut after it started ends with the route's own SSE
+error event, never with a silently truncated body. Errors of the ingress's own
+are problem+json (Anthropic's shape on its routes) with the request's id.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any, Final, cast
+
+import msgspec
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from api.anthropic_types import error_body, is_anthropic_route
+from api.http import ClientDisconnected, Receive, Request, Responder, Scope, Send
+from api.openai_responses import DONE_EVENT, StreamError, StreamErrorDetail, encode_event
+from api.problems import HTTPProblem, Problem
+from api.replicas.messages import ForwardedRequest, ResponseBody, ResponseHead
+from api.replicas.prefix import route_hint
+from api.reply import named_event
+
+log = logging.getLogger("troupe.ingress")
+
+ATTEMPTS: Final = 3
+"""Replicas a request is offered to, one after another, while they die before answering."""
+OVERLOAD_RETRY_AFTER: Final = 1
+"""Seconds a client shed by the queue bound is told to wait."""
+_VALID_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_REPLICA_LOST = (RayActorError, ActorUnavailableError)
+
+
+class IngressLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What the ingress enforces itself, before any replica sees the request."""
+
+    max_body_bytes: int
+    body_timeout: float
+
+
+class NoReplicaAnswered(Exception):
+    """Every attempt met a replica that died before it answered."""
+
+
+@serve.ingress()
+class TroupeIngress:
+    """The HTTP front of the replicas (Serve ingress deployment)."""
+
+    def __init__(self, replicas: DeploymentHandle[Any], limits: IngressLimits) -> None:
+        self._app = IngressApp(replicas, limits)
+
+    def __serve_build_asgi_app__(self) -> IngressApp:
+        """The ASGI app Serve's proxy calls."""
+        return self._app
+
+
+class IngressApp:
+    """Forwards each HTTP exchange to a model replica (an ASGI 3 app)."""
+
+    def __init__(self, replicas: DeploymentHandle[Any], limits: IngressLimits) -> None:
+        self._replicas = replicas.options(method_name="forward", stream=True)
+        self._limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One ASGI connection (a lifespan, or an HTTP exchange)."""
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._exchange(scope, receive, send)
+
+    async def _exchange(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers, request_id = _with_request_id(scope.get("headers", []))
+        scope = {**scope, "headers": headers, "state": {"request_id": request_id}}
+        request = Request(scope, receive, body_timeout=self._limits.body_timeout)
+        respond = Responder(send, request)
+        try:
+            body = await request.body(self._limits.max_body_bytes)
+        except HTTPProblem as exc:  # too large, or too slow
+            return await respond.problem(exc.problem)
+        except ClientDisconnected:
+            return
+        forwarded = ForwardedRequest(
+            method=scope["method"],
+            path=scope["path"],
+            query_string=scope.get("query_string", b""),
+            headers=headers,
+            body=body,
+            client=tuple(scope["client"]) if scope.get("client") else None,
+        )
+        try:
+            stream, head = await self._first_answer(forwarded)
+        except BackPressureError:
+            detail = "every replica's queue is full; retry later"
+            retry = (("retry-after", str(OVERLOAD_RETRY_AFTER)),)
+            return await respond.problem(Problem(503, "overloaded", detail, retry))
+        except (NoReplicaAnswered, DeploymentUnavailableError):
+            detail = "no replica could take the request; retry later"
+            return await respond.problem(
+                Problem(503, "replicas-unavailable", detail, (("retry-after", "1"),))
+            )
+        # Serve's proxy adds x-request-id to every response (the id it put in
+        # the request, which the replica echoed): one copy, not two.
+        headers = [(k, v) for k, v in head.headers if k.lower() != b"x-request-id"]
+        headers.append((b"x-troupe-replica", head.replica.encode()))
+        await send({"type": "http.response.start", "status": head.status, "headers": headers})
+        await _relay(stream, send, _stream_error(scope["path"], head, request_id))
+
+    async def _first_answer(
+        self, request: ForwardedRequest
+    ) -> tuple[DeploymentResponseGenerator[Any], ResponseHead]:
+        """The stream of the first replica that answers, and its head."""
+        hint = route_hint(request.method, request.path, request.body)
+        for attempt in range(1, ATTEMPTS + 1):
+            stream = cast(
+                DeploymentResponseGenerator[Any], self._replicas.remote(request, hint=hint)
+            )
+            try:
+                # Serve routes (and sheds, with BackPressureError) on the first read.
+                head = await stream.__anext__()
+            except _REPLICA_LOST as exc:
+                stream.cancel()  # type: ignore[no-untyped-call]
+                log.warning(
+                    "a replica was lost before it answered (attempt %d of %d): %s",
+                    attempt,
+                    ATTEMPTS,
+                    type(exc).__name__,
+                    extra={"event": "replica_lost", "attempt": attempt},
+                )
+                continue
+            if not isinstance(head, ResponseHead):
+                raise TypeError(f"a replica answered {type(head).__name__} first")
+            return stream, head
+        raise NoReplicaAnswered
+
+
+async def _relay(
+    stream: DeploymentResponseGenerator[Any], send: Send, error_event: bytes | None
+) -> None:
+    """Send the body parts; a replica lost mid-body ends a stream with its error event."""
+    try:
+        async for part in stream:
+            if isinstance(part, ResponseBody):
+                await send(
+                    {"type": "http.response.body", "body": part.data, "more_body": part.more}
+                )
+                if not part.more:
+                    return
+    except _REPLICA_LOST as exc:
+        log.warning(
+            "a replica was lost mid-response: %s",
+            type(exc).__name__,
+            extra={"event": "replica_lost_mid_stream"},
+        )
+        if error_event is None:
+            raise  # a whole body cut short: the connection closes, and the client sees it
+        await send({"type": "http.response.body", "body": error_event, "more_body": False})
+        return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _stream_error(path: str, head: ResponseHead, request_id: str) -> bytes | None:
+    """The event ending an SSE stream of ``path`` with an error; ``None``: not a stream."""
+    content_type = dict(head.headers).get(b"content-type", b"")
+    if not content_type.startswith(b"text/event-stream"):
+        return None
+    detail = "the replica serving this stream was lost"
+    if is_anthropic_route(path):
+        return named_event("error", error_body(503, detail, request_id))
+    if path == "/v1/responses":
+        payload = {
+            "type": "error",
+            "code": "server_error",
+            "message": f"{detail} (request {request_id})",
+            "param": None,
+        }
+        return named_event("error", payload)
+    error = StreamErrorDetail(message=detail, type="replica-lost", code=503, request_id=request_id)
+    return encode_event(StreamError(error=error)) + DONE_EVENT
+
+
+def _with_request_id(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], str]:
+    """The headers with one well-formed ``x-request-id`` (the client's, or a new one)."""
+    given = next((bytes(v) for k, v in headers if bytes(k).lower() == b"x-request-id"), None)
+    if given is not None and _VALID_ID.fullmatch(given):
+        return [(bytes(k), bytes(v)) for k, v in headers], given.decode()
+    request_id = uuid.uuid4().hex
+    kept = [(bytes(k), bytes(v)) for k, v in headers if bytes(k).lower() != b"x-request-id"]
+    return [*kept, (b"x-request-id", request_id.encode())], request_id
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
