@@ -41,6 +41,7 @@ LogFormat = Literal["json", "text"]
 ModelSize = Literal["tiny", "small"]
 EngineMode = Literal["process", "thread"]
 WeightsLayout = Literal["auto", "quantized", "float32"]
+ReplicaRouting = Literal["prefix", "pow2"]
 EMBEDDED_MODEL: Final = "embedded"
 """The ``model`` value that asks for the generated random-weight model."""
 
@@ -182,6 +183,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     unset: start a local one for this server."""
     replica_cpus: float = 1.0
     """CPUs Ray reserves for each replica (its placement; the engine uses what the machine has)."""
+    replica_routing: ReplicaRouting = "prefix"
+    """How the ingress picks a replica with ``ray`` on: ``prefix`` (a prompt prefix goes
+    where it went before, whose cache holds it; the least loaded replica otherwise) or
+    ``pow2`` (Serve's own router: the shorter queue of two replicas drawn at random)."""
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks; the keys must not.

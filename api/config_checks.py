@@ -320,7 +320,7 @@ def _check_ray(settings: Settings) -> list[Problem]:
     if not settings.ray:
         given = [
             name
-            for name in ("replicas", "ray_address", "replica_cpus")
+            for name in ("replicas", "ray_address", "replica_cpus", "replica_routing")
             if getattr(settings, name) != getattr(Settings(), name)
         ]
         return [error(name, "needs ray (--ray): without it there is one server") for name in given]

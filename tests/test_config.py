@@ -385,10 +385,13 @@ def test_check_config_says_ok_and_exits_0(free_port: int) -> None:
 
 
 def test_ray_settings_need_ray_and_ray_takes_them(free_port: int) -> None:
-    alone = check_config("--port", str(free_port), "--replicas", "2", "--ray-address", "auto")
+    alone = check_config(
+        *("--port", str(free_port), "--replicas", "2", "--ray-address", "auto"),
+        *("--replica-routing", "pow2"),
+    )
     assert alone.returncode == 2
-    assert "replicas: needs ray (--ray)" in alone.stderr
-    assert "ray_address: needs ray (--ray)" in alone.stderr
+    for name in ("replicas", "ray_address", "replica_routing"):
+        assert f"{name}: needs ray (--ray)" in alone.stderr
     zero = check_config("--port", str(free_port), "--ray", "--replicas", "0")
     assert zero.returncode == 2 and "replicas: must be at least 1, got 0" in zero.stderr
     # The dev install has the ray extra; without it, --ray names the extra to install.

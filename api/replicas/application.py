@@ -46,7 +46,7 @@ HEALTH_CHECK_TIMEOUT: Final = 30.0
 
 def replica_options(settings: Settings) -> dict[str, Any]:
     """The model deployment's Serve options, from the server's settings."""
-    return {
+    options: dict[str, Any] = {
         "name": MODEL_DEPLOYMENT,
         "num_replicas": settings.replicas,
         "max_ongoing_requests": settings.queue_max_requests,
@@ -55,10 +55,12 @@ def replica_options(settings: Settings) -> dict[str, Any]:
         "health_check_timeout_s": HEALTH_CHECK_TIMEOUT,
         "graceful_shutdown_timeout_s": settings.drain_timeout,
         "ray_actor_options": {"num_cpus": settings.replica_cpus},
-        "request_router_config": RequestRouterConfig(
-            request_router_class=PrefixAffinityRouter  # type: ignore[arg-type]  # a class is taken
-        ),
     }
+    if settings.replica_routing == "prefix":
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class=PrefixAffinityRouter  # type: ignore[arg-type]  # a class is taken
+        )
+    return options
 
 
 def ingress_options(settings: Settings) -> dict[str, Any]:
