@@ -35,7 +35,7 @@ import psutil
 
 from actors.model.embedded import default_model_dir
 from benchmarks.harness.environment import default_preload, versions
-from benchmarks.harness.loadgen import Target, run_load
+from benchmarks.harness.loadgen import Target, greedy_chat_bodies, run_load
 from benchmarks.harness.servers import (
     Batching,
     ManagedServer,
@@ -83,27 +83,11 @@ def _cpu(pid: int) -> dict[str, float]:
     return {"parent": times.user + times.system, "engine": children}
 
 
-def _bodies(model: str, count: int, max_tokens: int, start: int) -> list[bytes]:
-    return [
-        json.dumps(
-            {
-                "model": model,
-                "messages": [{"role": "user", "content": f"Tell me about item {start + n}"}],
-                "max_tokens": max_tokens,
-                "temperature": 0,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                "logit_bias": {str(token): -100 for token in range(7)},
-            }
-        ).encode()
-        for n in range(count)
-    ]
-
-
 async def _measure(side: Side, level: int, args: argparse.Namespace, start: int) -> None:
     server = side.server
     assert server.pid is not None
-    bodies = _bodies(server.model_name, level * args.requests_per_client, args.max_tokens, start)
+    count = level * args.requests_per_client
+    bodies = greedy_chat_bodies(server.model_name, count, args.max_tokens, start)
     before = _cpu(server.pid)
     load = await run_load(Target.from_url(server.url), bodies, level, timeout=300)
     after = _cpu(server.pid)
@@ -133,7 +117,7 @@ async def _restarts(side: Side, kills: int, model: str) -> list[float]:
     async def keep_streaming() -> None:
         n = 0
         while not stop.is_set():
-            bodies = _bodies(model, 16, 32, 10_000 + n)
+            bodies = greedy_chat_bodies(model, 16, 32, 10_000 + n)
             await run_load(Target.from_url(server.url), bodies, 16, timeout=300)
             n += 16
 

@@ -14,6 +14,7 @@ is counted, never dropped.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -340,3 +341,26 @@ async def run_load(
     outcomes = [outcome for outcome in slots if outcome is not None]
     assert len(outcomes) == len(bodies), "every request has exactly one outcome"
     return Load(outcomes, wall, time.process_time() - cpu)
+
+
+def greedy_chat_bodies(model: str, count: int, max_tokens: int, start: int) -> list[bytes]:
+    """``count`` streamed chat bodies with distinct prompts that each run to ``max_tokens``.
+
+    Greedy, and with the first seven token ids (the special tokens of the
+    embedded model, end-of-text among them) kept out, so that every request
+    generates the same number of tokens and runs compare token for token.
+    """
+    return [
+        json.dumps(
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": f"Tell me about item {start + n}"}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "logit_bias": {str(token): -100 for token in range(7)},
+            }
+        ).encode()
+        for n in range(count)
+    ]
