@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.metrics.state import MetricsState
 from actors.metrics.vllm_compat import REQUEST_BUCKETS, TTFT_BUCKETS
+from actors.model import LoadedModel
 from runtime.clock import ManualClock
 from tests.server import REPO, Server, running_server
 from tests.test_api import client, model_name
@@ -123,14 +124,19 @@ def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield server
 
 
-def test_a_real_server_exposes_them_under_traffic(served: Server) -> None:
+def test_a_real_server_exposes_them_under_traffic(
+    served: Server, loaded_model: LoadedModel
+) -> None:
     api, model = client(served), model_name(served)
     system = "You are a terse assistant that answers in one word. " * 8
+    # Sampling may draw end-of-text early; kept out, every request ends at its length.
+    no_eos = {str(token): -100 for token in loaded_model.eos_token_ids}
     for question in ("Sky?", "Grass?", "Snow?"):
         api.chat.completions.create(
             model=model,
             messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
             max_tokens=4,
+            logit_bias=no_eos,
         )
     labels = {"model_name": model, "engine": "0"}
 
