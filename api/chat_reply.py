@@ -293,6 +293,7 @@ def chat_reply(context: ReplyContext, body: SamplingFields, tools: ToolPlan | No
         body.stream,
         include,
         True,
+        created=context.created,
         tools=tools,
         names=context.names,
         n=body.n,
@@ -308,6 +309,7 @@ def text_reply(context: ReplyContext, body: SamplingFields) -> Reply:
         body.stream,
         include,
         False,
+        created=context.created,
         names=context.names,
         n=body.n,
     )

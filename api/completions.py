@@ -41,9 +41,10 @@ from api.jobs import Job, chat_job, text_job
 from api.observe import Observer
 from api.openai_types import NOT_HONOURED, ChatCompletionRequest, CompletionRequest
 from api.outcome import Outcome, Reporter
-from api.problems import HTTPProblem, problem_for
+from api.problems import HTTPProblem
 from api.prompts import sampling_params, templated
-from api.reply import ChoiceResult, ReplyContext, ReplyWriter
+from api.reply import ReplyContext, ReplyWriter, deadline_passed, finish_reply
+from api.resumption import StreamTap, resumable, resume_choice, tap_of
 from runtime import ActorDied, TroupeError
 
 log = logging.getLogger("troupe.http")
@@ -68,6 +69,8 @@ class _Channel:
     client: GenerationClient
     respond: Responder
     reply: ReplyWriter
+    tap: StreamTap | None = None
+    """Where a resumable stream reports its progress (behind a replica bridge only)."""
 
 
 class Completions:
@@ -123,7 +126,7 @@ class Completions:
                     )
                 if scope.cancelled_caught:
                     outcome.cancelled_by = "deadline"
-                    await self._deadline_passed(respond, None if job is None else job.reply)
+                    await deadline_passed(respond, None if job is None else job.reply)
             finally:
                 if outcome.release_due:
                     self._admission.release(request.request_id, outcome.intake_name)
@@ -247,10 +250,13 @@ class Completions:
         if job.logprobs is not None:
             names = model.names
             await anyio.to_thread.run_sync(names.prepare, limiter=self._tokenizing)
+        tap = tap_of(request.scope)
+        created = int(time.time()) if tap is None or tap.resume is None else tap.resume.created
         job.reply = job.reply_for(
-            ReplyContext(request.request_id, model.name, outcome.prompt_tokens, names)
+            ReplyContext(request.request_id, model.name, outcome.prompt_tokens, names, created)
         )
-        channel = _Channel(self.catalog.client(model), respond, job.reply)
+        tap = resumable(tap, job.reply, generates, created)
+        channel = _Channel(self.catalog.client(model), respond, job.reply, tap)
         await self._run_watching_client(request, channel, generates, outcome)
 
     async def _run_watching_client(
@@ -274,7 +280,7 @@ class Completions:
             tg.start_soon(watch)
             runs = await self._run_choices(channel, generates, outcome)
             with self.reporter.tracing.child(outcome.span, "stream_end"):
-                await self._finish(channel.respond, channel.reply, outcome, runs)
+                await finish_reply(channel.respond, channel.reply, outcome.end, runs)
             tg.cancel_scope.cancel()
 
     async def _run_choices(
@@ -311,6 +317,12 @@ class Completions:
         self, channel: _Channel, generate: Generate, run: Outcome, index: int
     ) -> None:
         """One choice, retried transparently while nothing of it was sent."""
+        tap = channel.tap
+        if tap is not None and tap.resume is not None:
+            going_on = await resume_choice(channel.reply, channel.respond, tap, generate, run)
+            if going_on is None:  # it had ended: only its end is left to send
+                return await self._choice_end(channel, run, index)
+            generate = going_on
         for attempt in range(TRANSPARENT_RETRIES + 1):
             request = generate if attempt == 0 else retry_of(generate, attempt)
             await self._attempt(channel, request, run, index)
@@ -324,6 +336,9 @@ class Completions:
                 kind,
                 extra={"event": "retry", "error_type": kind, "attempt": attempt + 1},
             )
+        await self._choice_end(channel, run, index)
+
+    async def _choice_end(self, channel: _Channel, run: Outcome, index: int) -> None:
         if channel.reply.streaming and isinstance(run.end, Finished):
             await channel.reply.send_choice_end(channel.respond, run.end, index)
 
@@ -351,6 +366,8 @@ class Completions:
             async for event in events:
                 match event:
                     case TokenChunk(text=text, token_ids=ids, logprobs=logprobs):
+                        if channel.tap is not None:
+                            channel.tap.chunk(event)
                         run.timing.token()
                         run.tokens_sent += len(ids)
                         run.text += text
@@ -358,36 +375,9 @@ class Completions:
                             await reply.send_delta(channel.respond, text, logprobs, index)
                         elif logprobs:
                             run.logprobs.extend(logprobs)
-                    case Finished() | Failed():
+                    case Finished():
+                        if channel.tap is not None:
+                            channel.tap.ended(event)
                         run.end = event
-
-    async def _finish(
-        self, respond: Responder, reply: ReplyWriter, outcome: Outcome, runs: list[Outcome]
-    ) -> None:
-        end = outcome.end
-        if isinstance(end, Failed):
-            # Answered here, not raised: this runs inside the disconnect
-            # watcher's task group, which would wrap an exception in a group.
-            if respond.started:
-                await reply.send_error(respond, problem_for(end))
-            else:
-                await respond.problem(problem_for(end))
-            return
-        assert isinstance(end, Finished)
-        if reply.streaming:
-            await reply.send_done(respond, end)
-            return
-        results = [
-            ChoiceResult(run.text, run.end, run.logprobs)
-            for run in runs
-            if isinstance(run.end, Finished)
-        ]
-        await reply.send_whole(respond, results, end)
-
-    async def _deadline_passed(self, respond: Responder, reply: ReplyWriter | None) -> None:
-        problem = HTTPProblem(504, "deadline-exceeded", "the request's deadline passed").problem
-        with anyio.CancelScope(shield=True):
-            if respond.started and reply is not None:
-                await reply.send_error(respond, problem)
-            else:
-                await respond.problem(problem)
+                    case Failed():
+                        run.end = event

@@ -11,16 +11,19 @@ with a proper status.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
+import anyio
 import msgspec
 
-from actors.generation.protocol import Finished, TokenLogprob
+from actors.generation.protocol import Failed, Finished, TokenLogprob
 from api.http import Responder
 from api.logprobs import TokenNames
 from api.openai_responses import ToolCallOut
-from api.problems import Problem
+from api.problems import HTTPProblem, Problem, problem_for
 from api.tool_calls import ToolCallScanner, split_tool_calls
 from api.tools import ToolPlan
 
@@ -36,6 +39,9 @@ class ReplyContext:
     prompt_tokens: int
     names: TokenNames | None = None
     """Set when the request asked for log-probabilities."""
+    created: int = field(default_factory=lambda: int(time.time()))
+    """When the response was created (seconds since the epoch); a resumed
+    stream keeps its first server's (:mod:`api.resumption`)."""
 
 
 @dataclass(frozen=True)
@@ -129,3 +135,48 @@ class CallScanningWriter:
 def named_event(name: str, payload: object) -> bytes:
     """One server-sent event with an ``event:`` line, as Anthropic and Responses send them."""
     return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode(payload) + b"\n\n"
+
+
+class ChoiceRun(Protocol):
+    """What a choice produced, as the completion flow kept it (:class:`api.outcome.Outcome`)."""
+
+    text: str
+    end: Finished | Failed | None
+    logprobs: list[TokenLogprob]
+
+
+async def finish_reply(
+    respond: Responder,
+    reply: ReplyWriter,
+    end: Finished | Failed | None,
+    runs: Sequence[ChoiceRun],
+) -> None:
+    """End the response: the error, the stream's end, or the whole body of ``runs``."""
+    if isinstance(end, Failed):
+        # Answered here, not raised: this runs inside the disconnect watcher's
+        # task group, which would wrap an exception in a group.
+        if respond.started:
+            await reply.send_error(respond, problem_for(end))
+        else:
+            await respond.problem(problem_for(end))
+        return
+    assert isinstance(end, Finished)
+    if reply.streaming:
+        await reply.send_done(respond, end)
+        return
+    results = [
+        ChoiceResult(run.text, run.end, run.logprobs)
+        for run in runs
+        if isinstance(run.end, Finished)
+    ]
+    await reply.send_whole(respond, results, end)
+
+
+async def deadline_passed(respond: Responder, reply: ReplyWriter | None) -> None:
+    """Answer 504, or end a started stream with the error event, whatever cancelled us."""
+    problem = HTTPProblem(504, "deadline-exceeded", "the request's deadline passed").problem
+    with anyio.CancelScope(shield=True):
+        if respond.started and reply is not None:
+            await reply.send_error(respond, problem)
+        else:
+            await respond.problem(problem)

@@ -14,7 +14,6 @@ or ``response.failed`` carrying the error. Every event has its
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import msgspec
@@ -58,7 +57,7 @@ class ResponsesReply(CallScanningWriter):
         self.context = context
         self.streaming = streaming
         self._echo = msgspec.structs.replace(
-            echo, id="resp_" + context.request_id, created_at=int(time.time()), model=context.model
+            echo, id="resp_" + context.request_id, created_at=context.created, model=context.model
         )
         self._sequence = 0
         self._items: list[OutputItem] = []

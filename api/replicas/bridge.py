@@ -4,7 +4,10 @@ A replica receives requests as :class:`ForwardedRequest` messages through a
 deployment handle, not on a socket, so nothing listens: :class:`AppBridge`
 drives the app's lifespan (which starts and stops the actor system and its
 engine process) and calls the app once per request, turning what the app sends
-into :class:`ResponseHead`/:class:`ResponseBody` parts.
+into :class:`ResponseHead`/:class:`ResponseBody` parts. Each call gets a
+:class:`~api.resumption.StreamTap` in its scope: what a resumable stream
+reports to it travels on the part that follows, and a resumed stream's replay
+of what its client already has is dropped here.
 
 Ray Serve runs replica code on asyncio and calls each method from its own
 task, so the bridge owns two kinds of asyncio task: the lifespan, for the
@@ -19,8 +22,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
+import msgspec
+
 from api.http import ASGIApp, Message
 from api.replicas.messages import ForwardedRequest, ResponseBody, ResponseHead, ResponsePart
+from api.resumption import SCOPE_EXTENSION, Replayed, StreamProgress, StreamTap
 
 log = logging.getLogger("troupe.replica")
 
@@ -44,6 +50,10 @@ class _End:
 
     def __init__(self, error: BaseException | None = None) -> None:
         self.error = error
+
+
+_Item = ResponsePart | StreamProgress | Replayed | _End
+"""What an exchange's app call puts on its queue, in the order it happened."""
 
 
 class AppBridge:
@@ -107,18 +117,13 @@ class AppBridge:
         Closing the iterator early (the caller went away) tells the app the
         client disconnected, and waits for it to finish, as a socket would.
         """
-        parts: asyncio.Queue[ResponsePart | _End] = asyncio.Queue()
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
         disconnected = asyncio.Event()
-        task = asyncio.create_task(self._call(request, parts, disconnected))
-        pending: ResponsePart | _End | None = None
+        task = asyncio.create_task(self._call(request, queue, disconnected))
+        reader = _PartReader(queue, replaying=request.resume is not None)
         try:
             while True:
-                part = pending if pending is not None else await parts.get()
-                pending = None
-                if isinstance(part, _End):
-                    raise AppEndedEarly from part.error
-                if isinstance(part, ResponseBody):
-                    part, pending = _gather_body(part, parts)
+                part = await reader.next_part()
                 yield part
                 if isinstance(part, ResponseBody) and not part.more:
                     return
@@ -129,7 +134,7 @@ class AppBridge:
     async def _call(
         self,
         request: ForwardedRequest,
-        parts: asyncio.Queue[ResponsePart | _End],
+        parts: asyncio.Queue[_Item],
         disconnected: asyncio.Event,
     ) -> None:
         delivered = False
@@ -156,7 +161,8 @@ class AppBridge:
 
         error: BaseException | None = None
         try:
-            await self._asgi(_scope(request), receive, send)
+            tap = StreamTap(parts.put_nowait, request.resume)
+            await self._asgi(_scope(request, tap), receive, send)
         except Exception as exc:  # the app's error middleware answers errors; this is a bug
             error = exc
             log.exception("the app raised", extra={"event": "replica_app_error"})
@@ -164,22 +170,77 @@ class AppBridge:
             parts.put_nowait(_End(error))
 
 
-def _gather_body(
-    first: ResponseBody, parts: asyncio.Queue[ResponsePart | _End]
-) -> tuple[ResponseBody, ResponsePart | _End | None]:
-    """``first`` and the body parts already queued behind it, as one part.
+class _PartReader:
+    """Turns what the app did, in order, into the parts the ingress gets.
 
-    Also returns the first queued item that is not a body part (to be handled next), if any.
+    The tap's reports travel on the part that follows them (the ingress counts
+    them as the client's once it has sent that part). While a resumed stream
+    replays what its client already has, its bytes are dropped here.
     """
-    chunks, size, more = [first.data], len(first.data), first.more
-    while more and size < MAX_BATCH_BYTES and not parts.empty():
-        item = parts.get_nowait()
-        if not isinstance(item, ResponseBody):
-            return ResponseBody(data=b"".join(chunks), more=more), item
-        chunks.append(item.data)
-        size += len(item.data)
-        more = item.more
-    return ResponseBody(data=b"".join(chunks), more=more), None
+
+    def __init__(self, queue: asyncio.Queue[_Item], replaying: bool) -> None:
+        self._queue = queue
+        self._replaying = replaying
+        self._progress: StreamProgress | None = None
+        self._next: _Item | None = None
+
+    async def next_part(self) -> ResponsePart:
+        """The next part to send on (raises :class:`AppEndedEarly` if the app ended first)."""
+        while True:
+            item = self._next if self._next is not None else await self._queue.get()
+            self._next = None
+            match item:
+                case _End(error=error):
+                    raise AppEndedEarly from error
+                case StreamProgress():
+                    self._note(item)
+                case Replayed():
+                    self._replaying = False
+                case ResponseHead():
+                    return self._head_with_created(item)
+                case ResponseBody() if self._replaying:
+                    if not item.more:  # the app ended while replaying (an error event)
+                        return self._with_progress(item)
+                case ResponseBody():
+                    return self._with_progress(self._gathered(item))
+
+    def _note(self, progress: StreamProgress) -> None:
+        self._progress = progress if self._progress is None else self._progress.then(progress)
+
+    def _head_with_created(self, head: ResponseHead) -> ResponseHead:
+        """The head with the stream's ``created``, and no more.
+
+        The chunks reported so far wait for the body part that holds their
+        bytes (a stream's head is sent with its first chunk, before its bytes).
+        """
+        progress = self._progress
+        if progress is None or progress.created is None:
+            return head
+        self._progress = msgspec.structs.replace(progress, created=None)
+        return msgspec.structs.replace(head, progress=StreamProgress(created=progress.created))
+
+    def _with_progress(self, part: ResponsePart) -> ResponsePart:
+        if self._progress is None:
+            return part
+        part = msgspec.structs.replace(part, progress=self._progress)
+        self._progress = None
+        return part
+
+    def _gathered(self, first: ResponseBody) -> ResponseBody:
+        """``first`` and the body parts (and reports) already queued behind it, as one part."""
+        chunks, size, more = [first.data], len(first.data), first.more
+        while more and size < MAX_BATCH_BYTES and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, StreamProgress):
+                self._note(item)
+                continue
+            if not isinstance(item, ResponseBody):
+                self._next = item
+                break
+            chunks.append(item.data)
+            size += len(item.data)
+            more = item.more
+        return ResponseBody(data=b"".join(chunks), more=more)
 
 
 async def _join(task: asyncio.Task[None]) -> None:
@@ -191,7 +252,7 @@ async def _join(task: asyncio.Task[None]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
-def _scope(request: ForwardedRequest) -> dict[str, Any]:
+def _scope(request: ForwardedRequest, tap: StreamTap) -> dict[str, Any]:
     path = request.path
     return {
         "type": "http",
@@ -207,4 +268,5 @@ def _scope(request: ForwardedRequest) -> dict[str, Any]:
         "client": request.client,
         "server": None,
         "state": {},
+        "extensions": {SCOPE_EXTENSION: tap},
     }

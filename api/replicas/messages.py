@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
+from api.resumption import ResumeFrom, StreamProgress
 from runtime import Message
 
 
@@ -22,6 +23,8 @@ class ForwardedRequest(Message, frozen=True, kw_only=True):
     headers: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
     body: bytes = b""
     client: tuple[str, int] | None = None
+    resume: ResumeFrom | None = None
+    """Set when another replica died under this request's stream: where it stopped."""
 
 
 class RouteHint(Message, frozen=True, kw_only=True):
@@ -42,6 +45,8 @@ class ResponseHead(Message, frozen=True, kw_only=True):
     headers: list[tuple[bytes, bytes]] = msgspec.field(default_factory=list)
     replica: str = ""
     """Which replica answered (its Serve id), for the ``x-troupe-replica`` header."""
+    progress: StreamProgress | None = None
+    """What a resumable stream reported before this head (its ``created`` time)."""
 
 
 class ResponseBody(Message, frozen=True, kw_only=True):
@@ -49,6 +54,9 @@ class ResponseBody(Message, frozen=True, kw_only=True):
 
     data: bytes
     more: bool = True
+    progress: StreamProgress | None = None
+    """What a resumable stream reported before these bytes were written: the
+    ingress counts it as the client's once it has sent them."""
 
 
 ResponsePart = ResponseHead | ResponseBody
