@@ -79,7 +79,10 @@ def build_application(settings: Settings) -> Application:
     """The ingress bound to the model deployment, both configured from ``settings``."""
     model = serve.deployment(**replica_options(settings))(TroupeReplica).bind(settings)
     limits = IngressLimits(
-        max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
     )
     ingress = serve.deployment(**ingress_options(settings))(TroupeIngress)
     return ingress.bind(model, limits)

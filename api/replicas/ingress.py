@@ -9,9 +9,11 @@ and body come back unchanged, with ``x-troupe-replica`` naming the replica.
 
 Holding the stream here is what lets a lost replica be survived: a request
 whose replica died before it answered (no token had been sent) is sent to
-another replica; a stream cut after it started ends with the route's own SSE
-error event, never with a silently truncated body. Errors of the ingress's own
-are problem+json (Anthropic's shape on its routes) with the request's id.
+another replica; a stream cut after it started is resumed on another replica
+from what its client was sent (:mod:`api.resumption`), and ends with the
+route's own SSE error event only when none can take it, never with a silently
+truncated body. Errors of the ingress's own are problem+json (Anthropic's
+shape on its routes) with the request's id.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from api.anthropic_types import error_body, is_anthropic_route
+from api.config import LogFormat, LogLevel
 from api.http import ClientDisconnected, Receive, Request, Responder, Scope, Send
+from api.logs import configure_logging
 from api.openai_responses import DONE_EVENT, StreamError, StreamErrorDetail, encode_event
 from api.problems import HTTPProblem, Problem
 from api.replicas.messages import ForwardedRequest, ResponseBody, ResponseHead
 from api.replicas.prefix import route_hint
 from api.reply import named_event
+from api.resumption import ResumeFrom, SentSoFar
 
 log = logging.getLogger("troupe.ingress")
 
@@ -46,10 +51,12 @@ _REPLICA_LOST = (RayActorError, ActorUnavailableError)
 
 
 class IngressLimits(msgspec.Struct, frozen=True, kw_only=True):
-    """What the ingress enforces itself, before any replica sees the request."""
+    """What the ingress enforces itself, before any replica sees the request, and how it logs."""
 
     max_body_bytes: int
     body_timeout: float
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "json"
 
 
 class NoReplicaAnswered(Exception):
@@ -61,6 +68,7 @@ class TroupeIngress:
     """The HTTP front of the replicas (Serve ingress deployment)."""
 
     def __init__(self, replicas: DeploymentHandle[Any], limits: IngressLimits) -> None:
+        configure_logging(limits.log_level, limits.log_format)
         self._app = IngressApp(replicas, limits)
 
     def __serve_build_asgi_app__(self) -> IngressApp:
@@ -117,7 +125,51 @@ class IngressApp:
         headers = [(k, v) for k, v in head.headers if k.lower() != b"x-request-id"]
         headers.append((b"x-troupe-replica", head.replica.encode()))
         await send({"type": "http.response.start", "status": head.status, "headers": headers})
-        await _relay(stream, send, _stream_error(scope["path"], head, request_id))
+        error_event = _stream_error(scope["path"], head, request_id)
+        if error_event is None:
+            return await _relay_whole(stream, send)
+        sent = SentSoFar()
+        sent.note(head.progress)
+        for _ in range(ATTEMPTS):
+            if await _relay_stream(stream, send, sent):
+                return
+            resumed = await self._resumed(forwarded, sent.resume_from())
+            if resumed is None:
+                break
+            stream = resumed
+        await send({"type": "http.response.body", "body": error_event, "more_body": False})
+
+    async def _resumed(
+        self, request: ForwardedRequest, resume: ResumeFrom | None
+    ) -> DeploymentResponseGenerator[Any] | None:
+        """The stream of a replica that goes on from ``resume``; ``None`` if none can."""
+        if resume is None:
+            return None  # the stream was not resumable (several choices)
+        try:
+            stream, head = await self._first_answer(msgspec.structs.replace(request, resume=resume))
+        except (BackPressureError, NoReplicaAnswered, DeploymentUnavailableError) as exc:
+            log.warning(
+                "no replica could resume the stream: %s",
+                type(exc).__name__,
+                extra={"event": "stream_not_resumed"},
+            )
+            return None
+        if head.status != 200:  # refused there (rate limit, not ready ...)
+            stream.cancel()  # type: ignore[no-untyped-call]
+            log.warning(
+                "replica %s refused to resume the stream (%d)",
+                head.replica,
+                head.status,
+                extra={"event": "stream_not_resumed", "status": head.status},
+            )
+            return None
+        log.info(
+            "resumed a stream on replica %s after %d tokens",
+            head.replica,
+            len(resume.tokens),
+            extra={"event": "stream_resumed", "tokens": len(resume.tokens)},
+        )
+        return stream
 
     async def _first_answer(
         self, request: ForwardedRequest
@@ -147,29 +199,43 @@ class IngressApp:
         raise NoReplicaAnswered
 
 
-async def _relay(
-    stream: DeploymentResponseGenerator[Any], send: Send, error_event: bytes | None
-) -> None:
-    """Send the body parts; a replica lost mid-body ends a stream with its error event."""
+async def _relay_whole(stream: DeploymentResponseGenerator[Any], send: Send) -> None:
+    """Send a response that is not a stream; a replica lost mid-body closes the connection.
+
+    The client sees a body cut short (its length, or its chunked ending, is
+    missing), never a body that looks whole.
+    """
+    async for part in stream:
+        if isinstance(part, ResponseBody):
+            await send({"type": "http.response.body", "body": part.data, "more_body": part.more})
+            if not part.more:
+                return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _relay_stream(
+    stream: DeploymentResponseGenerator[Any], send: Send, sent: SentSoFar
+) -> bool:
+    """Send a stream's parts, noting what they carried; ``False``: its replica was lost."""
     try:
         async for part in stream:
             if isinstance(part, ResponseBody):
                 await send(
                     {"type": "http.response.body", "body": part.data, "more_body": part.more}
                 )
+                sent.note(part.progress)
                 if not part.more:
-                    return
+                    return True
     except _REPLICA_LOST as exc:
         log.warning(
-            "a replica was lost mid-response: %s",
+            "a replica was lost mid-stream after %d tokens: %s",
+            sent.tokens,
             type(exc).__name__,
-            extra={"event": "replica_lost_mid_stream"},
+            extra={"event": "replica_lost_mid_stream", "tokens": sent.tokens},
         )
-        if error_event is None:
-            raise  # a whole body cut short: the connection closes, and the client sees it
-        await send({"type": "http.response.body", "body": error_event, "more_body": False})
-        return
+        return False
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return True
 
 
 def _stream_error(path: str, head: ResponseHead, request_id: str) -> bytes | None:
