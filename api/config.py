@@ -100,6 +100,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Where the generation engine runs: ``process`` (a supervised child process;
     a native crash or hang restarts it and in-flight requests resume where they
     were) or ``thread`` (inside the server's process, as mlx_lm.server does)."""
+    shards: int = 1
+    """Processes one model is split over on this machine (tensor parallelism over an
+    ``mx.distributed`` ring; the engine process is rank 0 and starts the others,
+    and the group restarts as a whole); 1: not split. Needs ``engine = "process"``
+    and a model whose attention heads and MLP width divide by it."""
     engine_hang_timeout: float = 30.0
     """Seconds without a heartbeat from the engine process, or without a step
     while requests wait, after which it counts as hung and is restarted."""

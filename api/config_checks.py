@@ -45,6 +45,7 @@ _RANGES: Final[tuple[tuple[str, Callable[[float], bool], str], ...]] = (
     ("queue_max_requests", lambda v: v >= 1, "at least 1"),
     ("queue_max_prompt_tokens", lambda v: v >= 1, "at least 1"),
     ("max_running", lambda v: v >= 1, "at least 1"),
+    ("shards", lambda v: v >= 1, "at least 1"),
     ("engine_hang_timeout", lambda v: 1 <= v < math.inf, "at least 1 second"),
     ("rate_limit_per_second", lambda v: 0 <= v < math.inf, "0 (off) or a positive rate"),
     ("cache_max_entries", lambda v: v >= 1, "at least 1"),
@@ -216,10 +217,25 @@ def _check_contradictions(settings: Settings) -> list[Problem]:
         )
         problems.append(error("rate_limit_burst", message))
     problems += _check_faults(settings)
+    problems += _check_shards(settings)
     for origin in settings.cors_origins:
         if origin != "*" and not _is_origin(origin):
             message = f"{origin!r} is not an origin: use scheme://host[:port] (no path) or *"
             problems.append(error("cors_origins", message))
+    return problems
+
+
+def _check_shards(settings: Settings) -> list[Problem]:
+    """A split model needs the engine process, and is one model served by one server."""
+    if settings.shards == 1:
+        return []
+    problems = []
+    if settings.engine != "process":
+        problems.append(error("shards", 'needs engine = "process": rank 0 is that process'))
+    if settings.models is not None:
+        problems.append(error("shards", "splits one model: it cannot be used with models"))
+    if settings.ray:
+        problems.append(error("shards", "cannot be used with ray yet: a replica is one process"))
     return problems
 
 

@@ -147,7 +147,11 @@ def inference_settings(settings: Settings) -> InferenceSettings:
     )
     cap = settings.restart_backoff_max
     return InferenceSettings(
-        engine=EngineConfig(completion_batch_size=settings.max_running, weights=settings.weights),
+        engine=EngineConfig(
+            completion_batch_size=settings.max_running,
+            weights=settings.weights,
+            shards=settings.shards,
+        ),
         cache_max_entries=settings.cache_max_entries,
         cache_max_bytes=settings.cache_max_bytes,
         breaker=breaker,

@@ -426,3 +426,15 @@ def test_check_config_never_prints_a_secret(tmp_path: Path, listening: int) -> N
     assert "'api_keys' in" in result.stderr  # the file's api_keys is not a list
     assert "admin_key: is also one of the api_keys" in result.stderr
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_a_split_model_needs_the_engine_process_and_one_model(free_port: int) -> None:
+    port = ("--port", str(free_port))
+    thread = check_config(*port, "--shards", "2", "--engine", "thread")
+    assert thread.returncode == 2 and 'shards: needs engine = "process"' in thread.stderr
+    zero = check_config(*port, "--shards", "0")
+    assert zero.returncode == 2 and "shards: must be at least 1, got 0" in zero.stderr
+    ray = check_config(*port, "--shards", "2", "--ray")
+    assert ray.returncode == 2 and "shards: cannot be used with ray yet" in ray.stderr
+    ok = check_config(*port, "--shards", "2")
+    assert (ok.returncode, ok.stdout.strip()) == (0, "configuration OK")

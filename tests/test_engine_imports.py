@@ -1,7 +1,7 @@
 """The engine process never imports anyio, not even through a package ``__init__``.
 
 Checked statically: every module of ours that ``python -m
-actors.generation.worker`` executes (its imports, their imports, and the
+actors.generation.worker`` (or a split model's ``shard_follower``) executes (its imports, their imports, and the
 ``__init__`` of every package on the way), read for module-level imports
 outside ``if TYPE_CHECKING:`` blocks. Third-party code (mlx-lm pulls in
 huggingface_hub, which may use anyio) is not ours to police.
@@ -83,9 +83,11 @@ def closure(root: str) -> dict[str, set[str]]:
     return seen
 
 
-def test_the_engine_process_imports_no_event_loop_library() -> None:
-    modules = closure("actors.generation.worker")
+@pytest.mark.parametrize("root", ["actors.generation.worker", "actors.generation.shard_follower"])
+def test_the_engine_process_imports_no_event_loop_library(root: str) -> None:
+    modules = closure(root)
     assert "actors.generation.engine" in modules
+    assert "actors.generation.lockstep" in modules
     assert "actors.kvcache" in modules  # the package __init__ is executed too
     offenders = {
         name: sorted(i for i in imports if i.split(".")[0] in FORBIDDEN)

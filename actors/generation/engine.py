@@ -21,17 +21,16 @@ bounded pass per turn of the loop (:mod:`actors.generation.embedding`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator
+from mlx_lm.generate import BatchGenerator, generation_stream
 
 from actors.generation.embedding import EmbeddingQueue
 from actors.generation.engine_config import EngineConfig
@@ -43,9 +42,11 @@ from actors.generation.faults import (
     is_allocation_failure,
 )
 from actors.generation.grammar_mask import GrammarBook
+from actors.generation.lockstep import Lockstep, StopEngine, Turns
 from actors.generation.logprobs import token_logprob
 from actors.generation.ports import ModelLike, PrefixStore
 from actors.generation.protocol import (
+    Cancel,
     Failed,
     FailureKind,
     FinishReason,
@@ -71,15 +72,6 @@ log = logging.getLogger("troupe.engine")
 Emit = Callable[[list[StreamEvent]], None]
 
 
-class _Stop:
-    pass
-
-
-@dataclass(frozen=True)
-class _Cancel:
-    request_id: str
-
-
 class Engine:
     """One engine thread running mlx-lm's BatchGenerator."""
 
@@ -94,6 +86,7 @@ class Engine:
         exclusive: threading.Lock | None = None,
         faults: FaultPlan | None = None,
         recovery: RecoveryTimer | None = None,
+        lockstep: Lockstep | None = None,
     ) -> None:
         self._loaded = loaded
         self._emit = emit
@@ -103,7 +96,11 @@ class Engine:
         self._special = special_tokens(loaded)
         self._grammars = GrammarBook(loaded, vocab_size(loaded))
         self.config = config or EngineConfig()
-        self._commands: queue.SimpleQueue[Generate | _Cancel | _Stop] = queue.SimpleQueue()
+        self._commands = Turns(lockstep)
+        self._lockstep = lockstep
+        """Set when the model is split over ranks: every turn is shared (see :mod:`.lockstep`)."""
+        self._now = time.time()
+        """The clock deadlines are checked against this turn (the leader's, when split)."""
         self._requests: dict[int, ActiveRequest] = {}
         self._waiting: deque[Generate] = deque()
         self._shared = SharedPrefills(loaded.model, self.config.prefill_step_size)
@@ -133,11 +130,11 @@ class Engine:
 
     def cancel(self, request_id: str) -> None:
         """Remove a request before the next decode step (unknown ids are ignored)."""
-        self._commands.put(_Cancel(request_id))
+        self._commands.put(Cancel(request_id=request_id))
 
     def stop(self) -> None:
         """Ask the thread to finish; in-flight requests are failed as shutting down."""
-        self._commands.put(_Stop())
+        self._commands.put(StopEngine())
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread; ``True`` once it has ended."""
@@ -160,19 +157,24 @@ class Engine:
 
     def _run(self) -> None:
         # One engine per model at a time: an engine abandoned by a stop that ran
-        # past its timeout finishes its step before its successor starts.
-        with self._exclusive:
+        # past its timeout finishes its step before its successor starts. The
+        # batch generator evaluates its next step ahead on its own stream; a
+        # split engine's collectives must run in one order on every rank.
+        split = mx.stream(generation_stream) if self._lockstep else contextlib.nullcontext()
+        with self._exclusive, split:
             self._serve()
 
     def _serve(self) -> None:
         self.faults.reset_countdowns()
         try:
+            if self._lockstep is not None:
+                self._lockstep.seed_alike()
             self._generator = self._new_generator()
             while self._apply_commands(block=self._idle()):
                 self._fill_batch()
                 self._prefill_shared()
                 if self._embeddings:  # one pooled pass of waiting embeddings
-                    self._emit_any(self._embeddings.step_guarded())
+                    self._emit_any(self._embed())
                 if self._requests:
                     self._step_guarded()
             self._fail_all(FailureKind.SHUTTING_DOWN, "the server is shutting down", True)
@@ -188,6 +190,11 @@ class Engine:
             if self._generator is not None:
                 self._generator.close()
 
+    def _embed(self) -> list[StreamEvent]:
+        # A split engine cannot fail a pass on one rank alone: the group restarts.
+        split = self._lockstep is not None
+        return self._embeddings.step() if split else self._embeddings.step_guarded()
+
     def _idle(self) -> bool:
         return not (self._requests or self._waiting or self._shared or self._embeddings)
 
@@ -198,7 +205,7 @@ class Engine:
     def _prefill_shared(self) -> None:
         """One chunk of a shared prompt; its choices enter the batch once it is done."""
         for request, group in self._shared.step():
-            if request.deadline is not None and time.time() >= request.deadline:
+            if request.deadline is not None and self._now >= request.deadline:
                 self._emit([expired(request)])
             else:
                 self._admit(request, store=group)
@@ -214,23 +221,21 @@ class Engine:
         )
 
     def _apply_commands(self, *, block: bool) -> bool:
-        """Apply queued commands; ``False`` once asked to stop."""
-        while True:
-            try:
-                command = self._commands.get(block=block)
-            except queue.Empty:
-                return True
-            block = False
+        """Apply this turn's commands; ``False`` once asked to stop."""
+        turn = self._commands.next(block)
+        self._now = turn.now
+        for command in turn.commands:
             match command:
-                case _Stop():
+                case StopEngine():
                     return False
-                case _Cancel(request_id=request_id):
+                case Cancel(request_id=request_id):
                     self._cancel(request_id)
                 case Generate(embed=True):
                     refused = self._embeddings.add(command)
                     self._emit_any([] if refused is None else [refused])
                 case Generate():
                     self._waiting.append(command)
+        return True
 
     def _fill_batch(self) -> None:
         """Move waiting requests into the batch while there is room.
@@ -245,7 +250,7 @@ class Engine:
             and self._prefilling() < self.config.prefill_batch_size
         ):
             request = self._waiting.popleft()
-            if request.deadline is not None and time.time() >= request.deadline:
+            if request.deadline is not None and self._now >= request.deadline:
                 self._emit([expired(request)])
             elif not self._shared.hold(request):
                 self._admit(request)
@@ -319,8 +324,8 @@ class Engine:
         try:
             self._step()
         except Exception as exc:
-            if not is_allocation_failure(exc):
-                raise
+            if not is_allocation_failure(exc) or self._lockstep is not None:
+                raise  # a split engine cannot recover on one rank alone: the group restarts
             self._recover_from_allocation_failure(exc)
 
     def _step(self) -> None:

@@ -17,3 +17,6 @@ class EngineConfig:
     """Prompt tokens prefilled per step: the most a new prompt delays running streams."""
     weights: str = "auto"
     """Weight layout (``auto``, ``quantized`` or ``float32``; see ``actors.model.weights``)."""
+    shards: int = 1
+    """Processes the model is split over on this machine (tensor parallelism over an
+    ``mx.distributed`` ring; see ``actors.generation.shards``); 1: not split."""

@@ -30,6 +30,7 @@ import threading
 from actors.generation.embedding import embedding_size
 from actors.generation.engine import Engine
 from actors.generation.faults import FaultPlan
+from actors.generation.lockstep import Lockstep
 from actors.generation.process_protocol import (
     ArmFault,
     Boot,
@@ -55,6 +56,7 @@ from actors.generation.protocol import (
     StreamEvent,
 )
 from actors.generation.requests import vocab_size
+from actors.generation.shards import ShardGroup, check_splittable, shard_model, start_group
 from actors.kvcache.control import CacheControl
 from actors.kvcache.pressure import MemoryMonitor
 from actors.kvcache.store import PrefixCache
@@ -93,8 +95,15 @@ class _ForwardLogs(logging.Handler):
 class EngineSession:
     """One booted engine process: serves until told to stop or its parent leaves."""
 
-    def __init__(self, loaded: LoadedModel, boot: Boot, channel: BlockingChannel[ToEngine]) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        boot: Boot,
+        channel: BlockingChannel[ToEngine],
+        shards: ShardGroup | None = None,
+    ) -> None:
         self._boot = boot
+        self._shards = shards
         self._channel = channel
         self._loaded = loaded
         cache = PrefixCache(
@@ -114,15 +123,20 @@ class EngineSession:
             loaded,
             self._emit,
             self._crashed,
-            prefix_store=cache,
+            # A split model's ranks would not share the leader's cache hits.
+            prefix_store=cache if shards is None else None,
             config=boot.engine,
             faults=self._faults,
+            lockstep=None if shards is None else Lockstep(shards.group),
         )
         self._stopping = threading.Event()
 
     def serve(self) -> int:
         """Run until :class:`Shutdown` (0) or the parent's end of file (0)."""
         self._control.restore()
+        # Before the engine starts: it runs the model, and a split model's ranks
+        # run every forward pass together (the followers run this one too).
+        per_token = kv_bytes_per_token(self._loaded.model)
         self._engine.start()
         self._channel.send(
             Ready(
@@ -131,7 +145,7 @@ class EngineSession:
                 vocab_size=vocab_size(self._loaded),
                 embedding_size=embedding_size(self._loaded),
                 weights_bytes=weight_bytes(self._loaded.model),
-                kv_bytes_per_token=kv_bytes_per_token(self._loaded.model),
+                kv_bytes_per_token=per_token,
                 cache=self._control.stats(),
             )
         )
@@ -156,8 +170,12 @@ class EngineSession:
 
     def _shut_down(self, control: threading.Thread) -> int:
         self._stopping.set()
+        if self._shards is not None:
+            self._shards.stopping.set()  # the stop turn ends the followers too
         self._engine.stop()
         self._engine.join(STOP_TIMEOUT)
+        if self._shards is not None:
+            self._shards.reap()
         self._calls.put(None)  # the control thread saves the cache, then ends
         control.join()
         self._channel.send(ShutdownDone())
@@ -231,7 +249,7 @@ class EngineSession:
             log.warning("kv-cache pressure check failed: %s", describe_failure(exc))
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the kernel kills this process when its parent dies, even if it is stopped."""
     if not sys.platform.startswith("linux"):
         return
@@ -244,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     """Serve one engine over the inherited socket named by ``argv[0]``."""
     args = sys.argv[1:] if argv is None else argv
     parent = os.getppid()
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this ends
     channel: BlockingChannel[ToEngine] = BlockingChannel(
         socket.socket(fileno=int(args[0])), ToEngine
@@ -258,16 +276,21 @@ def main(argv: list[str] | None = None) -> int:
     if boot.exit_on_load:
         log.warning("engine: injected fault ends the process while it loads")
         return EXIT_INJECTED
+    shards: ShardGroup | None = None
     try:
         loaded = fit_for_device(
             load_model(boot.model), boot.engine.weights, boot.pressure.high_water
         )
+        if boot.engine.shards > 1:
+            check_splittable(loaded, boot.engine.shards)
+            shards = start_group(boot)  # the followers load the model now
+            shard_model(loaded, shards.group)
     except ModelLoadError as exc:
         channel.send(LoadFailed(reason=str(exc)))
         return EXIT_LOAD_FAILED
     provider = start_tracing(boot.tracing, "engine") if boot.tracing is not None else None
     try:
-        return EngineSession(loaded, boot, channel).serve()
+        return EngineSession(loaded, boot, channel, shards).serve()
     finally:
         stop_tracing(provider)  # the last spans, before the exit that skips teardown
 
