@@ -95,7 +95,7 @@ async def _measure(side: Side, level: int, args: argparse.Namespace, start: int)
 async def _run(args: argparse.Namespace, size: str) -> dict[str, Any]:
     model = str(default_model_dir(size))
     env = server_environment(None if args.blas == "none" else default_preload())
-    log_dir = args.out.parent / f"shards-logs-{size}"
+    log_dir = args.out.parent / f"shards-{size}-logs"
     sides: list[Side] = []
     try:
         for name, shards in SIDES.items():
