@@ -128,16 +128,33 @@ class IngressApp:
         error_event = _stream_error(scope["path"], head, request_id)
         if error_event is None:
             return await _relay_whole(stream, send)
+        await self._relay_resuming(forwarded, stream, head, send, error_event)
+
+    async def _relay_resuming(
+        self,
+        request: ForwardedRequest,
+        stream: DeploymentResponseGenerator[Any],
+        head: ResponseHead,
+        send: Send,
+        error_event: bytes,
+    ) -> None:
+        """Relay a stream, resuming it on another replica each time its replica is lost.
+
+        It ends with ``error_event`` only once no replica can take it over, or
+        after :data:`ATTEMPTS` losses.
+        """
         sent = SentSoFar()
         sent.note(head.progress)
-        for _ in range(ATTEMPTS):
-            if await _relay_stream(stream, send, sent):
-                return
-            resumed = await self._resumed(forwarded, sent.resume_from())
+        losses = 0
+        while not await _relay_stream(stream, send, sent):
+            losses += 1
+            resumed = None
+            if losses < ATTEMPTS:
+                resumed = await self._resumed(request, sent.resume_from())
             if resumed is None:
-                break
+                end = {"type": "http.response.body", "body": error_event, "more_body": False}
+                return await send(end)
             stream = resumed
-        await send({"type": "http.response.body", "body": error_event, "more_body": False})
 
     async def _resumed(
         self, request: ForwardedRequest, resume: ResumeFrom | None
