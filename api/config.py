@@ -105,6 +105,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ``mx.distributed`` ring; the engine process is rank 0 and starts the others,
     and the group restarts as a whole); 1: not split. Needs ``engine = "process"``
     and a model whose attention heads and MLP width divide by it."""
+    shard_hosts: list[str] = msgspec.field(default_factory=list)
+    """With ``shards``: the ring's hosts as IP addresses, one per rank, this machine
+    (as the others reach it) first; the others are started over SSH (keys, same
+    paths); empty: every rank on this machine, over loopback."""
+    shard_port: int = 32323
+    """With ``shard_hosts``: rank r listens on this port plus r on its host."""
     engine_hang_timeout: float = 30.0
     """Seconds without a heartbeat from the engine process, or without a step
     while requests wait, after which it counts as hung and is restarted."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import ipaddress
 import math
 import os
 import re
@@ -228,14 +229,35 @@ def _check_contradictions(settings: Settings) -> list[Problem]:
 def _check_shards(settings: Settings) -> list[Problem]:
     """A split model needs the engine process, and is one model served by one server."""
     if settings.shards == 1:
+        if settings.shard_hosts:
+            return [error("shard_hosts", "needs shards (--shards N): one process is not split")]
         return []
-    problems = []
+    problems = _check_shard_hosts(settings)
     if settings.engine != "process":
         problems.append(error("shards", 'needs engine = "process": rank 0 is that process'))
     if settings.models is not None:
         problems.append(error("shards", "splits one model: it cannot be used with models"))
     if settings.ray:
         problems.append(error("shards", "cannot be used with ray yet: a replica is one process"))
+    return problems
+
+
+def _check_shard_hosts(settings: Settings) -> list[Problem]:
+    hosts, size = settings.shard_hosts, settings.shards
+    if not hosts:
+        return []
+    problems = []
+    if len(hosts) != size:
+        message = f"names {len(hosts)} hosts for {size} shards: one per rank, this machine first"
+        problems.append(error("shard_hosts", message))
+    for host in hosts:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            message = f"{host!r} is not an IP address (the ring connects to addresses)"
+            problems.append(error("shard_hosts", message))
+    if not 1024 <= settings.shard_port <= 65535 - size:
+        problems.append(error("shard_port", f"must be 1024 to {65535 - size}"))
     return problems
 
 

@@ -52,6 +52,7 @@ _METAVARS: Final = {
     "api_keys": "KEY,...",
     "admin_key": "KEY",
     "cors_origins": "ORIGIN,...",
+    "shard_hosts": "IP,...",
     "cache_dir": "PATH",
     "max_body_bytes": "BYTES",
     "cache_max_bytes": "BYTES",

@@ -151,6 +151,8 @@ def inference_settings(settings: Settings) -> InferenceSettings:
             completion_batch_size=settings.max_running,
             weights=settings.weights,
             shards=settings.shards,
+            shard_hosts=tuple(settings.shard_hosts),
+            shard_port=settings.shard_port,
         ),
         cache_max_entries=settings.cache_max_entries,
         cache_max_bytes=settings.cache_max_bytes,

@@ -438,3 +438,15 @@ def test_a_split_model_needs_the_engine_process_and_one_model(free_port: int) ->
     assert ray.returncode == 2 and "shards: cannot be used with ray yet" in ray.stderr
     ok = check_config(*port, "--shards", "2")
     assert (ok.returncode, ok.stdout.strip()) == (0, "configuration OK")
+
+
+def test_hosts_of_a_split_model_are_addresses_one_per_rank(free_port: int) -> None:
+    port = ("--port", str(free_port))
+    wrong = check_config(*port, "--shards", "2", "--shard-hosts", "10.0.0.1,db,10.0.0.3")
+    assert wrong.returncode == 2
+    assert "shard_hosts: names 3 hosts for 2 shards" in wrong.stderr
+    assert "shard_hosts: 'db' is not an IP address" in wrong.stderr
+    alone = check_config(*port, "--shard-hosts", "10.0.0.1")
+    assert alone.returncode == 2 and "shard_hosts: needs shards" in alone.stderr
+    ok = check_config(*port, "--shards", "2", "--shard-hosts", "10.0.0.1,10.0.0.2")
+    assert (ok.returncode, ok.stdout.strip()) == (0, "configuration OK")

@@ -1,10 +1,11 @@
 """The engine process never imports anyio, not even through a package ``__init__``.
 
 Checked statically: every module of ours that ``python -m
-actors.generation.worker`` (or a split model's ``shard_follower``) executes (its imports, their imports, and the
-``__init__`` of every package on the way), read for module-level imports
-outside ``if TYPE_CHECKING:`` blocks. Third-party code (mlx-lm pulls in
-huggingface_hub, which may use anyio) is not ours to police.
+actors.generation.worker`` (or a split model's ``shard_follower``) executes
+(its imports, their imports, and the ``__init__`` of every package on the
+way), read for module-level imports outside ``if TYPE_CHECKING:`` blocks.
+Third-party code (mlx-lm pulls in huggingface_hub, which may use anyio) is
+not ours to police.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ where they were (the generation actor resumes them on the new group).
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -150,3 +152,41 @@ def test_a_model_that_cannot_be_split_so_is_refused_at_start(model_dir: Path) ->
     )
     assert started.returncode == 1
     assert "num_attention_heads (4) is not a multiple of 3" in started.stderr + started.stdout
+
+
+def consecutive_free_ports(count: int) -> int:
+    """A port with the ``count - 1`` after it free too (the ring's ``shard_port``)."""
+    while True:
+        first = free_port()
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        else:
+            return first
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def test_ranks_on_other_hosts_are_started_over_ssh(
+    model_dir: Path, tmp_path: Path, whole: Server
+) -> None:
+    """Both "hosts" are this machine; ``ssh`` is a stand-in that runs the command here."""
+    ssh_log = tmp_path / "ssh.log"
+    env = {
+        "PATH": f"{REPO / 'tests' / 'fake_ssh'}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_SSH_LOG": str(ssh_log),
+    }
+    hosts = ("--shard-hosts", "127.0.0.1,127.0.0.1")
+    port = ("--shard-port", str(consecutive_free_ports(2)))
+    with running_server(model_dir, tmp_path, "--shards", "2", *hosts, *port, env=env) as split:
+        body = chat_body("Hello over the network", 24)
+        assert answer(split, body) == answer(whole, body)
+    host, script = ssh_log.read_text().strip().split(" ", 1)
+    assert host == "127.0.0.1"
+    assert "MLX_RANK=1" in script and FOLLOWER in script

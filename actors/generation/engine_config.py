@@ -20,3 +20,8 @@ class EngineConfig:
     shards: int = 1
     """Processes the model is split over on this machine (tensor parallelism over an
     ``mx.distributed`` ring; see ``actors.generation.shards``); 1: not split."""
+    shard_hosts: tuple[str, ...] = ()
+    """Where the ranks run: rank 0's address (this machine, as the others reach it),
+    then one host per follower, started over SSH; empty: every rank here, on loopback."""
+    shard_port: int = 32323
+    """Rank r's ring port on its host is ``shard_port + r`` (with ``shard_hosts``)."""

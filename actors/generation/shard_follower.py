@@ -1,8 +1,9 @@
 """A follower rank of a split model: its slice of the weights, and the leader's turns.
 
 Started by the leader (:mod:`actors.generation.shards`) as ``python -m
-actors.generation.shard_follower`` with the leader's :class:`Boot` on
-standard input and the ring in its environment. It loads the model as the
+actors.generation.shard_follower`` (here, or on another host over SSH) with
+the leader's :class:`Boot` on standard input, which the leader then keeps
+open (its end of file ends this process), and the ring in its environment. It loads the model as the
 leader does, keeps its slice, and runs the same engine in lockstep with the
 leader (:mod:`.lockstep`), emitting nothing: the leader answers. It ends with
 the leader's stop turn (exit 0), and with anything that goes wrong (the leader
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 
 import msgspec
@@ -26,8 +28,8 @@ from actors.generation.engine import Engine
 from actors.generation.lockstep import Lockstep
 from actors.generation.process_protocol import Boot
 from actors.generation.protocol import StreamEvent
-from actors.generation.shards import join_as_follower, shard_model
-from actors.generation.worker import EXIT_CRASHED, EXIT_LOAD_FAILED, die_with_parent
+from actors.generation.shards import die_with_parent, join_as_follower, shard_model
+from actors.generation.worker import EXIT_CRASHED, EXIT_LOAD_FAILED
 from actors.model.load_errors import ModelLoadError
 from actors.model.loader import load_model
 from actors.model.weights import fit_for_device, kv_bytes_per_token
@@ -59,6 +61,20 @@ def _ignore(events: list[StreamEvent]) -> None:
     """A follower's events: the leader sends the same ones."""
 
 
+def _read_boot() -> Boot:
+    """The leader's :class:`Boot`, length-prefixed on standard input."""
+    stdin = sys.stdin.buffer
+    length = int.from_bytes(stdin.read(4), "little")
+    return msgspec.msgpack.decode(stdin.read(length), type=Boot)
+
+
+def _exit_when_leader_leaves() -> None:
+    """The leader keeps our standard input open while it lives: its end means it is gone."""
+    sys.stdin.buffer.read()
+    logging.shutdown()
+    os._exit(0)
+
+
 def main() -> int:
     """Load this rank's slice and follow the leader's turns until the stop."""
     parent = os.getppid()
@@ -68,7 +84,8 @@ def main() -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonLines())
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
-    boot = msgspec.msgpack.decode(sys.stdin.buffer.read(), type=Boot)
+    boot = _read_boot()
+    threading.Thread(target=_exit_when_leader_leaves, name="troupe-leader", daemon=True).start()
     group = join_as_follower()
     try:
         loaded = fit_for_device(

@@ -18,7 +18,6 @@ process (the socket reaches end of file; on Linux the kernel also kills it).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import queue
@@ -56,7 +55,13 @@ from actors.generation.protocol import (
     StreamEvent,
 )
 from actors.generation.requests import vocab_size
-from actors.generation.shards import ShardGroup, check_splittable, shard_model, start_group
+from actors.generation.shards import (
+    ShardGroup,
+    check_splittable,
+    die_with_parent,
+    shard_model,
+    start_group,
+)
 from actors.kvcache.control import CacheControl
 from actors.kvcache.pressure import MemoryMonitor
 from actors.kvcache.store import PrefixCache
@@ -247,15 +252,6 @@ class EngineSession:
             self._control.check_pressure()
         except Exception as exc:
             log.warning("kv-cache pressure check failed: %s", describe_failure(exc))
-
-
-def die_with_parent() -> None:
-    """Linux: the kernel kills this process when its parent dies, even if it is stopped."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def main(argv: list[str] | None = None) -> int:
