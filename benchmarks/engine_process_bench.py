@@ -18,7 +18,6 @@ streaming load between them, so both see the same machine state. Reports:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -34,7 +33,7 @@ import httpx
 import psutil
 
 from actors.model.embedded import default_model_dir
-from benchmarks.harness.environment import default_preload, versions
+from benchmarks.harness.environment import default_preload, write_report
 from benchmarks.harness.loadgen import Target, greedy_chat_bodies, run_load
 from benchmarks.harness.servers import (
     Batching,
@@ -222,15 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results = [anyio.run(_run, args, size) for size in args.sizes.split(",")]
-    report = {
-        "command": " ".join(["python -m benchmarks.engine_process_bench", *(argv or sys.argv[1:])]),
-        "versions": versions(),
-        "blas": "preloaded" if args.blas == "auto" and default_preload() else "bundled",
-        "seconds": round(time.time() - started, 1),
-        "results": results,
-    }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(
+        args.out, "benchmarks.engine_process_bench", argv, args.blas, started, results=results
+    )
     return 0
 
 

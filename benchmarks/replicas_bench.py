@@ -23,7 +23,6 @@ them. Reports:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ import httpx
 import psutil
 
 from actors.model.embedded import default_model_dir
-from benchmarks.harness.environment import default_preload, versions
+from benchmarks.harness.environment import default_preload, write_report
 from benchmarks.harness.loadgen import Target, greedy_chat_bodies, run_load
 from benchmarks.harness.servers import (
     Batching,
@@ -258,15 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     result = anyio.run(_run, args)
-    report = {
-        "command": " ".join(["python -m benchmarks.replicas_bench", *(argv or sys.argv[1:])]),
-        "versions": versions(),
-        "blas": "preloaded" if args.blas == "auto" and default_preload() else "bundled",
-        "seconds": round(time.time() - started, 1),
-        "result": result,
-    }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(args.out, "benchmarks.replicas_bench", argv, args.blas, started, result=result)
     return 0
 
 

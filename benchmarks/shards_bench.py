@@ -16,7 +16,6 @@ model does not fit one machine, or when each rank has cores of its own.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ import anyio
 import psutil
 
 from actors.model.embedded import default_model_dir
-from benchmarks.harness.environment import default_preload, versions
+from benchmarks.harness.environment import default_preload, write_report
 from benchmarks.harness.loadgen import Target, greedy_chat_bodies, run_load
 from benchmarks.harness.servers import (
     Batching,
@@ -151,15 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results = [anyio.run(_run, args, size) for size in args.sizes.split(",")]
-    report = {
-        "command": " ".join(["python -m benchmarks.shards_bench", *(argv or sys.argv[1:])]),
-        "versions": versions(),
-        "blas": "preloaded" if args.blas == "auto" and default_preload() else "bundled",
-        "seconds": round(time.time() - started, 1),
-        "results": results,
-    }
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(args.out, "benchmarks.shards_bench", argv, args.blas, started, results=results)
     return 0
 
 

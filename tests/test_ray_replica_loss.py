@@ -10,11 +10,9 @@ both replicas; and Serve starts a replica in place of the killed one.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -22,6 +20,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.chat_streams import ChatStream
 from tests.server import Server, running_server
 from tests.test_ray_replicas import RAY_STARTUP, wait_announced
 
@@ -63,47 +62,6 @@ def chat_body(index: int, stream: bool) -> dict[str, object]:
     return body
 
 
-@dataclass
-class Streamed:
-    """What one streaming client received."""
-
-    started: anyio.Event = field(default_factory=anyio.Event)
-    replica: str = ""
-    text: str = ""
-    tokens: int = 0
-    """Tokens received, counted by their log-probabilities (one each)."""
-    usage: dict[str, int] | None = None
-    finish: str | None = None
-    errors: list[object] = field(default_factory=list)
-    done: bool = False
-
-    def take(self, event: dict[str, object]) -> None:
-        if "error" in event:
-            self.errors.append(event["error"])
-            return
-        if event.get("usage"):
-            self.usage = event["usage"]  # type: ignore[assignment]
-        for choice in event["choices"]:  # type: ignore[attr-defined]
-            self.text += choice["delta"].get("content") or ""
-            if choice.get("logprobs"):
-                self.tokens += len(choice["logprobs"]["content"])
-            self.finish = choice.get("finish_reason") or self.finish
-        if self.tokens >= 20:
-            self.started.set()
-
-
-async def stream_into(client: httpx.AsyncClient, url: str, index: int, into: Streamed) -> None:
-    body = chat_body(index, stream=True)
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
-        assert response.status_code == 200
-        into.replica = response.headers["x-troupe-replica"]
-        async for line in response.aiter_lines():
-            if line == "data: [DONE]":
-                into.done = True
-            elif line.startswith("data: "):
-                into.take(json.loads(line.removeprefix("data: ")))
-
-
 def model_replica_pids() -> list[int]:
     return sorted(
         process.pid
@@ -115,10 +73,10 @@ def model_replica_pids() -> list[int]:
 async def test_a_replica_killed_under_eight_streams_loses_none_of_them(replicas: Server) -> None:
     pids = model_replica_pids()
     assert len(pids) == 2, pids
-    streams = [Streamed() for _ in range(STREAMS)]
+    streams = [ChatStream(started_at=20) for _ in range(STREAMS)]
     async with httpx.AsyncClient(timeout=120) as client, anyio.create_task_group() as tg:
         for index, into in enumerate(streams):
-            tg.start_soon(stream_into, client, replicas.url, index, into)
+            tg.start_soon(into.read, client, replicas.url, chat_body(index, stream=True))
         with anyio.fail_after(120):
             for into in streams:
                 await into.started.wait()

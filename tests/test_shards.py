@@ -9,13 +9,11 @@ where they were (the generation actor resumes them on the new group).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -23,6 +21,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.chat_streams import ChatStream
 from tests.server import REPO, Server, free_port, running_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -87,44 +86,16 @@ def test_a_split_model_answers_as_one_process_does(split: Server, whole: Server)
     assert answer(split, seeded) == answer(whole, seeded)
 
 
-@dataclass
-class Streamed:
-    started: anyio.Event = field(default_factory=anyio.Event)
-    text: str = ""
-    tokens: int = 0
-    errors: list[object] = field(default_factory=list)
-    finish: str | None = None
-
-
-async def stream_into(client: httpx.AsyncClient, url: str, user: str, into: Streamed) -> None:
-    body = chat_body(user, 300, stream=True, logprobs=True)
-    async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
-        assert response.status_code == 200
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line.removeprefix("data: "))
-            if "error" in event:
-                into.errors.append(event["error"])
-                continue
-            for choice in event["choices"]:
-                into.text += choice["delta"].get("content") or ""
-                if choice.get("logprobs"):
-                    into.tokens += len(choice["logprobs"]["content"])
-                into.finish = choice.get("finish_reason") or into.finish
-            if into.tokens >= 10:
-                into.started.set()
-
-
 async def test_a_killed_rank_restarts_the_group_and_the_streams_go_on(
     split: Server, whole: Server
 ) -> None:
     (follower,) = followers(split)
     users = [f"Stream {index}: tell a long story." for index in range(4)]
-    streams = [Streamed() for _ in users]
+    streams = [ChatStream() for _ in users]
     async with httpx.AsyncClient(timeout=120) as client, anyio.create_task_group() as tg:
         for user, into in zip(users, streams, strict=True):
-            tg.start_soon(stream_into, client, split.url, user, into)
+            body = chat_body(user, 300, stream=True, logprobs=True)
+            tg.start_soon(into.read, client, split.url, body)
         with anyio.fail_after(120):
             for into in streams:
                 await into.started.wait()

@@ -131,30 +131,14 @@ async def test_a_stream_cut_anywhere_is_finished_exactly_by_another_server(
 async def test_a_stream_of_several_choices_is_not_resumable(model_dir: Path) -> None:
     request = forwarded("/v1/chat/completions")
     body = json.loads(request.body) | {"n": 2, "logprobs": False, "top_logprobs": None}
+    two = msgspec.structs.replace(request, body=json.dumps(body).encode())
     async with bridged(model_dir, "only") as bridge:
-        head, *parts = await collect(
-            bridge,
-            ForwardedRequest(
-                method="POST",
-                path=request.path,
-                headers=request.headers,
-                body=json.dumps(body).encode(),
-            ),
-        )
+        head, *parts = await collect(bridge, two)
         assert isinstance(head, ResponseHead) and head.status == 200
         assert head.progress is None
         assert all(isinstance(p, ResponseBody) and p.progress is None for p in parts)
-        resume = ResumeFrom(created=1, chunks=[])
-        head, *_ = await collect(
-            bridge,
-            ForwardedRequest(
-                method="POST",
-                path=request.path,
-                headers=request.headers,
-                body=json.dumps(body).encode(),
-                resume=resume,
-            ),
-        )
+        resumed_two = msgspec.structs.replace(two, resume=ResumeFrom(created=1, chunks=[]))
+        head, *_ = await collect(bridge, resumed_two)
         assert isinstance(head, ResponseHead) and head.status == 400
 
 

@@ -13,6 +13,9 @@ import os
 import platform
 import struct
 import subprocess
+import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -129,3 +132,23 @@ def without_paths(part: str) -> str:
 def now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def write_report(
+    out: Path, module: str, argv: Sequence[str] | None, blas: str, started: float, **found: Any
+) -> None:
+    """Write (and print) a side-by-side benchmark's JSON report.
+
+    What ran (``python -m module`` and its arguments), on what (versions, the
+    BLAS: ``blas`` is the ``--blas`` choice), how long it took since
+    ``started``, then ``found`` (its results).
+    """
+    report = {
+        "command": " ".join([f"python -m {module}", *(argv or sys.argv[1:])]),
+        "versions": versions(),
+        "blas": "preloaded" if blas == "auto" and default_preload() else "bundled",
+        "seconds": round(time.time() - started, 1),
+        **found,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
