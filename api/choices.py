@@ -3,18 +3,20 @@
 Each choice is its own engine request, streamed into its own inbox, so that
 cancellation, deadlines, resumption after an engine death and transparent
 retries work per choice exactly as for one; they name one ``prefill_group``
-so that the engine computes their shared prompt once. The inputs of one
-embeddings request are handled the same way, one engine request each.
+so that the engine computes their shared prompt once.
 """
 
 from __future__ import annotations
 
 import time
+from typing import TypeVar
 
 import msgspec
 
-from actors.generation.protocol import Failed, Finished, Generate, SamplingParams
+from actors.generation.protocol import Embed, Failed, Finished, Generate
 from api.outcome import Outcome
+
+R = TypeVar("R", Generate, Embed)
 
 
 def choice_requests(generate: Generate, n: int) -> list[Generate]:
@@ -35,25 +37,6 @@ def choice_requests(generate: Generate, n: int) -> list[Generate]:
     ]
 
 
-def embedding_requests(
-    request_id: str, prompts: list[list[int]], deadline: float
-) -> list[Generate]:
-    """One engine request per input to embed; the engine batches them."""
-    now = time.time()
-    return [
-        Generate(
-            request_id=f"{request_id}.e{index}",
-            prompt=prompt,
-            # Nothing is generated: the inbox needs room for the one terminal event.
-            params=SamplingParams(max_tokens=1),
-            deadline=deadline,
-            submitted_at=now,
-            embed=True,
-        )
-        for index, prompt in enumerate(prompts)
-    ]
-
-
 def combined_end(runs: list[Outcome]) -> Finished | Failed | None:
     """The end of a request from its choices' ends: the first failure, or all finished."""
     ends = [run.end for run in runs]
@@ -61,25 +44,17 @@ def combined_end(runs: list[Outcome]) -> Finished | Failed | None:
     if failed is not None or not all(isinstance(end, Finished) for end in ends):
         return failed
     finished = [end for end in ends if isinstance(end, Finished)]
-    first = finished[0]
-    return msgspec.structs.replace(
-        first,
-        completion_tokens=sum(end.completion_tokens for end in finished),
-        # Choices share one prompt; inputs to embed are prompts each.
-        prompt_tokens=(
-            sum(end.prompt_tokens for end in finished)
-            if first.embedding is not None
-            else first.prompt_tokens
-        ),
-        embedding=None,
+    return msgspec.structs.replace(  # choices share one prompt
+        finished[0], completion_tokens=sum(end.completion_tokens for end in finished)
     )
 
 
-def retry_of(generate: Generate, attempt: int) -> Generate:
+def retry_of(request: R, attempt: int) -> R:
     """The request of a transparent retry: prefilled on its own (its group has moved on)."""
-    return msgspec.structs.replace(
-        generate,
-        request_id=f"{generate.request_id}~{attempt}",
-        submitted_at=time.time(),  # the wait before this attempt, not the failed one's
-        prefill_group=None,
-    )
+    fields: dict[str, object] = {
+        "request_id": f"{request.request_id}~{attempt}",
+        "submitted_at": time.time(),  # the wait before this attempt, not the failed one's
+    }
+    if isinstance(request, Generate):
+        fields["prefill_group"] = None
+    return msgspec.structs.replace(request, **fields)

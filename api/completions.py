@@ -6,8 +6,9 @@ thread; stream from the generation actor under the endpoint's deadline while
 watching for the client going away; answer as one JSON body or as
 server-sent events through the endpoint's writer (:mod:`api.reply`); tell
 intake how it ended. Chat and text completions are handled here; Anthropic's
-Messages, OpenAI's Responses and embeddings turn their bodies into a
-:class:`~api.jobs.Job` and hand it to :meth:`Completions.handle`.
+Messages and OpenAI's Responses turn their bodies into a :class:`~api.jobs.Job`,
+embeddings into an :class:`~api.jobs.EmbeddingJob` (one engine request for all
+its inputs, answered whole), and hand it to :meth:`Completions.handle`.
 
 A request that fails retryably before its first token (the engine restarted
 under it) is retried transparently, at most twice.
@@ -25,6 +26,8 @@ import anyio
 
 from actors.generation.client import GenerationClient
 from actors.generation.protocol import (
+    Embed,
+    EngineRequest,
     EngineStats,
     Failed,
     FailureKind,
@@ -34,26 +37,25 @@ from actors.generation.protocol import (
 )
 from api.admission import Admission
 from api.catalog import CatalogEntry, ModelCatalog
-from api.choices import choice_requests, combined_end, embedding_requests, retry_of
+from api.choices import choice_requests, combined_end, retry_of
 from api.completion_settings import CompletionSettings, Deadline
 from api.http import Request, Responder
-from api.jobs import Job, chat_job, text_job
+from api.jobs import AnyJob, EmbeddingJob, Job, chat_job, text_job
 from api.observe import Observer
 from api.openai_types import NOT_HONOURED, ChatCompletionRequest, CompletionRequest
 from api.outcome import Outcome, Reporter
-from api.problems import HTTPProblem
+from api.problems import HTTPProblem, problem_for
 from api.prompts import sampling_params, templated
 from api.reply import ReplyContext, ReplyWriter, deadline_passed, finish_reply
-from api.resumption import StreamTap, resumable, resume_choice, tap_of
+from api.resumption import StreamTap, refuse_resume, resumable, resume_choice, tap_of
 from runtime import ActorDied, TroupeError
 
 log = logging.getLogger("troupe.http")
 
 TRANSPARENT_RETRIES = 2
 CHOICES_IN_FLIGHT = 64
-"""Engine requests one API request keeps in flight at once (its choices, or its
-inputs to embed): enough for the engine to batch them, never a flood of one
-actor's mailbox from a single request of 2048 inputs."""
+"""Engine requests one API request keeps in flight at once (its ``n`` choices):
+enough for the engine to batch them, never a flood of one actor's mailbox."""
 
 
 TOKENIZING_THREADS = 4
@@ -107,7 +109,7 @@ class Completions:
         request: Request,
         respond: Responder,
         endpoint: str,
-        prepare: Callable[[Request], Awaitable[Job]],
+        prepare: Callable[[Request], Awaitable[AnyJob]],
     ) -> None:
         """One request under one deadline, set now: body, admission, prompt and generation.
 
@@ -117,16 +119,22 @@ class Completions:
         """
         deadline = Deadline.after(self.settings.timeouts[endpoint])
         async with self.reporter.reporting(request, endpoint, self.gate) as outcome:
-            job: Job | None = None
+            job: AnyJob | None = None
             try:
                 with anyio.CancelScope(deadline=deadline.loop) as scope:
                     job = await prepare(request)
-                    await self._serve(
-                        request, respond, job, outcome, endpoint=endpoint, deadline=deadline
-                    )
+                    match job:
+                        case EmbeddingJob():
+                            await self._serve_embedding(
+                                request, respond, job, outcome, endpoint=endpoint, deadline=deadline
+                            )
+                        case Job():
+                            await self._serve(
+                                request, respond, job, outcome, endpoint=endpoint, deadline=deadline
+                            )
                 if scope.cancelled_caught:
                     outcome.cancelled_by = "deadline"
-                    await deadline_passed(respond, None if job is None else job.reply)
+                    await deadline_passed(respond, job.reply if isinstance(job, Job) else None)
             finally:
                 if outcome.release_due:
                     self._admission.release(request.request_id, outcome.intake_name)
@@ -194,19 +202,117 @@ class Completions:
         limit = self.settings.max_tokens_limit or info.context_length
         params = sampling_params(body, limit, job.grammar, job.logprobs)
         self.settings.check_max_tokens(body)
+        await self._admit(
+            request,
+            outcome,
+            _Booking(endpoint, job.prompt_chars, job.messages, params.max_tokens * body.n, body.n),
+            model.key,
+            deadline,
+        )
         tracing = self.reporter.tracing
+        with tracing.child(outcome.span, "tokenization"):
+            # Abandoned at the deadline: the template may still be running on its
+            # thread, but the client is answered 504 on time.
+            prompt = await self.tokenized(job.make_prompt)
+        base = Generate(
+            request_id=_engine_id(request),
+            prompt=prompt,
+            params=params,
+            deadline=deadline.wall,
+            submitted_at=time.time(),
+            traceparent=tracing.traceparent(outcome.span),
+        )
+        generates = choice_requests(base, body.n)
+        outcome.prompt_tokens = len(prompt)
+        self._admission.tokenized(request.request_id, outcome.prompt_tokens)
+        names = None
+        if job.logprobs is not None:
+            names = model.names
+            await anyio.to_thread.run_sync(names.prepare, limiter=self._tokenizing)
+        tap = tap_of(request.scope)
+        created = int(time.time()) if tap is None or tap.resume is None else tap.resume.created
+        job.reply = job.reply_for(
+            ReplyContext(request.request_id, model.name, outcome.prompt_tokens, names, created)
+        )
+        tap = resumable(tap, job.reply, generates, created)
+        channel = _Channel(self.catalog.client(model), respond, job.reply, tap)
+
+        async def run() -> None:
+            runs = await self._run_choices(channel, generates, outcome)
+            with tracing.child(outcome.span, "stream_end"):
+                await finish_reply(channel.respond, channel.reply, outcome.end, runs)
+
+        await self._watching_client(request, outcome, run)
+
+    async def _serve_embedding(
+        self,
+        request: Request,
+        respond: Responder,
+        job: EmbeddingJob,
+        outcome: Outcome,
+        *,
+        endpoint: str,
+        deadline: Deadline,
+    ) -> None:
+        """Every input in one engine request; the vectors answered whole."""
+        refuse_resume(tap_of(request.scope))
+        model = self.catalog.get(job.model)
+        outcome.model = model.name
+        await self.catalog.described(model)
+        await self._admit(
+            request, outcome, _Booking(endpoint, job.prompt_chars, 1, 0, 1), model.key, deadline
+        )
+        tracing = self.reporter.tracing
+        with tracing.child(outcome.span, "tokenization"):
+            inputs = await anyio.to_thread.run_sync(
+                job.tokenize, abandon_on_cancel=True, limiter=self._tokenizing
+            )
+        embed = Embed(
+            request_id=_engine_id(request),
+            inputs=inputs,
+            deadline=deadline.wall,
+            submitted_at=time.time(),
+            traceparent=tracing.traceparent(outcome.span),
+        )
+        outcome.prompt_tokens = embed.prompt_tokens
+        self._admission.tokenized(request.request_id, outcome.prompt_tokens)
+        reply = job.reply_for(ReplyContext(request.request_id, model.name, embed.prompt_tokens))
+        client = self.catalog.client(model)
+
+        async def run() -> None:
+            for attempt in range(TRANSPARENT_RETRIES + 1):
+                await self._embed_once(
+                    client, retry_of(embed, attempt) if attempt else embed, outcome
+                )
+                if not _retry_due(outcome, attempt):
+                    break
+            if isinstance(outcome.end, Finished):
+                await reply.send_vectors(respond, outcome.end)
+            elif isinstance(outcome.end, Failed):
+                await respond.problem(problem_for(outcome.end))
+
+        await self._watching_client(request, outcome, run)
+
+    async def _admit(
+        self,
+        request: Request,
+        outcome: Outcome,
+        booking: _Booking,
+        model_key: str,
+        deadline: Deadline,
+    ) -> None:
+        """Let intake admit the request (raises the problem that refuses it)."""
         try:
-            generating = job.embed_inputs is None
-            with tracing.child(outcome.span, "admission"):
+            with self.reporter.tracing.child(outcome.span, "admission"):
                 await self._admission.admit(
                     request,
-                    endpoint,
-                    job.prompt_chars,
-                    job.messages,
+                    booking.endpoint,
+                    booking.prompt_chars,
+                    booking.messages,
                     deadline.wall,
-                    max_tokens=params.max_tokens * body.n if generating else 0,
-                    choices=body.n if generating else 1,
-                    model=model.key,
+                    max_tokens=booking.max_tokens,
+                    choices=booking.choices,
+                    model=model_key,
                 )
         except HTTPProblem as refused:
             self._observer.shed(refused.problem.slug.replace("-", "_"))
@@ -221,51 +327,11 @@ class Completions:
             outcome.release_due = True
             raise
         outcome.admitted = outcome.release_due = True
-        # Clients choose X-Request-ID and may reuse one; the engine's id must be unique.
-        engine_id = f"{request.request_id}.{uuid.uuid4().hex[:8]}"
-        # Abandoned at the deadline: the template may still be running on its
-        # thread, but the client is answered 504 on time.
-        if job.embed_inputs is not None:
-            with tracing.child(outcome.span, "tokenization"):
-                prompts = await anyio.to_thread.run_sync(
-                    job.embed_inputs, abandon_on_cancel=True, limiter=self._tokenizing
-                )
-            generates = embedding_requests(engine_id, prompts, deadline.wall)
-        else:
-            with tracing.child(outcome.span, "tokenization"):
-                prompt = await self.tokenized(job.make_prompt)
-            prompts = [prompt]
-            base = Generate(
-                request_id=engine_id,
-                prompt=prompt,
-                params=params,
-                deadline=deadline.wall,
-                submitted_at=time.time(),
-                traceparent=tracing.traceparent(outcome.span),
-            )
-            generates = choice_requests(base, body.n)
-        outcome.prompt_tokens = sum(len(prompt) for prompt in prompts)
-        self._admission.tokenized(request.request_id, outcome.prompt_tokens)
-        names = None
-        if job.logprobs is not None:
-            names = model.names
-            await anyio.to_thread.run_sync(names.prepare, limiter=self._tokenizing)
-        tap = tap_of(request.scope)
-        created = int(time.time()) if tap is None or tap.resume is None else tap.resume.created
-        job.reply = job.reply_for(
-            ReplyContext(request.request_id, model.name, outcome.prompt_tokens, names, created)
-        )
-        tap = resumable(tap, job.reply, generates, created)
-        channel = _Channel(self.catalog.client(model), respond, job.reply, tap)
-        await self._run_watching_client(request, channel, generates, outcome)
 
-    async def _run_watching_client(
-        self,
-        request: Request,
-        channel: _Channel,
-        generates: list[Generate],
-        outcome: Outcome,
+    async def _watching_client(
+        self, request: Request, outcome: Outcome, run: Callable[[], Awaitable[None]]
     ) -> None:
+        """``run`` the request to its answer; cancelled if the client goes away first."""
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
@@ -278,9 +344,7 @@ class Completions:
                     tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
-            runs = await self._run_choices(channel, generates, outcome)
-            with self.reporter.tracing.child(outcome.span, "stream_end"):
-                await finish_reply(channel.respond, channel.reply, outcome.end, runs)
+            await run()
             tg.cancel_scope.cancel()
 
     async def _run_choices(
@@ -326,16 +390,8 @@ class Completions:
         for attempt in range(TRANSPARENT_RETRIES + 1):
             request = generate if attempt == 0 else retry_of(generate, attempt)
             await self._attempt(channel, request, run, index)
-            end = run.end
-            retry = isinstance(end, Failed) and end.retryable and run.tokens_sent == 0
-            if not retry or attempt == TRANSPARENT_RETRIES:
+            if not _retry_due(run, attempt):
                 break
-            kind = end.kind.value if isinstance(end, Failed) else None
-            log.info(
-                "retrying transparently after %s",
-                kind,
-                extra={"event": "retry", "error_type": kind, "attempt": attempt + 1},
-            )
         await self._choice_end(channel, run, index)
 
     async def _choice_end(self, channel: _Channel, run: Outcome, index: int) -> None:
@@ -349,14 +405,18 @@ class Completions:
         try:
             await self._stream_into(channel, generate, run, index)
         except ActorDied:
-            # The generation actor died while taking the request in: nothing was
-            # generated, so this is the same retryable failure as a crash.
-            run.end = Failed(
-                request_id=generate.request_id,
-                kind=FailureKind.ENGINE_CRASHED,
-                retryable=True,
-                detail="the engine restarted; retry",
-            )
+            run.end = _died_taking(generate)
+
+    async def _embed_once(self, client: GenerationClient, embed: Embed, outcome: Outcome) -> None:
+        """One try at ``embed``: its one event, the vectors or the failure, into ``outcome``."""
+        outcome.end = None
+        try:
+            async with client.stream(embed) as events:
+                async for event in events:
+                    if isinstance(event, Finished | Failed):
+                        outcome.end = event
+        except ActorDied:
+            outcome.end = _died_taking(embed)
 
     async def _stream_into(
         self, channel: _Channel, generate: Generate, run: Outcome, index: int
@@ -381,3 +441,48 @@ class Completions:
                         run.end = event
                     case Failed():
                         run.end = event
+
+
+@dataclass(frozen=True)
+class _Booking:
+    """What intake is told of a request when it admits it."""
+
+    endpoint: str
+    prompt_chars: int
+    messages: int
+    max_tokens: int
+    choices: int
+
+
+def _engine_id(request: Request) -> str:
+    """A unique engine id: clients choose X-Request-ID and may reuse one."""
+    return f"{request.request_id}.{uuid.uuid4().hex[:8]}"
+
+
+def _died_taking(request: EngineRequest) -> Failed:
+    """The end of ``request`` when the generation actor died while taking it in.
+
+    Nothing was generated, so this is the same retryable failure as a crash.
+    """
+    return Failed(
+        request_id=request.request_id,
+        kind=FailureKind.ENGINE_CRASHED,
+        retryable=True,
+        detail="the engine restarted; retry",
+    )
+
+
+def _retry_due(run: Outcome, attempt: int) -> bool:
+    """Whether try ``attempt`` of a request ended so that it is tried again, transparently."""
+    end = run.end
+    if not isinstance(end, Failed) or not end.retryable or run.tokens_sent:
+        return False
+    if attempt == TRANSPARENT_RETRIES:
+        return False
+    kind = end.kind.value
+    log.info(
+        "retrying transparently after %s",
+        kind,
+        extra={"event": "retry", "error_type": kind, "attempt": attempt + 1},
+    )
+    return True

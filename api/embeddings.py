@@ -1,9 +1,12 @@
 """``POST /v1/embeddings``: the served model's embeddings, batched in the engine.
 
-Each input is its own engine request (``Generate.embed``), so inputs are
-cancelled, retried after an engine restart and bounded by the deadline
-(``--embeddings-timeout``) one by one, and the engine pools as many of them
-per forward pass as its token budget allows (:mod:`actors.generation.embedding`).
+All the inputs of a request travel to the engine as one request
+(:class:`~actors.generation.protocol.Embed`), which is cancelled, retried after
+an engine restart and bounded by the deadline (``--embeddings-timeout``) as a
+whole; the engine pools the inputs, its own and other requests', into forward
+passes as large as its token budget allows (:mod:`actors.generation.embedding`),
+and answers with every vector at once, as float32 bytes that base64 encodes
+as they are.
 The vector is the final hidden states mean-pooled over the input's tokens and
 L2-normalised, as llama.cpp's ``--embeddings`` and vLLM's pooling runner give
 for a decoder model. ``dimensions`` is accepted only as the model's own size:
@@ -12,19 +15,19 @@ shortening such a vector is meaningful only for a model trained for it.
 
 from __future__ import annotations
 
+import array
 import base64
-import struct
+import sys
 from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from actors.generation.protocol import Finished, TokenLogprob
+from actors.generation.protocol import Finished
 from api.completions import Completions
 from api.http import Request, Responder
-from api.jobs import Job
-from api.openai_types import SamplingFields
+from api.jobs import EmbeddingJob
 from api.problems import HTTPProblem, Problem
-from api.reply import ChoiceResult, ReplyContext
+from api.reply import ReplyContext
 
 MAX_INPUTS = 2048
 """Inputs one request may carry (OpenAI's limit)."""
@@ -79,7 +82,7 @@ class Embeddings:
         """``POST /v1/embeddings``."""
         await self._core.handle(request, respond, "embeddings", self._job)
 
-    async def _job(self, request: Request) -> Job:
+    async def _job(self, request: Request) -> EmbeddingJob:
         core = self._core
         body = await request.json_body(EmbeddingRequest, core.settings.max_body_bytes)
         tokenizer = (await core.check_model(body.model)).tokenizer
@@ -99,12 +102,11 @@ class Embeddings:
                 return ids
             return [[int(token) for token in tokenizer().encode(text)] for text in texts]
 
-        return Job(
-            body=SamplingFields(model=body.model),
+        return EmbeddingJob(
+            model=body.model,
             prompt_chars=sum(len(text) for text in texts) or sum(len(i) for i in ids or ()),
-            make_prompt=list,
+            tokenize=tokenize,
             reply_for=lambda context: EmbeddingsReply(context, body.encoding_format),
-            embed_inputs=tokenize,
         )
 
 
@@ -128,50 +130,33 @@ def _inputs(given: str | list[Any]) -> tuple[list[str], list[list[int]] | None]:
 
 
 class EmbeddingsReply:
-    """Writes the embeddings of every input, in order, once all are done."""
-
-    streaming = False
+    """Writes the embeddings of every input, in order (a :class:`~api.reply.VectorsWriter`)."""
 
     def __init__(self, context: ReplyContext, encoding: str) -> None:
         self.context = context
         self._encoding = encoding
 
-    async def send_whole(
-        self, respond: Responder, results: list[ChoiceResult], end: Finished
-    ) -> None:
+    async def send_vectors(self, respond: Responder, end: Finished) -> None:
         """The list of embeddings and the tokens read."""
-        if any(result.end.embedding is None for result in results):
+        vectors = end.embeddings
+        if not vectors or any(not vector for vector in vectors):
             # An engine that ended an input without its vector: never an empty one.
             await respond.problem(
                 Problem(500, "internal-error", "the server failed to embed an input")
             )
             return
         data = [
-            Embedding(index=index, embedding=self._encoded(result.end.embedding or []))
-            for index, result in enumerate(results)
+            Embedding(index=index, embedding=self._encoded(vector))
+            for index, vector in enumerate(vectors)
         ]
         usage = EmbeddingUsage(prompt_tokens=end.prompt_tokens, total_tokens=end.prompt_tokens)
         await respond.json(200, EmbeddingList(data=data, model=self.context.model, usage=usage))
 
-    def _encoded(self, vector: list[float]) -> list[float] | str:
+    def _encoded(self, vector: bytes) -> list[float] | str:
+        """``vector`` (little-endian float32) as OpenAI's floats, or its base64 as it is."""
         if self._encoding == "base64":
-            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-        return vector
-
-    async def send_delta(
-        self,
-        respond: Responder,
-        text: str,
-        logprobs: list[TokenLogprob] | None = None,
-        index: int = 0,
-    ) -> None:
-        """Never called: nothing is generated."""
-
-    async def send_choice_end(self, respond: Responder, end: Finished, index: int = 0) -> None:
-        """Never called: the reply is not streamed."""
-
-    async def send_done(self, respond: Responder, end: Finished) -> None:
-        """Never called: the reply is not streamed."""
-
-    async def send_error(self, respond: Responder, problem: Problem) -> None:
-        """Never called: the reply is not streamed."""
+            return base64.b64encode(vector).decode()
+        floats = array.array("f", vector)
+        if sys.byteorder != "little":
+            floats.byteswap()
+        return floats.tolist()

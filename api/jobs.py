@@ -1,7 +1,8 @@
 """From a decoded request to a job: its prompt builder, grammar, tools and logprobs.
 
-Chat requests are templated (with their tools, if offered); text requests are
-a string or token ids. Everything the engine will be asked to enforce is
+A job is one of two kinds: :class:`Job` generates (chat requests are templated
+with their tools, if offered; text requests are a string or token ids), and
+:class:`EmbeddingJob` embeds a list of inputs. Everything the engine will be asked to enforce is
 decided here, before admission, so that a request the server cannot honour is
 refused without waiting in the queue.
 """
@@ -16,7 +17,7 @@ from api.chat_reply import chat_reply, text_reply
 from api.openai_types import ChatCompletionRequest, CompletionRequest, SamplingFields
 from api.problems import HTTPProblem
 from api.prompts import template_message
-from api.reply import ReplyContext, ReplyWriter
+from api.reply import ReplyContext, ReplyWriter, VectorsWriter
 from api.structured import response_grammar
 from api.tools import ToolPlan, plan_tools
 
@@ -41,8 +42,22 @@ class Job:
     """A chat request's tools: offered in the prompt, parsed out of the answer."""
     logprobs: int | None = None
     """Alternatives per token to report; ``None``: no log-probabilities."""
-    embed_inputs: Callable[[], list[list[int]]] | None = None
-    """For embeddings: tokenizes every input (on a worker thread); ``None``: generate."""
+
+
+@dataclass(frozen=True)
+class EmbeddingJob:
+    """A decoded embeddings request: inputs to tokenize, then one engine request."""
+
+    model: str
+    prompt_chars: int
+    """Characters (or token ids) of every input together, for intake's estimate."""
+    tokenize: Callable[[], list[list[int]]]
+    """Tokenizes every input (on a worker thread)."""
+    reply_for: Callable[[ReplyContext], VectorsWriter]
+    """The response's writer, once the inputs are tokenized."""
+
+
+AnyJob = Job | EmbeddingJob
 
 
 def chat_job(

@@ -3,10 +3,10 @@
 The completion machinery (:mod:`api.completions`) runs a request's choices
 and hands what they produce to a :class:`ReplyWriter`: OpenAI's chat and text
 completions (:mod:`api.chat_reply`), Anthropic's Messages
-(:mod:`api.anthropic_reply`), OpenAI's Responses (:mod:`api.responses_reply`)
-and embeddings (:mod:`api.embeddings`). A streamed reply starts with its first
-output (or at its end), never before: an error before that is still answered
-with a proper status.
+(:mod:`api.anthropic_reply`) and OpenAI's Responses (:mod:`api.responses_reply`);
+embeddings (:mod:`api.embeddings`) have a :class:`VectorsWriter` of their own. A
+streamed reply starts with its first output (or at its end), never before: an
+error before that is still answered with a proper status.
 """
 
 from __future__ import annotations
@@ -92,6 +92,14 @@ class ReplyWriter(Protocol):
 
     async def send_error(self, respond: Responder, problem: Problem) -> None:
         """End a started stream with an error event that names the request."""
+        ...
+
+
+class VectorsWriter(Protocol):
+    """Writes the response of an embeddings request: never streamed."""
+
+    async def send_vectors(self, respond: Responder, end: Finished) -> None:
+        """The whole body, from the engine's end (its :attr:`~Finished.embeddings`)."""
         ...
 
 

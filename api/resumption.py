@@ -154,12 +154,17 @@ def resumable(
     """
     if tap is None:
         return None
-    if not reply.streaming or len(generates) != 1 or generates[0].embed:
-        if tap.resume is not None:
-            raise HTTPProblem(400, "not-resumable", "only a stream of one choice can be resumed")
+    if not reply.streaming or len(generates) != 1:
+        refuse_resume(tap)
         return None
     tap.started(created)
     return tap
+
+
+def refuse_resume(tap: StreamTap | None) -> None:
+    """400 if ``tap`` asks to resume a request that is not a stream of one choice."""
+    if tap is not None and tap.resume is not None:
+        raise HTTPProblem(400, "not-resumable", "only a stream of one choice can be resumed")
 
 
 async def resume_choice(

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from actors.generation.embedding import EmbeddingQueue, pooled
-from actors.generation.protocol import Failed, FailureKind, Finished, FinishReason, Generate
+from actors.generation.protocol import Embed, Failed, FailureKind, Finished, FinishReason
 from tests.generation_harness import Outcome, harness, record
 from tests.server import Server, running_server
 from tests.test_api import assert_problem, client, model_name
@@ -30,8 +30,18 @@ from tests.test_api_metrics import eventually, metrics_text, samples, value
 pytestmark = pytest.mark.timeout(120)
 
 
-def embed(request_id: str, prompt: list[int], deadline: float | None = None) -> Generate:
-    return Generate(request_id=request_id, prompt=prompt, deadline=deadline, embed=True)
+def embed(request_id: str, *inputs: list[int], deadline: float | None = None) -> Embed:
+    return Embed(request_id=request_id, inputs=list(inputs), deadline=deadline)
+
+
+def floats(vector: bytes) -> list[float]:
+    """A vector as the engine sends it (little-endian float32) as floats."""
+    return list(struct.unpack(f"<{len(vector) // 4}f", vector))
+
+
+def vectors_of(event: object) -> list[list[float]]:
+    assert isinstance(event, Finished) and event.embeddings is not None, event
+    return [floats(vector) for vector in event.embeddings]
 
 
 def cosine(a: list[float], b: list[float]) -> float:
@@ -50,14 +60,32 @@ def test_the_queue_batches_within_its_token_budget(loaded_model: Any) -> None:
     assert [event.request_id for event in first] == ["e0", "e1"]
     second = queue.step()
     assert [event.request_id for event in second] == ["e2"] and not queue
-    alone = pooled(loaded_model.model, [prompts[0]])[0]
+    alone = floats(pooled(loaded_model.model, [prompts[0]])[0])
     for event in [*first, *second]:
-        assert isinstance(event, Finished) and event.embedding is not None
+        (vector,) = vectors_of(event)
+        assert isinstance(event, Finished)
         assert event.reason is FinishReason.STOP and event.prompt_tokens == 8
-        assert math.isclose(cosine(event.embedding, event.embedding), 1.0, rel_tol=1e-5)
-    assert isinstance(first[0], Finished) and first[0].embedding is not None
+        assert math.isclose(cosine(vector, vector), 1.0, rel_tol=1e-5)
     # Batched or alone, a prompt gets the same vector (right padding is never attended to).
-    assert max(abs(x - y) for x, y in zip(first[0].embedding, alone, strict=True)) < 1e-5
+    (batched,) = vectors_of(first[0])
+    assert max(abs(x - y) for x, y in zip(batched, alone, strict=True)) < 1e-5
+
+
+def test_one_request_of_many_inputs_is_answered_once_in_order(loaded_model: Any) -> None:
+    queue = EmbeddingQueue(loaded_model, token_budget=16)
+    inputs = [[5 + i, 6 + i, 7 + i, 8 + i] for i in range(10)]
+    assert queue.add(embed("many", *inputs)) is None
+    assert queue.add(embed("other", [9, 9])) is None
+    events = []
+    while queue:
+        events.extend(queue.step())
+    # Four inputs of 4 tokens a pass: the one request ends once, after its last.
+    assert [event.request_id for event in events] == ["many", "other"]
+    many = events[0]
+    assert isinstance(many, Finished) and many.prompt_tokens == 40
+    alone = [floats(vector) for vector in pooled(loaded_model.model, inputs)]
+    for got, want in zip(vectors_of(many), alone, strict=True):
+        assert max(abs(x - y) for x, y in zip(got, want, strict=True)) < 1e-5
 
 
 def test_a_prompt_longer_than_the_budget_is_embedded_alone_in_chunks(loaded_model: Any) -> None:
@@ -67,49 +95,63 @@ def test_a_prompt_longer_than_the_budget_is_embedded_alone_in_chunks(loaded_mode
     queue.add(embed("short", [7, 8, 9]))
     assert queue.step() == [] and queue.step() == []  # 8 + 8 tokens: not done yet
     (done,) = queue.step()  # the last 4 tokens
-    assert isinstance(done, Finished) and done.request_id == "long" and done.embedding
-    whole = pooled(loaded_model.model, [long_prompt])[0]
-    assert max(abs(x - y) for x, y in zip(done.embedding, whole, strict=True)) < 1e-4
+    assert done.request_id == "long"
+    whole = floats(pooled(loaded_model.model, [long_prompt])[0])
+    (vector,) = vectors_of(done)
+    assert max(abs(x - y) for x, y in zip(vector, whole, strict=True)) < 1e-4
     (short,) = queue.step()
     assert isinstance(short, Finished) and short.request_id == "short" and not queue
 
 
 def test_a_failed_pass_fails_only_its_own_requests(loaded_model: Any) -> None:
     queue = EmbeddingQueue(loaded_model, token_budget=8)
-    queue.add(embed("long", [5] * 20))
+    queue.add(embed("long", [5] * 20, [5, 6]))
     queue.add(embed("waiting", [6, 7]))
-    assert queue.step() == []  # the long prompt's first chunk: it is in the pass now
+    assert queue.step() == []  # the long input's first chunk: it is in the pass now
     (failed,) = queue.fail_pass(FailureKind.OUT_OF_MEMORY, "out of memory; retry later", True)
     assert isinstance(failed, Failed) and failed.request_id == "long" and failed.retryable
+    # The failed request's other input is gone with it.
     (left,) = queue.step()
-    assert isinstance(left, Finished) and left.request_id == "waiting"
+    assert isinstance(left, Finished) and left.request_id == "waiting" and not queue
 
 
 def test_an_expired_request_is_dropped_before_any_work(loaded_model: Any) -> None:
     queue = EmbeddingQueue(loaded_model, token_budget=64)
-    queue.add(embed("late", [5, 6, 7], deadline=time.time() - 1))
+    queue.add(embed("late", [5, 6, 7], [8, 9], deadline=time.time() - 1))
     queue.add(embed("on-time", [5, 6, 7], deadline=time.time() + 60))
     late, on_time = queue.step()
     assert isinstance(late, Failed) and late.kind is FailureKind.DEADLINE_EXCEEDED
-    assert isinstance(on_time, Finished) and on_time.embedding is not None
+    assert len(vectors_of(on_time)) == 1 and not queue
 
 
 def test_cancelled_refused_and_drained_requests_each_get_one_end(loaded_model: Any) -> None:
     queue = EmbeddingQueue(loaded_model, token_budget=64)
     window = loaded_model.context_length
-    for request_id, prompt, kind in [
-        ("empty", [], FailureKind.INVALID_REQUEST),
-        ("unknown-token", [10**9], FailureKind.INVALID_REQUEST),
-        ("too-long", [5] * (window + 1), FailureKind.PROMPT_TOO_LONG),
+    for request_id, inputs, kind in [
+        ("none", [], FailureKind.INVALID_REQUEST),
+        ("empty", [[5], []], FailureKind.INVALID_REQUEST),
+        ("unknown-token", [[5], [10**9]], FailureKind.INVALID_REQUEST),
+        ("too-long", [[5], [5] * (window + 1)], FailureKind.PROMPT_TOO_LONG),
     ]:
-        refused = queue.add(embed(request_id, prompt))
+        refused = queue.add(embed(request_id, *inputs))
         assert isinstance(refused, Failed) and refused.kind is kind and not refused.retryable
-    queue.add(embed("a", [5, 6]))
+    queue.add(embed("a", [5, 6], [7]))
     queue.add(embed("b", [7, 8]))
+    duplicate = queue.add(embed("b", [1]))
+    assert isinstance(duplicate, Failed) and duplicate.kind is FailureKind.INVALID_REQUEST
     cancelled = queue.cancel("a")
     assert isinstance(cancelled, Finished) and cancelled.reason is FinishReason.CANCELLED
+    assert cancelled.prompt_tokens == 3
     assert queue.cancel("a") is None
     assert [request.request_id for request in queue.drain()] == ["b"] and not queue
+
+
+def test_a_request_cancelled_halfway_leaves_no_input_behind(loaded_model: Any) -> None:
+    queue = EmbeddingQueue(loaded_model, token_budget=4)
+    queue.add(embed("half", [5, 6, 7, 8], [5, 6, 7, 8], [5, 6, 7, 8]))
+    assert queue.step() == []  # one of its three inputs is done
+    assert isinstance(queue.cancel("half"), Finished) and not queue
+    assert queue.step() == []
 
 
 def test_a_pass_that_fails_leaves_its_batch_to_be_drained(loaded_model: Any) -> None:
@@ -161,9 +203,9 @@ async def test_embeddings_and_generation_share_the_engine(loaded_model: Any) -> 
             for index, text in enumerate(["red apples", "green pears", "blue skies"]):
                 tg.start_soon(one, index, text)
         assert isinstance(story.end, Finished) and len(story.tokens) == 40
-        assert all(end.embedding is not None for end in vectors.values())
+        assert all(len(vectors_of(end)) == 1 for end in vectors.values())
         stats = await h.stats()
-        assert stats.embedding_size == len(vectors["red apples"].embedding or [])
+        assert stats.embedding_size == len(vectors_of(vectors["red apples"])[0])
 
 
 # -- over HTTP ---------------------------------------------------------------------------
@@ -268,3 +310,22 @@ def test_embeddings_are_counted_in_the_metrics(server: Server) -> None:
 
     # Reported to the metrics actor as the response ends: polled, not read at once.
     eventually(lambda: counted() == before + 1)
+
+
+def test_the_most_inputs_a_request_may_carry_travel_as_one(server: Server) -> None:
+    # 2,048 inputs (OpenAI's limit) are one engine request: answered whole, in order.
+    texts = [f"item {index % 7}" for index in range(2048)]
+    body = {"model": model_name(server), "input": texts, "encoding_format": "base64"}
+    response = httpx.post(server.url + "/v1/embeddings", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [item["index"] for item in data] == list(range(2048))
+    assert data[0]["embedding"] == data[7]["embedding"] != data[1]["embedding"]
+    one = httpx.post(
+        server.url + "/v1/embeddings",
+        json={"model": model_name(server), "input": "item 3", "encoding_format": "base64"},
+        timeout=30,
+    ).json()
+    first = struct.unpack("<4f", base64.b64decode(one["data"][0]["embedding"])[:16])
+    again = struct.unpack("<4f", base64.b64decode(data[3]["embedding"])[:16])
+    assert max(abs(x - y) for x, y in zip(first, again, strict=True)) < 1e-5

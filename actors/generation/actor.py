@@ -36,6 +36,7 @@ from actors.generation.protocol import (
     Accepted,
     Cancel,
     ClearEngineFaults,
+    Embed,
     EngineFaultsCleared,
     EngineStats,
     Failed,
@@ -145,7 +146,7 @@ class GenerationActor(Actor):
         """Admit, cancel, report, or inject faults."""
         engine = self._require_engine()
         match message:
-            case Generate(request_id=request_id):
+            case Generate(request_id=request_id) | Embed(request_id=request_id):
                 if not self.ctx.inbox_open(request_id) or request_id in self._owned:
                     # Events are routed by id: a second request under a live id
                     # would receive the first one's events.

@@ -10,11 +10,12 @@ import anyio
 from actors.generation.protocol import (
     Accepted,
     Cancel,
+    EngineRequest,
     Failed,
     Finished,
-    Generate,
     StreamEvent,
     TokenChunk,
+    max_events,
 )
 from runtime import ActorRef, DeliveryError, Inbox
 
@@ -74,7 +75,7 @@ class GenerationClient:
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, request: Generate, *, timeout: float = ADMISSION_TIMEOUT
+        self, request: EngineRequest, *, timeout: float = ADMISSION_TIMEOUT
     ) -> AsyncIterator[EventStream]:
         """Submit ``request`` and yield its events; leaving early cancels it.
 
@@ -83,7 +84,7 @@ class GenerationClient:
         request is cancelled so it leaves the batch before the next step.
         """
         # Room for one chunk per token plus the terminal event: never full.
-        inbox = self._open_inbox(request.request_id, max(request.params.max_tokens, 0) + 2)
+        inbox = self._open_inbox(request.request_id, max_events(request))
         events = EventStream(inbox)
         try:
             answer = await self.ref.ask(request, timeout=timeout)

@@ -47,6 +47,8 @@ from actors.generation.logprobs import token_logprob
 from actors.generation.ports import ModelLike, PrefixStore
 from actors.generation.protocol import (
     Cancel,
+    Embed,
+    EngineRequest,
     Failed,
     FailureKind,
     FinishReason,
@@ -124,7 +126,7 @@ class Engine:
         """Start the engine thread."""
         self._thread.start()
 
-    def submit(self, request: Generate) -> None:
+    def submit(self, request: EngineRequest) -> None:
         """Queue a request; it joins the batch before the next step."""
         self._commands.put(request)
 
@@ -230,7 +232,7 @@ class Engine:
                     return False
                 case Cancel(request_id=request_id):
                     self._cancel(request_id)
-                case Generate(embed=True):
+                case Embed():
                     refused = self._embeddings.add(command)
                     self._emit_any([] if refused is None else [refused])
                 case Generate():
@@ -395,11 +397,14 @@ class Engine:
     def _fail_all(self, kind: FailureKind, detail: str, retryable: bool) -> None:
         """Fail the requests in the batch and the waiting ones (the engine is ending)."""
         self._fail_in_flight(kind, detail, retryable)
-        self._waiting.extend(self._shared.drain())
-        self._waiting.extend(self._embeddings.drain())
+        waiting: list[EngineRequest] = [
+            *self._waiting,
+            *self._shared.drain(),
+            *self._embeddings.drain(),
+        ]
         events: list[StreamEvent] = [
             Failed(request_id=r.request_id, kind=kind, retryable=retryable, detail=detail)
-            for r in self._waiting
+            for r in waiting
         ]
         self._waiting.clear()
         self._emit_any(events)

@@ -30,9 +30,9 @@ from actors.generation.process_protocol import ArmedFault, Heartbeat, Ready
 from actors.generation.protocol import (
     EngineExit,
     EngineFault,
+    EngineRequest,
     Failed,
     Finished,
-    Generate,
     TokenChunk,
 )
 from actors.kvcache.control import CacheRequest
@@ -103,7 +103,7 @@ class Submit(Message, frozen=True, kw_only=True):
     """Run ``request`` on process ``pid`` (dropped if that process is gone)."""
 
     pid: int
-    request: Generate
+    request: EngineRequest
 
 
 class CancelOn(Message, frozen=True, kw_only=True):

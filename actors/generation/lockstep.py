@@ -35,7 +35,7 @@ import mlx.core as mx
 import msgspec
 import numpy as np
 
-from actors.generation.protocol import Cancel, Generate
+from actors.generation.protocol import Cancel, Embed, Generate
 from runtime import Message
 
 INLINE_BYTES: Final = 4096
@@ -47,7 +47,7 @@ class StopEngine(Message, frozen=True, kw_only=True):
     """The engine loop ends (the server is stopping)."""
 
 
-Command = Generate | Cancel | StopEngine
+Command = Generate | Embed | Cancel | StopEngine
 
 
 class Turn(Message, frozen=True, kw_only=True):

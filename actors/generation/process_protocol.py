@@ -21,6 +21,7 @@ import msgspec
 from actors.generation.engine_config import EngineConfig
 from actors.generation.protocol import (
     Cancel,
+    Embed,
     EngineFault,
     Failed,
     Finished,
@@ -86,7 +87,7 @@ class DisarmFaults(Message, frozen=True, kw_only=True):
     """Disarm every fault of the running engine."""
 
 
-ToEngine = Generate | Cancel | CacheCall | ArmFault | DisarmFaults | Shutdown | Boot
+ToEngine = Generate | Embed | Cancel | CacheCall | ArmFault | DisarmFaults | Shutdown | Boot
 """Every frame the parent sends."""
 
 

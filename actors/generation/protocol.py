@@ -66,10 +66,53 @@ class Generate(Message, frozen=True, kw_only=True):
     traceparent: str | None = None
     """The W3C trace context of the HTTP request's span, while tracing is on: the
     engine's spans (queue, prefill, decode) join that trace."""
-    embed: bool = False
-    """Return the prompt's embedding (:attr:`Finished.embedding`) instead of
-    generating: the final hidden states, mean-pooled over the prompt and
-    L2-normalised. Nothing is sampled, so ``params`` play no part."""
+
+
+class Embed(Message, frozen=True, kw_only=True):
+    """Embed every input of one request and answer with their vectors in one event.
+
+    One message for the whole request, however many inputs it has: the engine
+    pools its inputs (and other requests') into bounded forward passes, and
+    answers with one :class:`Finished` whose :attr:`~Finished.embeddings` holds
+    a vector per input, in order. Nothing is streamed before it.
+    """
+
+    request_id: str
+    inputs: list[list[int]]
+    """Each input's token ids."""
+    deadline: float | None = None
+    """Wall-clock time after which the request is dropped if it has not started."""
+    submitted_at: float | None = None
+    """Wall-clock time it was sent (for :attr:`Finished.queued_s`)."""
+    traceparent: str | None = None
+    """The W3C trace context of the HTTP request's span, while tracing is on."""
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of every input together."""
+        return sum(len(tokens) for tokens in self.inputs)
+
+
+EngineRequest = Generate | Embed
+"""What the generation actor and its engine take as a request."""
+
+
+def prompt_length(request: EngineRequest) -> int:
+    """The request's prompt tokens: the prompt's, or every input's."""
+    match request:
+        case Generate(prompt=prompt):
+            return len(prompt)
+        case Embed():
+            return request.prompt_tokens
+
+
+def max_events(request: EngineRequest) -> int:
+    """The most events the request's stream can carry: a chunk per token and its end."""
+    match request:
+        case Generate(params=params):
+            return max(params.max_tokens, 0) + 2
+        case Embed():
+            return 2
 
 
 class Cancel(Message, frozen=True, kw_only=True):
@@ -137,8 +180,9 @@ class Finished(Message, frozen=True, kw_only=True):
     """Seconds from ``Generate.submitted_at`` to the start of prefill (``None``: unknown)."""
     stop_string: str | None = None
     """The stop string that ended the text (``None``: another reason, EOS included)."""
-    embedding: list[float] | None = None
-    """The prompt's embedding, for a request that asked for one (``Generate.embed``)."""
+    embeddings: list[bytes] | None = None
+    """For an :class:`Embed` request: one vector per input, in order, each as
+    little-endian float32 (the bytes OpenAI's ``encoding_format: base64`` sends)."""
 
 
 class FailureKind(enum.StrEnum):

@@ -18,6 +18,7 @@ from actors.generation.constraints import ConstraintError
 from actors.generation.engine_spans import EngineTrace
 from actors.generation.grammar_mask import GrammarBook, TokenMask
 from actors.generation.protocol import (
+    EngineRequest,
     Failed,
     FailureKind,
     Finished,
@@ -26,6 +27,7 @@ from actors.generation.protocol import (
     StreamEvent,
     TokenChunk,
     TokenLogprob,
+    prompt_length,
 )
 from actors.generation.sampling import LogitsProcessor, RequestSampler, logits_processors, validate
 from actors.generation.stops import StopMatcher
@@ -285,7 +287,7 @@ def _problem(request: Generate, loaded: ModelLike) -> Failed | None:
     return None
 
 
-def expired(request: Generate) -> Failed:
+def expired(request: EngineRequest) -> Failed:
     """The end of a request whose deadline passed before its prefill started."""
     return Failed(
         request_id=request.request_id,
@@ -295,12 +297,12 @@ def expired(request: Generate) -> Failed:
     )
 
 
-def never_started(request: Generate) -> Finished:
+def never_started(request: EngineRequest) -> Finished:
     """The end of a request cancelled before its prefill started."""
     return Finished(
         request_id=request.request_id,
         reason=FinishReason.CANCELLED,
-        prompt_tokens=len(request.prompt),
+        prompt_tokens=prompt_length(request),
         completion_tokens=0,
     )
 

@@ -47,10 +47,12 @@ from actors.generation.protocol import (
     AwaitModel,
     Cancel,
     ClearEngineFaults,
+    Embed,
     EngineExit,
     EngineFault,
     EngineFaultsCleared,
     EngineProcessInfo,
+    EngineRequest,
     EngineStats,
     Failed,
     FailureKind,
@@ -102,7 +104,7 @@ class GenerationRouter(Actor):
     async def handle(self, message: Message) -> Message | None:  # noqa: PLR0911, PLR0912 - one case per message
         """Admit and cancel requests; follow the engine process; report; inject faults."""
         match message:
-            case Generate():
+            case Generate() | Embed():
                 return self._admit(message)
             case AwaitModel():
                 return self._await_model()
@@ -175,7 +177,7 @@ class GenerationRouter(Actor):
                     request_id, self._demand.failure(request_id, len(tracked.delivered))
                 )
 
-    def _admit(self, request: Generate) -> Message:
+    def _admit(self, request: EngineRequest) -> Message:
         request_id = request.request_id
         if not self.ctx.inbox_open(request_id) or request_id in self._tracked:
             # Events are routed by id: a second request under a live id would
@@ -332,7 +334,7 @@ class GenerationRouter(Actor):
                     "tokens_sent": len(tracked.delivered),
                 },
             )
-        if len(tracked.delivered) >= request.params.max_tokens:  # only its end was lost
+        if tracked.fully_delivered:  # only its end was lost
             self._terminate(request.request_id, tracked.finished(FinishReason.LENGTH))
             return
         tracked.engine = pid

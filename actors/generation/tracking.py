@@ -15,14 +15,22 @@ from dataclasses import dataclass, field
 import msgspec
 
 from actors.generation.process_protocol import Heartbeat
-from actors.generation.protocol import Failed, FailureKind, Finished, FinishReason, Generate
+from actors.generation.protocol import (
+    EngineRequest,
+    Failed,
+    FailureKind,
+    Finished,
+    FinishReason,
+    Generate,
+    prompt_length,
+)
 
 
 @dataclass
 class TrackedRequest:
     """One request the generation actor holds until its end is delivered."""
 
-    request: Generate
+    request: EngineRequest
     delivered: list[int] = field(default_factory=list)
     """Token ids delivered to the client so far."""
     engine: int | None = None
@@ -36,9 +44,18 @@ class TrackedRequest:
         """The id its events are posted under."""
         return self.request.request_id
 
-    def resubmission(self) -> Generate:
+    @property
+    def fully_delivered(self) -> bool:
+        """Every token it may generate was delivered: only its end is missing."""
+        match self.request:
+            case Generate(params=params):
+                return len(self.delivered) >= params.max_tokens
+            case _:
+                return False  # an embedding's one event is its end
+
+    def resubmission(self) -> EngineRequest:
         """The request for the next engine: the delivered tokens ride along to be prefilled."""
-        if not self.delivered:
+        if not self.delivered or not isinstance(self.request, Generate):
             return self.request
         # Its choice group (if any) has moved on: it is prefilled on its own.
         return msgspec.structs.replace(
@@ -50,7 +67,7 @@ class TrackedRequest:
         return Finished(
             request_id=self.request_id,
             reason=reason,
-            prompt_tokens=len(self.request.prompt),
+            prompt_tokens=prompt_length(self.request),
             completion_tokens=len(self.delivered),
         )
 

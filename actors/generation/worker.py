@@ -48,6 +48,7 @@ from actors.generation.process_protocol import (
 )
 from actors.generation.protocol import (
     Cancel,
+    Embed,
     EngineFault,
     Failed,
     Finished,
@@ -159,7 +160,7 @@ class EngineSession:
         threading.Thread(target=self._beat, name="troupe-heartbeat", daemon=True).start()
         while (message := self._channel.receive()) is not None:
             match message:
-                case Generate():
+                case Generate() | Embed():
                     self._engine.submit(message)
                 case Cancel(request_id=request_id):
                     self._engine.cancel(request_id)
