@@ -13,6 +13,11 @@ streaming load between them, so both see the same machine state. Reports:
   server's own ``recovery_seconds``), for SIGKILL of the engine process, and
   for an exception in the engine thread (the closest the thread side has:
   a native crash there ends the whole server).
+
+With ``--baseline DIR`` (a checkout of an earlier commit, e.g. made with
+``git worktree add DIR COMMIT``) the two sides are both ``--engine process``:
+``baseline`` runs DIR's code and ``current`` this tree's, under the same load
+in alternation, so a change to the engine is measured before/after in one run.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from benchmarks.harness.servers import (
 
 ADMIN = "bench-admin"
 SIDES = ("process", "thread")
+BEFORE_AFTER = ("baseline", "current")
 
 
 @dataclass
@@ -129,7 +135,7 @@ async def _restarts(side: Side, kills: int, model: str) -> list[float]:
             while len(_recoveries(server)) < done:  # noqa: ASYNC110 - another process's state
                 await anyio.sleep(0.05)
             await anyio.sleep(0.5)  # let the streams get going on the new engine
-            if side.name == "process":
+            if side.name != "thread":
                 engine = (await http.get("/v1/supervisor")).json()["engine"]["process"]
                 os.kill(engine["pid"], signal.SIGKILL)
             else:
@@ -149,14 +155,25 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else 0.0
 
 
+def _side_setup(name: str, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """The ``--engine`` a side runs and its environment (the baseline's code path)."""
+    env = server_environment(None if args.blas == "none" else default_preload())
+    if name == "baseline":
+        # Ahead of this tree on the path: the server and its engine process import DIR's code.
+        env["PYTHONPATH"] = str(args.baseline.resolve())
+    return ("process" if name in BEFORE_AFTER else name), env
+
+
 async def _run(args: argparse.Namespace, size: str) -> dict[str, Any]:
     model = str(default_model_dir(size))
-    env = server_environment(None if args.blas == "none" else default_preload())
     log_dir = args.out.parent / f"engine-process-logs-{size}"
     sides: list[Side] = []
     try:
-        for name in SIDES:
-            kind = ServerKind(name, f"troupe --engine {name}", "/health/ready", _command(name))
+        for name in BEFORE_AFTER if args.baseline else SIDES:
+            engine, env = _side_setup(name, args)
+            kind = ServerKind(
+                name, f"troupe --engine {engine} ({name})", "/health/ready", _command(engine)
+            )
             server = start_server(kind, model, Batching(decode=args.decode_batch), env, log_dir)
             sides.append(Side(name, server))
         for side in sides:
@@ -176,16 +193,18 @@ async def _run(args: argparse.Namespace, size: str) -> dict[str, Any]:
 
 
 def _report(size: str, sides: list[Side], restarts: dict[str, list[float]]) -> dict[str, Any]:
-    process, thread = sides
-    levels = sorted(process.tokens_per_s)
+    """The figures; ``ratio`` is the first side's over the second's (process/thread,
+    or current/baseline)."""
+    first, second = sides if sides[0].name != "baseline" else sides[::-1]
+    levels = sorted(first.tokens_per_s)
     return {
         "model": size,
         "tokens_per_s": {
             str(level): {
-                "process": round(_median(process.tokens_per_s[level]), 1),
-                "thread": round(_median(thread.tokens_per_s[level]), 1),
+                first.name: round(_median(first.tokens_per_s[level]), 1),
+                second.name: round(_median(second.tokens_per_s[level]), 1),
                 "ratio": round(
-                    _median(process.tokens_per_s[level]) / _median(thread.tokens_per_s[level]), 3
+                    _median(first.tokens_per_s[level]) / _median(second.tokens_per_s[level]), 3
                 ),
             }
             for level in levels
@@ -216,6 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=5, help="engine deaths per side")
     parser.add_argument("--decode-batch", type=int, default=32)
     parser.add_argument("--blas", choices=("auto", "none"), default="auto")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a checkout of an earlier commit: measure it against this tree, both --engine process",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine-process.json"))
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)

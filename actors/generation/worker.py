@@ -6,7 +6,9 @@ talks to its parent only through the Unix socket ``FD`` (frames of
 Threads, no event loop (nothing here imports anyio):
 
 * the main thread reads the parent's frames and hands requests to the engine;
-* the engine thread steps the batch and sends each step's events as one frame;
+* the engine thread steps the batch and hands each step's events over;
+* the output thread sends them as frames (:mod:`.output_thread`), so a slow
+  parent never stalls a decode step;
 * the heartbeat thread reports the step counter every ``heartbeat_interval``;
 * the control thread answers kv-cache requests and runs the pressure checks.
 
@@ -30,6 +32,7 @@ from actors.generation.embedding import embedding_size
 from actors.generation.engine import Engine
 from actors.generation.faults import FaultPlan
 from actors.generation.lockstep import Lockstep
+from actors.generation.output_thread import OutputThread
 from actors.generation.process_protocol import (
     ArmFault,
     Boot,
@@ -82,6 +85,8 @@ EXIT_INJECTED = 3
 EXIT_CRASHED = 4
 STOP_TIMEOUT = 30.0
 """Seconds a shutdown waits for the engine's step in progress."""
+FLUSH_TIMEOUT = 5.0
+"""Seconds a crashing engine waits for its last outputs to reach the parent."""
 
 
 class _ForwardLogs(logging.Handler):
@@ -125,9 +130,10 @@ class EngineSession:
         self._faults = FaultPlan(on_fire=self._fault_fired)
         for fault in boot.faults:
             self._faults.arm(fault.kind, fault.after_tokens, fault.times, fault.request_id)
+        self._outputs = OutputThread(self._send_outputs)
         self._engine = Engine(
             loaded,
-            self._emit,
+            self._outputs.put,
             self._crashed,
             # A split model's ranks would not share the leader's cache hits.
             prefix_store=cache if shards is None else None,
@@ -143,6 +149,7 @@ class EngineSession:
         # Before the engine starts: it runs the model, and a split model's ranks
         # run every forward pass together (the followers run this one too).
         per_token = kv_bytes_per_token(self._loaded.model)
+        self._outputs.start()
         self._engine.start()
         self._channel.send(
             Ready(
@@ -180,6 +187,7 @@ class EngineSession:
             self._shards.stopping.set()  # the stop turn ends the followers too
         self._engine.stop()
         self._engine.join(STOP_TIMEOUT)
+        self._outputs.close(STOP_TIMEOUT)  # the last events go before ShutdownDone
         if self._shards is not None:
             self._shards.reap()
         self._calls.put(None)  # the control thread saves the cache, then ends
@@ -187,8 +195,8 @@ class EngineSession:
         self._channel.send(ShutdownDone())
         return 0
 
-    def _emit(self, events: list[StreamEvent]) -> None:
-        """Engine thread: one frame per step."""
+    def _send_outputs(self, events: list[StreamEvent]) -> None:
+        """Output thread: one frame of one or more steps' events."""
         ended = any(isinstance(event, Finished | Failed) for event in events)
         # Counters ride with the step that ended a request: the parent reports
         # them before it delivers that end, so a finished client finds them counted.
@@ -201,6 +209,9 @@ class EngineSession:
     def _crashed(self, reason: str) -> None:
         """Engine thread: the engine raised; the process ends and the parent resumes."""
         log.error("the engine process ends: %s", reason)
+        # What was generated before the crash still reaches its clients: the
+        # parent resumes each request from what it was delivered.
+        self._outputs.close(FLUSH_TIMEOUT)
         os._exit(EXIT_CRASHED)
 
     def _fault_fired(self, kind: EngineFault) -> None:
