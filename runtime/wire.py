@@ -3,7 +3,9 @@
 Each frame is a 4-byte big-endian length and one message encoded with
 ``msgspec.msgpack``. The engine process and its parent exchange frames over a
 Unix socket pair; a frame always holds a whole message, so a peer that dies
-mid-write leaves a short frame, which :class:`FrameReader` never decodes.
+mid-write leaves a short frame, which is never decoded: a reader
+(:meth:`BlockingChannel.receive`, or an async one built on :func:`frame_length`
+and :class:`FrameDecoder`) decodes only a frame it has read whole.
 
 Plain Python, no event loop: the engine process uses it with blocking
 sockets, the parent with anyio streams.

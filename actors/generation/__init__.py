@@ -1,1 +1,1 @@
-"""The generation actor: continuous batching over an MLX model on its own thread."""
+"""Generation: continuous batching over an MLX model, in an engine process or on a thread."""
