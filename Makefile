@@ -39,15 +39,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Every test, in PYTEST_WORKERS parallel processes: whole files to a worker
+# (module-scoped servers stay shared), the Ray tests together on one (each
+# starts a local Ray cluster), the longest files first (tests/parallel.py).
+PYTEST_WORKERS ?= 2
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
-# Replicas on a local Ray cluster (the ray extra, which dev includes).
+# Only the replicas on a local Ray cluster (the ray extra, which dev includes).
 pytest-ray: $(STAMP)
 	$(BIN)/pytest -m ray
 
-# The whole suite: style, types, then the tests. CI runs exactly this.
-test: lint typecheck pytest pytest-ray
+# The whole suite: style, then types beside the tests (mypy is one process, and
+# the tests leave a core idle often enough to take it). CI runs exactly this.
+test: lint
+	$(MAKE) --no-print-directory -j2 typecheck pytest
 
 # mlx-troupe against mlx_lm.server over HTTP, both with the same BLAS; BENCH_ARGS adds options.
 bench: $(STAMP)

@@ -58,6 +58,46 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault("TROUPE_FUZZ_SCALE", "10")
 
 
+LONGEST_FIRST = (
+    "test_ray_replicas.py",
+    "test_ray_replica_loss.py",
+    "test_ray_one_replica.py",
+    "test_ray_serve_run.py",
+    "test_engine_process.py",
+    "test_shards.py",
+    "test_contract.py",
+    "test_soak.py",
+    "test_reliability_cache.py",
+    "test_api_limits.py",
+    "test_reliability_crash.py",
+    "test_generation.py",
+    "test_resume.py",
+    "test_real_model.py",
+    "test_api_memory.py",
+    "test_fuzz.py",
+)
+"""The files that take longest, longest first (measured; see ``make test``).
+
+A parallel run hands whole files (and the Ray tests together) to its workers
+in collection order (:mod:`tests.parallel`); starting the long ones first keeps
+a worker from being left with one of them at the end while the other idles.
+"""
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """A parallel run's scheduler: whole files, the Ray tests together (tests/parallel.py)."""
+    from tests.parallel import FileScheduling  # noqa: PLC0415 - needs xdist, which runs this hook
+
+    return FileScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first; the rest keep their order."""
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def long_run(request: pytest.FixtureRequest) -> bool:
     """Whether ``--long`` was given."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,12 +20,43 @@ REPO = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 60.0
 
 
+PORTS_FLOOR = 10_000
+"""The lowest port the tests hand out (well above the privileged and well-known ones)."""
+
+
+def _ports_of_this_worker() -> range:
+    """The ports this test process may hand out: its own share, below the ephemeral range.
+
+    The suite runs in parallel processes (pytest-xdist): ports taken from the
+    kernel's ephemeral range could be handed to two of them between a probe
+    and the server's bind, or to a client's outgoing connection. Each worker
+    gets a slice of the ports below that range, which the kernel never hands
+    out by itself.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default; other systems use 49152 and up
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker) if worker.isdigit() else 0
+    share = (low - PORTS_FLOOR) // max(count, 1)
+    start = PORTS_FLOOR + index * share
+    return range(start, start + share)
+
+
 def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port nothing listens on right now, from this worker's own share."""
+    ports = _ports_of_this_worker()
+    for _ in range(200):
+        port = random.choice(ports)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken by something else on this machine
+            return port
+    raise RuntimeError(f"no free port in {ports}")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import get_args
 import msgspec
 import pytest
 
+import tests.server
 from actors.model import PRESETS
 from api.config import (
     FIELDS,
@@ -75,9 +76,7 @@ def listening() -> Iterator[int]:
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return tests.server.free_port()
 
 
 # -- the struct ------------------------------------------------------------------

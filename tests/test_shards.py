@@ -32,7 +32,10 @@ FOLLOWER = "actors.generation.shard_follower"
 
 @pytest.fixture(scope="module")
 def split(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(model_dir, tmp_path_factory.mktemp("split"), "--shards", "2") as server:
+    # The ring's ports from this worker's share, never the fixed default that
+    # another process of a parallel run could be handed.
+    ring = ("--shards", "2", "--shard-port", str(consecutive_free_ports(2)))
+    with running_server(model_dir, tmp_path_factory.mktemp("split"), *ring) as server:
         yield server
 
 
