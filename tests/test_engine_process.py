@@ -214,24 +214,20 @@ async def test_a_poison_request_is_failed_alone_and_the_rest_complete(
     with running_server(model_dir, tmp_path, *DRILL_FLAGS) as server:
         model = model_name(server)
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
-            # The same batch with no death in it, for the agreement.
             reference: list[Streamed] = [Streamed() for _ in range(others)]
-
-            async def uninterrupted(n: int) -> None:
-                await stream(http, body(model, n, max_tokens), f"ref-{n}", into=reference[n])
-
-            async with anyio.create_task_group() as tg:
-                for n in range(others):
-                    tg.start_soon(uninterrupted, n)
-            drill(server, {"kind": "engine_poison", "request_id": "poison-1"})
             got: list[Streamed] = [Streamed() for _ in range(others)]
 
-            async def run(n: int) -> None:
-                await stream(http, body(model, n, max_tokens), f"mate-{n}", into=got[n])
+            async def run(n: int, kind: str, into: list[Streamed]) -> None:
+                await stream(http, body(model, n, max_tokens), f"{kind}-{n}", into=into[n])
 
+            # The same batch with no death in it, for the agreement.
             async with anyio.create_task_group() as tg:
                 for n in range(others):
-                    tg.start_soon(run, n)
+                    tg.start_soon(run, n, "ref", reference)
+            drill(server, {"kind": "engine_poison", "request_id": "poison-1"})
+            async with anyio.create_task_group() as tg:
+                for n in range(others):
+                    tg.start_soon(run, n, "mate", got)
                 # The poison joins a batch whose every request is streaming.
                 await until(lambda: _all_streaming(got))
                 poison = await stream(http, body(model, 99, 8), "poison-1")
