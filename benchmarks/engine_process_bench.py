@@ -155,13 +155,15 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else 0.0
 
 
-def _side_setup(name: str, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
-    """The ``--engine`` a side runs and its environment (the baseline's code path)."""
+def _side_setup(name: str, args: argparse.Namespace) -> tuple[str, dict[str, str], Path | None]:
+    """The ``--engine`` a side runs, its environment and where it runs (the baseline's tree)."""
     env = server_environment(None if args.blas == "none" else default_preload())
-    if name == "baseline":
-        # Ahead of this tree on the path: the server and its engine process import DIR's code.
-        env["PYTHONPATH"] = str(args.baseline.resolve())
-    return ("process" if name in BEFORE_AFTER else name), env
+    if name != "baseline":
+        return ("process" if name in BEFORE_AFTER else name), env, None
+    # The server and its engine process run in DIR and import DIR's code first.
+    tree = args.baseline.resolve()
+    env["PYTHONPATH"] = str(tree)
+    return "process", env, tree
 
 
 async def _run(args: argparse.Namespace, size: str) -> dict[str, Any]:
@@ -170,11 +172,12 @@ async def _run(args: argparse.Namespace, size: str) -> dict[str, Any]:
     sides: list[Side] = []
     try:
         for name in BEFORE_AFTER if args.baseline else SIDES:
-            engine, env = _side_setup(name, args)
+            engine, env, cwd = _side_setup(name, args)
             kind = ServerKind(
                 name, f"troupe --engine {engine} ({name})", "/health/ready", _command(engine)
             )
-            server = start_server(kind, model, Batching(decode=args.decode_batch), env, log_dir)
+            batching = Batching(decode=args.decode_batch)
+            server = start_server(kind, model, batching, env, log_dir.resolve(), cwd=cwd)
             sides.append(Side(name, server))
         for side in sides:
             side.server.wait_ready(300)

@@ -220,9 +220,18 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def start_server(
-    kind: ServerKind, model: str, batching: Batching, env: Mapping[str, str], log_dir: Path
+    kind: ServerKind,
+    model: str,
+    batching: Batching,
+    env: Mapping[str, str],
+    log_dir: Path,
+    *,
+    cwd: Path | None = None,
 ) -> ManagedServer:
-    """Start ``kind`` on a free loopback port in its own process group (not yet ready)."""
+    """Start ``kind`` on a free loopback port in its own process group (not yet ready).
+
+    ``cwd``: where it runs (``python -m`` imports from there first); this process's by default.
+    """
     port = free_port()
     command = kind.command(model, port, batching)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -234,6 +243,7 @@ def start_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(env),
+            cwd=cwd,
             start_new_session=True,
         )
     return ManagedServer(kind, f"http://127.0.0.1:{port}", process, log_path, command)
