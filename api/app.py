@@ -22,30 +22,31 @@ from actors.generation.protocol import EngineStats, GetEngineStats
 from actors.intake.protocol import GetIntakeStats, IntakeStats, SetRateLimit, StartDraining
 from actors.metrics.protocol import ConfigChanged, record
 from actors.tree import Inference
-from api.admin_routes import AdminRoutes
-from api.admission import Admission
-from api.anthropic_api import AnthropicMessages
-from api.audit_routes import AuditLog
-from api.catalog import ModelCatalog
-from api.completion_settings import CompletionSettings
-from api.completions import Completions
-from api.config import Settings
-from api.config_file import ConfigFile
-from api.console_pages import is_public
-from api.embeddings import Embeddings
-from api.faults import FaultSwitch
-from api.http import ASGIApp, Receive, Request, Responder, Scope, Send
-from api.live_settings import LiveSettings, SettingsHooks, endpoint_timeouts
-from api.logs import AccessLogMiddleware
-from api.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
-from api.model_choice import served_name
-from api.observe import Observer, metrics_endpoint, prometheus_endpoint
-from api.openai_responses import ModelCard, ModelList
-from api.openai_types import MAX_TOKENS_ACCEPTED
-from api.openapi import ServedApi, openapi_document
-from api.problems import HTTPProblem
-from api.responses_api import Responses
-from api.status_routes import StatusRoutes
+from api.admin.audit_log import AuditLog
+from api.admin.console_pages import is_public
+from api.admin.fault_switch import FaultSwitch
+from api.admin.live_settings import LiveSettings, SettingsHooks, endpoint_timeouts
+from api.admin.routes import AdminRoutes
+from api.admin.status_routes import StatusRoutes
+from api.anthropic.message_types import PROBLEM_SHAPES
+from api.anthropic.messages import AnthropicMessages
+from api.config.model_choice import served_name
+from api.config.settings import Settings
+from api.config.toml_file import ConfigFile
+from api.http.asgi import ASGIApp, Receive, Request, Responder, Scope, Send
+from api.http.logs import AccessLogMiddleware
+from api.http.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
+from api.http.observe import Observer, metrics_endpoint, prometheus_endpoint
+from api.http.problems import HTTPProblem
+from api.openai.bodies import ModelCard, ModelList
+from api.openai.embeddings import Embeddings
+from api.openai.request_types import MAX_TOKENS_ACCEPTED
+from api.openai.responses.handler import Responses
+from api.openapi.document import ServedApi, openapi_document
+from api.serving.admission import Admission
+from api.serving.catalog import ModelCatalog
+from api.serving.limits import CompletionSettings
+from api.serving.pipeline import Completions
 from runtime import ActorSystem, ChildStartError, describe_failure
 
 log = logging.getLogger("troupe.server")
@@ -323,7 +324,7 @@ def build_asgi(app: TroupeApp) -> ASGIApp:
     inner: ASGIApp = AuthMiddleware(
         app, settings.api_keys, settings.admin_key, app.serves, public=is_public
     )
-    inner = ErrorMiddleware(inner)
+    inner = ErrorMiddleware(inner, PROBLEM_SHAPES)
     inner = CORSMiddleware(inner, settings.cors_origins)
     inner = AccessLogMiddleware(inner)  # inside the id: every request line carries it
     return RequestIdMiddleware(inner)

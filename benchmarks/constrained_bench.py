@@ -29,12 +29,12 @@ from typing import Any
 
 import mlx.core as mx
 
-from actors.generation.constraints import json_schema_grammar
-from actors.generation.engine import Engine
-from actors.generation.engine_config import EngineConfig
-from actors.generation.grammar_mask import GrammarBook, TokenMask
+from actors.generation.engine.batch_engine import Engine
+from actors.generation.engine.constraints import json_schema_grammar
+from actors.generation.engine.engine_config import EngineConfig
+from actors.generation.engine.grammar_mask import GrammarBook, TokenMask
+from actors.generation.engine.requests import vocab_size
 from actors.generation.protocol import Finished, Generate, SamplingParams, StreamEvent
-from actors.generation.requests import vocab_size
 from actors.model.embedded import default_model_dir
 from actors.model.loader import LoadedModel, load_model
 from benchmarks.harness.environment import versions

@@ -38,9 +38,9 @@ import mlx.core as mx
 from mlx_lm import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
-from actors.generation.actor import GenerationActor
 from actors.generation.client import GenerationClient
-from actors.generation.host import ModelHost
+from actors.generation.inprocess.actor import GenerationActor
+from actors.generation.inprocess.host import ModelHost
 from actors.generation.protocol import Generate, SamplingParams, TokenChunk
 from actors.kvcache.store import PrefixCache
 from actors.model.embedded import default_model_dir

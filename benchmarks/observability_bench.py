@@ -53,12 +53,12 @@ from hypercorn.config import Config
 
 from actors.model.embedded import default_model_dir
 from actors.tree import build_inference
-from api.admission import IntakeAdmission
 from api.app import TroupeApp, build_asgi
-from api.config import Settings
-from api.logs import JsonFormatter
-from api.middleware import RequestIdFilter
-from api.server import inference_settings, model_loader
+from api.cli.serve import inference_settings, model_loader
+from api.config.settings import Settings
+from api.http.logs import JsonFormatter
+from api.http.middleware import RequestIdFilter
+from api.serving.admission import IntakeAdmission
 from benchmarks.generation_bench import blas_library
 from benchmarks.observability_costs import audit_costs, log_costs, metrics_costs
 

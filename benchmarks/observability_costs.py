@@ -23,8 +23,8 @@ from actors.metrics import (
     metrics_child,
     record,
 )
-from api.logs import JsonFormatter
-from api.middleware import RequestIdFilter
+from api.http.logs import JsonFormatter
+from api.http.middleware import RequestIdFilter
 from runtime import ActorSystem, SupervisorSpec, SystemClock
 
 

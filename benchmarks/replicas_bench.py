@@ -68,7 +68,7 @@ class Side:
 def _command(*extra: str) -> Callable[[str, int, Batching], list[str]]:
     def command(model: str, port: int, batching: Batching) -> list[str]:
         return [
-            *(sys.executable, "-m", "api.cli", "serve", "--model", model, "--port", str(port)),
+            *(sys.executable, "-m", "api.cli.main", "serve", "--model", model, "--port", str(port)),
             *("--max-running", str(batching.decode), "--log-level", "warning", *extra),
         ]
 
@@ -85,7 +85,7 @@ def _group(process: psutil.Process) -> str:
         title = " ".join(process.cmdline())
     except psutil.Error:
         return "cluster"
-    if "troupe-model" in title or "actors.generation.worker" in title:
+    if "troupe-model" in title or "actors.generation.engine.worker" in title:
         return "replicas"
     if "ProxyActor" in title or "troupe-ingress" in title:
         return "proxy"

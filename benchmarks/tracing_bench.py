@@ -35,7 +35,7 @@ import httpx
 
 from actors.model.embedded import default_model_dir
 from actors.telemetry import TracingConfig, start_tracing, stop_tracing
-from api.tracing import RequestTracing
+from api.http.tracing import RequestTracing
 from benchmarks.generation_bench import blas_library
 from benchmarks.observability_bench import (
     Bench,

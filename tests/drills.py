@@ -56,7 +56,7 @@ def actor(status: dict[str, Any], name: str) -> dict[str, Any]:
 def troupe_status(server: Server) -> str:
     """What ``troupe status`` prints for the server (asserting it exits 0)."""
     result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "status", "--url", server.url],
+        [sys.executable, "-m", "api.cli.main", "status", "--url", server.url],
         cwd=REPO,
         capture_output=True,
         text=True,

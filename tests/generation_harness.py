@@ -12,10 +12,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.generation.actor import GenerationActor
 from actors.generation.client import GenerationClient
-from actors.generation.engine_config import EngineConfig
-from actors.generation.host import ModelHost
+from actors.generation.engine.engine_config import EngineConfig
+from actors.generation.inprocess.actor import GenerationActor
+from actors.generation.inprocess.host import ModelHost
 from actors.generation.protocol import (
     EngineStats,
     Failed,

@@ -23,10 +23,10 @@ import sniffio
 from hypercorn.config import Config
 
 from actors.tree import Inference, build_inference
-from api.admission import IntakeAdmission
 from api.app import TroupeApp, build_asgi
-from api.config import Settings
-from api.server import inference_settings, model_loader
+from api.cli.serve import inference_settings, model_loader
+from api.config.settings import Settings
+from api.serving.admission import IntakeAdmission
 from runtime import ChildSpec, SupervisorSpec
 
 

@@ -96,7 +96,7 @@ def running_server(
     command = [
         sys.executable,
         "-m",
-        "api.cli",
+        "api.cli.main",
         "serve",
         *(("--model", str(model_dir)) if model_dir is not None else ()),
         "--port",

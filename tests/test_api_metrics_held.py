@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors.metrics import MetricsActor, RequestCompleted, cache_figures
 from actors.metrics.state import MetricsSources
 from actors.tree import Inference
-from api.config import Settings
+from api.config.settings import Settings
 from runtime import ChildSpec, MailboxConfig, Message, Overflow
 from tests.inprocess import replace_child, serving
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from api.cli import main as troupe_main
+from api.cli.main import main as troupe_main
 from benchmarks.harness.cli import main as bench_main
 from benchmarks.harness.report import read_json
 from benchmarks.harness.servers import free_port

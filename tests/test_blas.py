@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from api import blas
+from api.cli import blas
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,10 +21,10 @@ import msgspec
 import pytest
 
 from actors.tree import Inference, build_inference, build_process_inference
-from api.admission import IntakeAdmission
 from api.app import TroupeApp
-from api.config import Settings
-from api.server import inference_settings, model_loader
+from api.cli.serve import inference_settings, model_loader
+from api.config.settings import Settings
+from api.serving.admission import IntakeAdmission
 from runtime import SupervisorSpec
 from runtime.events import EventBus
 

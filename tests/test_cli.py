@@ -8,14 +8,14 @@ import sys
 import pytest
 
 from actors.model import PRESETS
-from api.cli import MODEL_SIZES
+from api.cli.main import MODEL_SIZES
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def troupe(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "api.cli.main", *args], capture_output=True, text=True, check=False
     )
 
 

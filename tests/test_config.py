@@ -16,7 +16,10 @@ import pytest
 
 import tests.server
 from actors.model import PRESETS
-from api.config import (
+from api.config.checks import check_settings, load_and_check, version_tuple
+from api.config.diagnostics import Problem, Severity, format_problems, has_errors, warning
+from api.config.flags import add_arguments, overrides_from_args
+from api.config.settings import (
     FIELDS,
     GIB,
     MIB,
@@ -26,9 +29,6 @@ from api.config import (
     is_loopback,
     load_settings,
 )
-from api.config_checks import check_settings, load_and_check, version_tuple
-from api.config_flags import add_arguments, overrides_from_args
-from api.config_problems import Problem, Severity, format_problems, has_errors, warning
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,7 +55,7 @@ def check_config(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
     # The real environment minus any TROUPE_* setting of the machine running the tests.
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TROUPE_")}
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", "check-config", *args],
+        [sys.executable, "-m", "api.cli.main", "check-config", *args],
         capture_output=True,
         text=True,
         check=False,

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.audit_feed import MAX_CLIENTS
+from api.admin.audit_feed import MAX_CLIENTS
 from tests.server import Server, running_server
 from tests.test_api import assert_problem, model_name
 from tests.test_api_metrics import eventually, metrics_text

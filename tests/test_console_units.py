@@ -12,9 +12,9 @@ from actors.audit import AuditRecord
 from actors.intake.limits import ClientBuckets
 from actors.intake.settings import IntakeSettings
 from actors.intake.state import IntakeState
-from api.audit_feed import AuditFeed, RowFilter
-from api.config_file import ConfigFile
-from api.problems import HTTPProblem
+from api.admin.audit_feed import AuditFeed, RowFilter
+from api.config.toml_file import ConfigFile
+from api.http.problems import HTTPProblem
 
 pytestmark = pytest.mark.timeout(30)
 

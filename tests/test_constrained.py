@@ -9,7 +9,7 @@ import anyio
 import jsonschema
 import pytest
 
-from actors.generation.constraints import (
+from actors.generation.engine.constraints import (
     ConstraintError,
     json_object_grammar,
     json_schema_grammar,

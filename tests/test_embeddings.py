@@ -20,7 +20,7 @@ import anyio
 import httpx
 import pytest
 
-from actors.generation.embedding import EmbeddingQueue, pooled
+from actors.generation.engine.embedding_queue import EmbeddingQueue, pooled
 from actors.generation.protocol import Embed, Failed, FailureKind, Finished, FinishReason
 from tests.generation_harness import Outcome, harness, record
 from tests.server import Server, running_server

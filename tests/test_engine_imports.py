@@ -1,7 +1,7 @@
 """The engine process never imports anyio, not even through a package ``__init__``.
 
 Checked statically: every module of ours that ``python -m
-actors.generation.worker`` (or a split model's ``shard_follower``) executes
+actors.generation.engine.worker`` (or a split model's ``shard_follower``) executes
 (its imports, their imports, and the ``__init__`` of every package on the
 way), read for module-level imports outside ``if TYPE_CHECKING:`` blocks.
 Third-party code (mlx-lm pulls in huggingface_hub, which may use anyio) is
@@ -84,11 +84,13 @@ def closure(root: str) -> dict[str, set[str]]:
     return seen
 
 
-@pytest.mark.parametrize("root", ["actors.generation.worker", "actors.generation.shard_follower"])
+@pytest.mark.parametrize(
+    "root", ["actors.generation.engine.worker", "actors.generation.shards.follower"]
+)
 def test_the_engine_process_imports_no_event_loop_library(root: str) -> None:
     modules = closure(root)
-    assert "actors.generation.engine" in modules
-    assert "actors.generation.lockstep" in modules
+    assert "actors.generation.engine.batch_engine" in modules
+    assert "actors.generation.engine.lockstep" in modules
     assert "actors.kvcache" in modules  # the package __init__ is executed too
     offenders = {
         name: sorted(i for i in imports if i.split(".")[0] in FORBIDDEN)
@@ -96,6 +98,29 @@ def test_the_engine_process_imports_no_event_loop_library(root: str) -> None:
     }
     assert not {name: found for name, found in offenders.items() if found}
     assert not [name for name in modules if name.startswith("api")]
+
+
+ENGINE_FOLDERS = ("actors/generation/engine", "actors/generation/shards")
+"""The folders that run in engine processes: the no-event-loop rule is theirs."""
+
+
+def _modules_in(folder: str) -> list[str]:
+    base = REPO / folder
+    names = [p.relative_to(REPO).with_suffix("") for p in sorted(base.rglob("*.py"))]
+    return [".".join(n.parts[:-1] if n.name == "__init__" else n.parts) for n in names]
+
+
+@pytest.mark.parametrize("folder", ENGINE_FOLDERS)
+def test_no_module_in_the_engine_folders_imports_an_event_loop_library(folder: str) -> None:
+    """A module added to these folders may be imported by the engine: it stays anyio-free."""
+    modules = _modules_in(folder)
+    assert len(modules) > 2, modules
+    offenders = {
+        name: sorted(i for i in imports if i.split(".")[0] in FORBIDDEN)
+        for root in modules
+        for name, imports in closure(root).items()
+    }
+    assert not {name: found for name, found in offenders.items() if found}
 
 
 def test_the_checker_sees_an_import_through_a_package_init() -> None:

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.openai_types import ChatCompletionRequest, CompletionRequest
+from api.openai.request_types import ChatCompletionRequest, CompletionRequest
 from tests.drills import ADMIN_KEY, open_slow_request, read_status
 from tests.server import Server, running_server
 

@@ -59,7 +59,7 @@ async def test_requests_without_logprobs_carry_none(loaded_model: Any) -> None:
 
 
 async def test_a_grammar_masked_alternative_is_floored_not_infinite(loaded_model: Any) -> None:
-    from actors.generation.constraints import json_schema_grammar  # noqa: PLC0415
+    from actors.generation.engine.constraints import json_schema_grammar  # noqa: PLC0415
 
     grammar = json_schema_grammar({"enum": ["yes", "no"]})
     async with harness(loaded_model) as h:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from actors.generation.constraints import llg_tokenizer
+from actors.generation.engine.constraints import llg_tokenizer
 from tests.server import Server, running_server
 from tests.test_api import assert_problem, client, model_name
 from tests.test_logprobs import direct_logprobs

@@ -17,15 +17,15 @@ import anyio
 import httpx
 import pytest
 
-from api.http import Message, Receive, Scope, Send
-from api.logs import (
+from api.http.asgi import Message, Receive, Scope, Send
+from api.http.logs import (
     AccessLogMiddleware,
     JsonFormatter,
     TextFormatter,
     annotate,
     lifecycle_fields,
 )
-from api.middleware import RequestIdFilter, request_id_var
+from api.http.middleware import RequestIdFilter, request_id_var
 from runtime.lifecycle import Crashed, Restarted
 from tests.server import REPO, Server, free_port, wait_ready
 
@@ -46,7 +46,7 @@ def server_with_logs(model_dir: Path, tmp: Path, *args: str) -> Iterator[tuple[S
     """``troupe serve`` with stderr (the log) and stdout (the banner) kept apart."""
     port = free_port()
     stdout, stderr = tmp / "stdout.txt", tmp / "stderr.log"
-    command = [sys.executable, "-m", "api.cli", "serve", "--model", str(model_dir)]
+    command = [sys.executable, "-m", "api.cli.main", "serve", "--model", str(model_dir)]
     with stdout.open("w") as out, stderr.open("w") as err:
         process = subprocess.Popen(
             [*command, "--port", str(port), *args],
@@ -258,7 +258,7 @@ def test_lifecycle_events_become_log_fields() -> None:
 def test_warnings_and_uncaught_exceptions_are_json_lines_without_paths_or_text() -> None:
     script = f"""
 import threading, warnings
-from api.logs import configure_logging
+from api.http.logs import configure_logging
 configure_logging("info", "json")
 warnings.warn("see /home/alice/notes/{SECRET_PROMPT}.txt")
 worker = threading.Thread(target=lambda: 1 / 0, name="worker")

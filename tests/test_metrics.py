@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors.generation.engine.requests import Admission, admit
 from actors.generation.protocol import FinishReason, Generate
-from actors.generation.requests import Admission, admit
 from actors.metrics import (
     CATEGORIES,
     CacheFigures,
@@ -36,7 +36,7 @@ from actors.metrics import (
 )
 from actors.metrics.registry import safe_config
 from actors.model import LoadedModel
-from api.observe import snapshot_json
+from api.http.observe import snapshot_json
 from runtime import (
     NO_BACKOFF,
     Actor,

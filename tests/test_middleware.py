@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from api.http import Message, Receive, Scope, Send
-from api.middleware import CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
+from api.http.asgi import Message, Receive, Scope, Send
+from api.http.middleware import CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -43,7 +43,7 @@ def file_bytes(directory: Path) -> dict[str, bytes]:
 
 def troupe(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "api.cli.main", *args],
         capture_output=True,
         text=True,
         check=False,

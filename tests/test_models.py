@@ -8,9 +8,9 @@ import pytest
 
 from actors.models.keeper import KeptModel, ModelBook
 from actors.models.protocol import ModelPhase
-from api.config import Settings
-from api.config_checks import check_settings
-from api.models_file import DEFAULT_KEEP_ALIVE, ModelsFileError, read_models_file
+from api.config.checks import check_settings
+from api.config.models_file import DEFAULT_KEEP_ALIVE, ModelsFileError, read_models_file
+from api.config.settings import Settings
 from tests.test_config import check_config
 
 pytestmark = pytest.mark.timeout(60)

@@ -221,7 +221,7 @@ keep_alive = 2.0
 
 def test_troupe_status_shows_every_model(several: Server) -> None:
     shown = subprocess.run(
-        [sys.executable, "-m", "api.cli", "status", "--url", several.url],
+        [sys.executable, "-m", "api.cli.main", "status", "--url", several.url],
         capture_output=True,
         text=True,
         check=False,

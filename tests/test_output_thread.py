@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from actors.generation.output_thread import OutputThread
+from actors.generation.engine.output_thread import OutputThread
 from actors.generation.protocol import Finished, FinishReason, StreamEvent, TokenChunk
 
 pytestmark = pytest.mark.timeout(30)

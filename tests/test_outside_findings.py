@@ -24,9 +24,9 @@ import httpx
 import openai
 import pytest
 
-from api.http import decode_json
-from api.openai_types import NOT_HONOURED, CompletionRequest
-from api.problems import HTTPProblem
+from api.http.asgi import decode_json
+from api.http.problems import HTTPProblem
+from api.openai.request_types import NOT_HONOURED, CompletionRequest
 from tests.server import Server, running_server
 from tests.test_api import assert_problem, model_name
 from tests.test_api_metrics import eventually

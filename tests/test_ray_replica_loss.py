@@ -3,7 +3,7 @@
 Eight greedy streams run on two replicas; once each has received tokens, one
 replica's process is killed (``SIGKILL``: nothing of it cleans up). The streams
 it served are resumed on the other replica from the tokens their clients had
-(see :mod:`api.resumption`): every client gets a whole answer, token for token
+(see :mod:`api.serving.resumption`): every client gets a whole answer, token for token
 the one an uncut request gets, with no error event and usage counted across
 both replicas; and Serve starts a replica in place of the killed one.
 """

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from actors.model.packaged import PACKAGE, packaged_model
-from api import blas
+from api.cli import blas
 from tests.server import Server, running_server
 from tests.test_api import client, model_name
 

@@ -10,9 +10,9 @@ import anyio.to_thread
 import mlx.core as mx
 import pytest
 
+from actors.generation.engine.requests import admit as prepare
+from actors.generation.engine.sampling import RequestSampler
 from actors.generation.protocol import Failed, FailureKind, Finished, Generate, SamplingParams
-from actors.generation.requests import admit as prepare
-from actors.generation.sampling import RequestSampler
 from tests.generation_harness import harness
 
 
@@ -51,7 +51,7 @@ async def test_a_request_that_cannot_be_prepared_fails_alone(
             raise TypeError("a bug in preparing one request")
         return prepare(request, *args)
 
-    monkeypatch.setattr("actors.generation.engine.admit", admit_or_break)
+    monkeypatch.setattr("actors.generation.engine.batch_engine.admit", admit_or_break)
     async with harness(loaded_model) as h:
         prompt = h.prompt("The weather")
         results: dict[str, Any] = {}

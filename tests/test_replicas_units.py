@@ -16,10 +16,10 @@ import anyio
 import msgspec
 import pytest
 
-from api.admission import IntakeAdmission
 from api.app import TroupeApp, build_asgi
-from api.config import Settings
-from api.http import Message, Receive, Scope, Send
+from api.cli.serve import build_tree
+from api.config.settings import Settings
+from api.http.asgi import Message, Receive, Scope, Send
 from api.replicas.bridge import AppBridge, ReplicaStartFailed
 from api.replicas.messages import (
     ForwardedRequest,
@@ -29,7 +29,7 @@ from api.replicas.messages import (
     RouteHint,
 )
 from api.replicas.prefix import BLOCK_CHARS, MAX_BLOCKS, prefix_blocks, route_hint
-from api.server import build_tree
+from api.serving.admission import IntakeAdmission
 
 pytestmark = pytest.mark.timeout(60)
 SYSTEM = "You are a careful assistant who answers in French. " * 20  # ~1 KiB

@@ -1,7 +1,7 @@
 """Resuming a request on a fresh engine: the prompt plus the tokens already sent.
 
 This is what the generation actor does for a request whose engine process
-died after it had streamed tokens (see ``actors.generation.router``); here it
+died after it had streamed tokens (see ``actors.generation.supervised.router``); here it
 is checked on the engine alone, one sequence at a time, so that batch numerics
 play no part: the continuation must be exactly the uninterrupted run's.
 """

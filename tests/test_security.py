@@ -17,13 +17,13 @@ import httpx
 import pytest
 
 from actors.tree import build_inference
-from api.admission import IntakeAdmission
 from api.app import TroupeApp
-from api.config import Settings
-from api.http import Message, Scope
-from api.middleware import AuthMiddleware
-from api.openapi import ServedApi, openapi_document
-from api.problems import HTTPProblem
+from api.config.settings import Settings
+from api.http.asgi import Message, Scope
+from api.http.middleware import AuthMiddleware
+from api.http.problems import HTTPProblem
+from api.openapi.document import ServedApi, openapi_document
+from api.serving.admission import IntakeAdmission
 from tests.server import Server, running_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -170,7 +170,7 @@ async def test_keys_are_compared_in_constant_time_against_every_key(
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("api.middleware.hmac.compare_digest", counting)
+    monkeypatch.setattr("api.http.middleware.hmac.compare_digest", counting)
     reached: list[str] = []
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:

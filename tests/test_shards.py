@@ -1,7 +1,7 @@
 """``troupe serve --shards 2``: one model split over two processes, on an ``mx.distributed`` ring.
 
 The engine process (rank 0) starts the other rank itself, and both run one
-engine in lockstep (:mod:`actors.generation.lockstep`). A split server must
+engine in lockstep (:mod:`actors.generation.engine.lockstep`). A split server must
 answer exactly as an unsplit one (greedy decoding), and a rank that dies must
 take its group down and bring a new one up, while the streams in flight go on
 where they were (the generation actor resumes them on the new group).
@@ -27,7 +27,7 @@ from tests.server import REPO, Server, free_port, running_server
 pytestmark = pytest.mark.timeout(240)
 EOS = 2
 """The tiny model's end-of-text token, kept out so that every answer lasts ``max_tokens``."""
-FOLLOWER = "actors.generation.shard_follower"
+FOLLOWER = "actors.generation.shards.follower"
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ async def test_a_killed_rank_restarts_the_group_and_the_streams_go_on(
 
 
 def test_a_model_that_cannot_be_split_so_is_refused_at_start(model_dir: Path) -> None:
-    command = [sys.executable, "-m", "api.cli", "serve", "--model", str(model_dir)]
+    command = [sys.executable, "-m", "api.cli.main", "serve", "--model", str(model_dir)]
     started = subprocess.run(
         [*command, "--port", str(free_port()), "--shards", "3"],
         capture_output=True,

@@ -16,8 +16,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from api.cli import main
-from api.status_cli import format_duration
+from api.cli.main import main
+from api.cli.status_table import format_duration
 from runtime.status import ActorStatus, Failure, NodeState, SupervisorStatus, SystemStatus
 
 pytestmark = pytest.mark.timeout(60)
@@ -193,7 +193,7 @@ def table(header: str, lines: list[str]) -> list[dict[str, str]]:
 
 def troupe(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "api.cli.main", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.generation.stops import StopMatcher
+from actors.generation.engine.stops import StopMatcher
 
 pytestmark = pytest.mark.timeout(60)
 

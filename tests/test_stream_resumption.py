@@ -3,7 +3,7 @@
 The replica bridge is driven with the real app (its actors, a thread engine,
 the tiny model, greedy decoding): one server streams a reply whole; then, for
 several cut points, a second server is given what the first had sent up to
-there (:class:`~api.resumption.ResumeFrom`, as the ingress builds it) and
+there (:class:`~api.serving.resumption.ResumeFrom`, as the ingress builds it) and
 finishes the stream (a fresh server each time, as after a replica's death).
 What the client would have received, the first server's bytes up to the cut
 then the second's, must be the uncut stream exactly: same id and ``created``,
@@ -21,13 +21,13 @@ import msgspec
 import pytest
 
 from actors.generation.protocol import Finished, FinishReason, Generate, SamplingParams, TokenChunk
-from api.admission import IntakeAdmission
 from api.app import TroupeApp, build_asgi
-from api.config import Settings
+from api.cli.serve import build_tree
+from api.config.settings import Settings
 from api.replicas.bridge import AppBridge
 from api.replicas.messages import ForwardedRequest, ResponseBody, ResponseHead, ResponsePart
-from api.resumption import ResumeFrom, SentSoFar, StreamProgress, resumed
-from api.server import build_tree
+from api.serving.admission import IntakeAdmission
+from api.serving.resumption import ResumeFrom, SentSoFar, StreamProgress, resumed
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,11 +10,11 @@ import llguidance
 import pytest
 from mlx_lm.tool_parsers import json_tools, mistral
 
-from actors.generation.constraints import llg_tokenizer
-from api.openai_types import FunctionDefinition, ToolDefinition
-from api.tool_calls import ToolCallScanner, split_tool_calls
-from api.tool_syntax import ToolSyntax, parse_llama3_calls
-from api.tools import ToolPlan
+from actors.generation.engine.constraints import llg_tokenizer
+from api.openai.request_types import FunctionDefinition, ToolDefinition
+from api.serving.tools.plan import ToolPlan
+from api.serving.tools.scanner import ToolCallScanner, split_tool_calls
+from api.serving.tools.syntax import ToolSyntax, parse_llama3_calls
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -37,7 +37,7 @@ class SamplingParams(Message, frozen=True, kw_only=True):
     """Stop strings; never part of the returned text."""
     grammar: str | None = None
     """What the output must match, as llguidance grammar text built and checked by
-    :mod:`actors.generation.constraints`; ``None``: unconstrained."""
+    :mod:`actors.generation.engine.constraints`; ``None``: unconstrained."""
     logprobs: int | None = None
     """``None``: no log-probabilities; ``k``: each token's, and the ``k`` (at most
     :data:`MAX_TOP_LOGPROBS`) most likely alternatives at its position."""
@@ -62,7 +62,7 @@ class Generate(Message, frozen=True, kw_only=True):
     prefill_group: str | None = None
     """Requests naming the same group (the ``n`` choices of one API request,
     same prompt) share one prefill of the prompt (see
-    :mod:`actors.generation.shared_prefill`)."""
+    :mod:`actors.generation.engine.shared_prefill`)."""
     traceparent: str | None = None
     """The W3C trace context of the HTTP request's span, while tracing is on: the
     engine's spans (queue, prefill, decode) join that trace."""

@@ -21,13 +21,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from actors.generation.engine_actor import EngineActor, EnginePeers, EngineProcessSettings
-from actors.generation.engine_link import RelayCache
-from actors.generation.faults import FaultPlan, RecoveryTimer
-from actors.generation.on_demand import ModelPeers
-from actors.generation.process import Spawner
-from actors.generation.process_protocol import Boot
-from actors.generation.router import GenerationRouter
+from actors.generation.engine.faults import FaultPlan, RecoveryTimer
+from actors.generation.engine.process_protocol import Boot
+from actors.generation.supervised.engine_actor import (
+    EngineActor,
+    EnginePeers,
+    EngineProcessSettings,
+)
+from actors.generation.supervised.engine_process import Spawner
+from actors.generation.supervised.link import RelayCache
+from actors.generation.supervised.on_demand import ModelPeers
+from actors.generation.supervised.router import GenerationRouter
 from actors.intake.actor import intake_child
 from actors.intake.state import IntakeState
 from actors.kvcache.pressure import PressureConfig

@@ -28,9 +28,9 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from api.config import Settings
-from api.config_checks import load_and_check
-from api.config_problems import format_problems, has_errors
+from api.config.checks import load_and_check
+from api.config.diagnostics import format_problems, has_errors
+from api.config.settings import Settings
 from api.replicas.deployment import TroupeReplica
 from api.replicas.ingress import IngressLimits, TroupeIngress
 from api.replicas.router import PrefixAffinityRouter

@@ -5,7 +5,7 @@ deployment handle, not on a socket, so nothing listens: :class:`AppBridge`
 drives the app's lifespan (which starts and stops the actor system and its
 engine process) and calls the app once per request, turning what the app sends
 into :class:`ResponseHead`/:class:`ResponseBody` parts. Each call gets a
-:class:`~api.resumption.StreamTap` in its scope: what a resumable stream
+:class:`~api.serving.resumption.StreamTap` in its scope: what a resumable stream
 reports to it travels on the part that follows, and a resumed stream's replay
 of what its client already has is dropped here.
 
@@ -24,9 +24,9 @@ from typing import Any, Final
 
 import msgspec
 
-from api.http import ASGIApp, Message
+from api.http.asgi import ASGIApp, Message
 from api.replicas.messages import ForwardedRequest, ResponseBody, ResponseHead, ResponsePart
-from api.resumption import SCOPE_EXTENSION, Replayed, StreamProgress, StreamTap
+from api.serving.resumption import SCOPE_EXTENSION, Replayed, StreamProgress, StreamTap
 
 log = logging.getLogger("troupe.replica")
 

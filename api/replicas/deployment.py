@@ -19,14 +19,14 @@ import msgspec
 from ray import serve
 
 from actors.telemetry import start_tracing, stop_tracing
-from api.admission import IntakeAdmission
 from api.app import TroupeApp, build_asgi
-from api.config import Settings
-from api.logs import configure_logging
+from api.cli.serve import build_tree, tracing_config
+from api.config.settings import Settings
+from api.http.logs import configure_logging
+from api.http.tracing import RequestTracing
 from api.replicas.bridge import AppBridge
 from api.replicas.messages import ForwardedRequest, ResponsePart, RouteHint
-from api.server import build_tree, tracing_config
-from api.tracing import RequestTracing
+from api.serving.admission import IntakeAdmission
 
 
 class TroupeReplica:

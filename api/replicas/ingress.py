@@ -10,7 +10,7 @@ and body come back unchanged, with ``x-troupe-replica`` naming the replica.
 Holding the stream here is what lets a lost replica be survived: a request
 whose replica died before it answered (no token had been sent) is sent to
 another replica; a stream cut after it started is resumed on another replica
-from what its client was sent (:mod:`api.resumption`), and ends with the
+from what its client was sent (:mod:`api.serving.resumption`), and ends with the
 route's own SSE error event only when none can take it, never with a silently
 truncated body. Errors of the ingress's own are problem+json (Anthropic's
 shape on its routes) with the request's id.
@@ -29,16 +29,16 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from api.anthropic_types import error_body, is_anthropic_route
-from api.config import LogFormat, LogLevel
-from api.http import ClientDisconnected, Receive, Request, Responder, Scope, Send
-from api.logs import configure_logging
-from api.openai_responses import DONE_EVENT, StreamError, StreamErrorDetail, encode_event
-from api.problems import HTTPProblem, Problem
+from api.anthropic.message_types import PROBLEM_SHAPES, error_body
+from api.config.settings import LogFormat, LogLevel
+from api.http.asgi import ClientDisconnected, Receive, Request, Responder, Scope, Send
+from api.http.logs import configure_logging
+from api.http.problems import HTTPProblem, Problem
+from api.openai.bodies import DONE_EVENT, StreamError, StreamErrorDetail, encode_event
 from api.replicas.messages import ForwardedRequest, ResponseBody, ResponseHead
 from api.replicas.prefix import route_hint
-from api.reply import named_event
-from api.resumption import ResumeFrom, SentSoFar
+from api.serving.resumption import ResumeFrom, SentSoFar
+from api.serving.writers import named_event
 
 log = logging.getLogger("troupe.ingress")
 
@@ -92,7 +92,8 @@ class IngressApp:
 
     async def _exchange(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers, request_id = _with_request_id(scope.get("headers", []))
-        scope = {**scope, "headers": headers, "state": {"request_id": request_id}}
+        state = {"request_id": request_id, "problem_shape": PROBLEM_SHAPES.for_path(scope["path"])}
+        scope = {**scope, "headers": headers, "state": state}
         request = Request(scope, receive, body_timeout=self._limits.body_timeout)
         respond = Responder(send, request)
         try:
@@ -261,7 +262,7 @@ def _stream_error(path: str, head: ResponseHead, request_id: str) -> bytes | Non
     if not content_type.startswith(b"text/event-stream"):
         return None
     detail = "the replica serving this stream was lost"
-    if is_anthropic_route(path):
+    if PROBLEM_SHAPES.for_path(path) is not None:
         return named_event("error", error_body(503, detail, request_id))
     if path == "/v1/responses":
         payload = {

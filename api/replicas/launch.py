@@ -19,8 +19,8 @@ from typing import Final
 import ray
 from ray import serve
 
-from api.config import Settings
-from api.model_choice import served_name
+from api.config.model_choice import served_name
+from api.config.settings import Settings
 from api.replicas.application import APP_NAME, build_application
 
 log = logging.getLogger("troupe.server")

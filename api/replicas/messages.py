@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from api.resumption import ResumeFrom, StreamProgress
+from api.serving.resumption import ResumeFrom, StreamProgress
 from runtime import Message
 
 

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import psutil
 
-from api.blas import choose_blas
+from api.cli.blas import choose_blas
 
 PACKAGES: Final = ("mlx", "mlx-lm", "mlx-troupe", "anyio", "hypercorn", "h11", "msgspec")
 

@@ -1,0 +1,1 @@
+"""The generation actor with the engine on a thread of the server (``--engine thread``)."""

@@ -1,0 +1,77 @@
+"""The command line's side of the settings: one ``--kebab-case`` flag per setting.
+
+:func:`add_arguments` builds the flags from :class:`~api.config.settings.Settings` and
+its field docstrings; :func:`overrides_from_args` hands the ones given to
+:func:`~api.config.settings.load_settings`, which converts and checks them with every
+other source.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Final, Literal, get_args, get_origin
+
+from api.config.settings import CONFIG_ENV, FIELDS, Settings, env_name, field_docs, flag_name
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one ``--kebab-case`` flag per setting to ``parser``.
+
+    Every flag defaults to ``None`` so that only the flags given override the
+    other sources; values stay strings until :func:`load_settings` converts
+    them, which reports a bad one along with every other problem.
+    """
+    parser.add_argument("--config", metavar="PATH", help=f"a TOML settings file (env {CONFIG_ENV})")
+    docs = field_docs()
+    for name, field in FIELDS.items():
+        doc = docs.get(name, "").replace("``", "").removesuffix(".")
+        # An optional setting's docstring already says what unset means.
+        default = "" if field.default is None else f"default: {_show_default(name)}; "
+        text = f"{doc} ({default}env {env_name(name)})"
+        help_text = text.replace("%", "%%")  # argparse formats help with %
+        if field.type is bool:
+            parser.add_argument(
+                flag_name(name), action=argparse.BooleanOptionalAction, help=help_text
+            )
+        else:
+            metavar = _metavar(name, field.type)
+            parser.add_argument(flag_name(name), metavar=metavar, help=help_text)
+
+
+def overrides_from_args(ns: argparse.Namespace) -> dict[str, object]:
+    """The settings given on the command line (flags left out are not included)."""
+    values = vars(ns)
+    return {name: values[name] for name in FIELDS if values.get(name) is not None}
+
+
+_METAVARS: Final = {
+    "host": "HOST",
+    "model": "PATH|FILE.gguf|OWNER/NAME|embedded",
+    "models": "FILE.toml",
+    "blas": "auto|bundled|PATH",
+    "api_keys": "KEY,...",
+    "admin_key": "KEY",
+    "cors_origins": "ORIGIN,...",
+    "shard_hosts": "IP,...",
+    "cache_dir": "PATH",
+    "max_body_bytes": "BYTES",
+    "cache_max_bytes": "BYTES",
+    "memory_budget": "BYTES",
+}
+
+
+def _metavar(name: str, field_type: Any) -> str:
+    if name in _METAVARS:
+        return _METAVARS[name]
+    if get_origin(field_type) is Literal:
+        return "{" + ",".join(get_args(field_type)) + "}"
+    if name.endswith("_timeout"):
+        return "SECONDS"
+    return {int: "N", float: "X"}.get(field_type, "TEXT")
+
+
+def _show_default(name: str) -> str:
+    value = getattr(Settings(), name)
+    if isinstance(value, list):
+        return ",".join(value) or "none"
+    return str(value)
