@@ -58,7 +58,6 @@ from api.cli.serve import inference_settings, model_loader
 from api.config.settings import Settings
 from api.http.logs import JsonFormatter
 from api.http.middleware import RequestIdFilter
-from api.serving.admission import IntakeAdmission
 from benchmarks.generation_bench import blas_library
 from benchmarks.observability_costs import audit_costs, log_costs, metrics_costs
 
@@ -77,12 +76,10 @@ class Bench:
 
     def switch(self, on: bool) -> None:
         """Turn metrics events, audit rows and request log lines on or off."""
-        assert self.app.system is not None
-        if on:
-            self.app.observer.bind(self.app.system)
-        else:
-            self.app.observer.ref = None
-        self.app.completions.reporter.audit = self.audit if on else None
+        system = self.app.lifespan.system
+        assert system is not None
+        self.app.observer.bind(system if on else None)
+        self.app.reporter.attach_audit(self.audit if on else None)
         logging.getLogger().setLevel(logging.INFO if on else logging.WARNING)
 
 
@@ -108,8 +105,7 @@ async def serving(model: str, work: Path) -> AsyncIterator[Bench]:
 async def _serving(model: str, work: Path) -> AsyncIterator[Bench]:
     settings = Settings(model=model, port=0, audit_path=str(work / "audit.sqlite"))
     inference = build_inference(model_loader(settings), inference_settings(settings))
-    admission = IntakeAdmission()
-    app = TroupeApp(settings, inference, admission)
+    app = TroupeApp(settings, inference)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
@@ -121,12 +117,12 @@ async def _serving(model: str, work: Path) -> AsyncIterator[Bench]:
     async with anyio.create_task_group() as tg:
         asgi: Any = build_asgi(app)  # hypercorn types ASGI apps with its own TypedDicts
         tg.start_soon(partial(hypercorn_serve, asgi, config, shutdown_trigger=stop.wait))
-        await app.started.wait()
+        await app.lifespan.started.wait()
         bench = Bench(
             f"http://127.0.0.1:{listener.getsockname()[1]}",
             app,
             app.model_name,
-            app.completions.reporter.audit,
+            app.audit,
         )
         try:
             yield bench

@@ -15,14 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from actors.audit import AuditRecord, AuditWriter
-from actors.metrics import (
-    GetMetricsSnapshot,
-    MetricsSnapshot,
-    MetricsState,
-    RequestCompleted,
-    metrics_child,
-    record,
-)
+from actors.metrics.actor import metrics_child
+from actors.metrics.protocol import GetMetricsSnapshot, MetricsSnapshot, RequestCompleted, record
+from actors.metrics.state import MetricsState
 from api.http.logs import JsonFormatter
 from api.http.middleware import RequestIdFilter
 from runtime import ActorSystem, SupervisorSpec, SystemClock

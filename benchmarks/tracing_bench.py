@@ -92,7 +92,7 @@ def receiver() -> Iterator[str]:
 
 async def tracing_ab(bench: Bench, traced: RequestTracing, args: Any) -> dict[str, Any]:
     """Pairs of rounds, traced and not, back to back (ABBA across pairs)."""
-    reporter = bench.app.completions.reporter
+    reporter = bench.app.reporter
     rates: dict[str, list[float]] = {"on": [], "off": []}
     ratios: list[float] = []
     limits = httpx.Limits(max_connections=args.streams * 2)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.model import LoadedModel, load_model, make_model
+from actors.model.embedded import make_model
+from actors.model.loader import LoadedModel, load_model
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -26,7 +26,6 @@ from actors.tree import Inference, build_inference
 from api.app import TroupeApp, build_asgi
 from api.cli.serve import inference_settings, model_loader
 from api.config.settings import Settings
-from api.serving.admission import IntakeAdmission
 from runtime import ChildSpec, SupervisorSpec
 
 
@@ -56,8 +55,7 @@ async def serving(
     inference = build_inference(model_loader(settings), inference_settings(settings))
     if adapt is not None:
         inference = adapt(inference)
-    admission = IntakeAdmission()
-    app = TroupeApp(settings, inference, admission)
+    app = TroupeApp(settings, inference)
     # Bound and listening before hypercorn runs: clients may connect at once and
     # wait in the backlog, so nothing needs to poll for the port.
     listener = socket.socket()
@@ -73,7 +71,7 @@ async def serving(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(partial(serve, build_asgi(app), config, shutdown_trigger=stop.wait))
-            await app.started.wait()
+            await app.lifespan.started.wait()
             try:
                 yield InProcess(f"http://127.0.0.1:{port}", app, inference)
             finally:

@@ -7,18 +7,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from actors.intake import (
+from actors.intake.actor import intake_child
+from actors.intake.protocol import (
     Admit,
     Admitted,
+    Ending,
     GetIntakeStats,
-    IntakeSettings,
-    IntakeState,
     IntakeStats,
-    Outcome,
     Rejected,
     Release,
-    intake_child,
 )
+from actors.intake.settings import IntakeSettings
+from actors.intake.state import IntakeState
 from runtime import NO_BACKOFF, ActorRef, ActorSystem, ManualClock, Message, SupervisorSpec
 
 
@@ -71,7 +71,7 @@ class Intake:
         assert isinstance(answer, Admitted), answer
         return answer
 
-    async def release(self, request_id: str, outcome: Outcome = Outcome.COMPLETED) -> None:
+    async def release(self, request_id: str, outcome: Ending = Ending.COMPLETED) -> None:
         await self.ref.tell(Release(request_id=request_id, outcome=outcome))
         # The actor reads the clock when it handles the tell: wait for that
         # before the test moves the clock on.

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from actors.model import LoadedModel
+from actors.model.loader import LoadedModel
 from actors.model.weights import kv_bytes_per_token, weight_bytes
 from tests.server import Server, running_server
 from tests.test_api import assert_problem, model_name

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors.metrics import MetricsActor, RequestCompleted, cache_figures
-from actors.metrics.state import MetricsSources
+from actors.metrics.actor import MetricsActor
+from actors.metrics.protocol import RequestCompleted
+from actors.metrics.state import MetricsSources, cache_figures
 from actors.tree import Inference
 from api.config.settings import Settings
 from runtime import ChildSpec, MailboxConfig, Message, Overflow

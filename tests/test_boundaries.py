@@ -24,7 +24,6 @@ from actors.tree import Inference, build_inference, build_process_inference
 from api.app import TroupeApp
 from api.cli.serve import inference_settings, model_loader
 from api.config.settings import Settings
-from api.serving.admission import IntakeAdmission
 from runtime import SupervisorSpec
 from runtime.events import EventBus
 
@@ -113,7 +112,7 @@ def shared_between(named: dict[str, dict[int, object]]) -> list[str]:
 def parts(inference: Inference, settings: Settings) -> dict[str, dict[int, object]]:
     """Each child of the tree, and the HTTP application, as the objects it reaches."""
     named = {spec.id: reachable(spec.factory) for spec in _workers(inference.spec)}
-    app = TroupeApp(settings, inference, IntakeAdmission())
+    app = TroupeApp(settings, inference)
     # The app starts the system from the spec; what it holds besides is its own.
     named["api"] = reachable(app, skip=(SupervisorSpec, Inference))
     return named

@@ -9,20 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.intake import (
+from actors.intake.limits import ClientBuckets, DrainRate, TokenBucket
+from actors.intake.protocol import (
     Admitted,
-    ClientBuckets,
     CrashIntake,
-    DrainRate,
-    IntakeSettings,
-    IntakeState,
-    Outcome,
+    Ending,
     ShedReason,
     StartDraining,
     StopDraining,
-    TokenBucket,
     Tokenized,
 )
+from actors.intake.settings import IntakeSettings
+from actors.intake.state import IntakeState
 from runtime import ActorDied, ManualClock
 from tests.intake_harness import never, request, running
 from tests.support import worker
@@ -187,11 +185,11 @@ async def test_retry_after_follows_the_measured_drain_rate() -> None:
 async def test_stats_count_by_reason_and_outcome() -> None:
     async with running(IntakeSettings(queue_max_requests=1)) as intake:
         for name, outcome in [
-            ("a", Outcome.COMPLETED),
-            ("b", Outcome.FAILED),
-            ("c", Outcome.CANCELLED_DISCONNECT),
-            ("d", Outcome.CANCELLED_DEADLINE),
-            ("e", Outcome.CANCELLED_DEADLINE),
+            ("a", Ending.COMPLETED),
+            ("b", Ending.FAILED),
+            ("c", Ending.CANCELLED_DISCONNECT),
+            ("d", Ending.CANCELLED_DEADLINE),
+            ("e", Ending.CANCELLED_DEADLINE),
         ]:
             await intake.admitted(name)
             await intake.rejected("full")
@@ -302,7 +300,7 @@ def test_the_books_always_balance(ops: list[tuple[str, int, int]]) -> None:
                 request(f"r{n}", chars=size, deadline=wall), now=now, wall=wall, pressure=never
             )
         elif op == "release":
-            state.release(f"r{n}", Outcome.COMPLETED, now=now)
+            state.release(f"r{n}", Ending.COMPLETED, now=now)
         elif op == "tokenized":
             state.tokenized(f"r{n}", size)
         else:
@@ -322,7 +320,7 @@ def test_deadlines_of_released_requests_do_not_pile_up() -> None:
     for n in range(1_000):
         admit = request(f"r{n}", deadline=n + 600.0)
         assert isinstance(state.admit(admit, now=n, wall=n, pressure=never), Admitted)
-        state.release(f"r{n}", Outcome.COMPLETED, now=n)
+        state.release(f"r{n}", Ending.COMPLETED, now=n)
     assert len(state._deadlines) <= 64 + 1  # compacted, not one per request ever admitted
     for n, deadline in enumerate([math.nan, 5.0, math.inf]):  # only 5.0 can come due
         state.admit(request(f"d{n}", deadline=deadline), now=0.0, wall=0.0, pressure=never)

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.intake import (
+from actors.intake.limits import (
     ClientBuckets,
     DrainRate,
     TokenBucket,
     backlog_retry_after,
+    ceil_seconds,
     estimate_prompt_tokens,
 )
-from actors.intake.limits import ceil_seconds
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors.intake import Admit, Admitted, IntakeSettings, Rejected, ShedReason, Tokenized
-from actors.intake.protocol import ReportMemory
+from actors.intake.protocol import Admit, Admitted, Rejected, ReportMemory, ShedReason, Tokenized
+from actors.intake.settings import IntakeSettings
 from tests.intake_harness import Intake, running
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]

@@ -11,7 +11,11 @@ import mlx.core as mx
 import pytest
 from mlx_lm.models.cache import KVCache
 
-from actors.kvcache import (
+from actors.kvcache.actor import KVCacheActor, kvcache_child
+from actors.kvcache.control import KVCacheSettings
+from actors.kvcache.persistence import load_cache, save_cache
+from actors.kvcache.pressure import MemoryMonitor, MemoryReading, PressureConfig, read_memory
+from actors.kvcache.protocol import (
     CacheCleared,
     CacheLoaded,
     CacheSaved,
@@ -21,20 +25,11 @@ from actors.kvcache import (
     FaultsInjected,
     GetCacheStats,
     InjectCacheFaults,
-    KVCacheActor,
-    KVCacheSettings,
     LoadCache,
-    MemoryMonitor,
-    MemoryReading,
-    PrefixCache,
-    PressureConfig,
     PressureReport,
     SaveCache,
-    kvcache_child,
-    load_cache,
-    read_memory,
-    save_cache,
 )
+from actors.kvcache.store import PrefixCache
 from runtime import (
     NO_BACKOFF,
     ActorDied,

@@ -12,29 +12,24 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.generation.engine.requests import Admission, admit
 from actors.generation.protocol import FinishReason, Generate
-from actors.metrics import (
+from actors.memory import MemoryFigures
+from actors.metrics.actor import metrics_child
+from actors.metrics.protocol import (
     CATEGORIES,
-    CacheFigures,
     GetMetricsSnapshot,
-    Load,
-    MemoryFigures,
     MemorySnapshot,
     MetricsSnapshot,
-    MetricsSources,
-    MetricsState,
     PrometheusText,
     RenderPrometheus,
     RequestCancelled,
     RequestCompleted,
     RequestShed,
-    RollingRate,
-    SlidingWindow,
     cap_samples,
-    metrics_child,
-    percentile,
     record,
 )
-from actors.metrics.registry import safe_config
+from actors.metrics.registry import CacheFigures, Load, safe_config
+from actors.metrics.state import MetricsSources, MetricsState
+from actors.metrics.windows import RollingRate, SlidingWindow, percentile
 from actors.model import LoadedModel
 from api.http.observe import snapshot_json
 from runtime import (

@@ -29,7 +29,6 @@ from api.replicas.messages import (
     RouteHint,
 )
 from api.replicas.prefix import BLOCK_CHARS, MAX_BLOCKS, prefix_blocks, route_hint
-from api.serving.admission import IntakeAdmission
 
 pytestmark = pytest.mark.timeout(60)
 SYSTEM = "You are a careful assistant who answers in French. " * 20  # ~1 KiB
@@ -100,11 +99,11 @@ async def collect(bridge: AppBridge, request: ForwardedRequest) -> list[Response
 
 async def test_the_bridge_starts_serves_and_stops_the_whole_server(model_dir: Path) -> None:
     settings = Settings(model=str(model_dir), engine="thread")
-    app = TroupeApp(settings, await build_tree(settings), IntakeAdmission())
+    app = TroupeApp(settings, await build_tree(settings))
     bridge = AppBridge(build_asgi(app), replica="replica-a")
     await bridge.start()
     try:
-        assert app.system is not None and app.system.running
+        assert app.lifespan.system is not None and app.lifespan.system.running
         headers = [(b"content-type", b"application/json"), (b"x-request-id", b"req-1")]
         streamed = ForwardedRequest(
             method="POST",
@@ -129,7 +128,7 @@ async def test_the_bridge_starts_serves_and_stops_the_whole_server(model_dir: Pa
         assert (b"content-type", b"application/problem+json") in head.headers
     finally:
         await bridge.aclose()
-    assert not app.system.running
+    assert app.lifespan.system is not None and not app.lifespan.system.running
 
 
 async def test_a_caller_that_goes_away_is_a_disconnect_the_app_sees() -> None:

@@ -23,7 +23,6 @@ from api.http.asgi import Message, Scope
 from api.http.middleware import AuthMiddleware
 from api.http.problems import HTTPProblem
 from api.openapi.document import ServedApi, openapi_document
-from api.serving.admission import IntakeAdmission
 from tests.server import Server, running_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,7 +45,7 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def routes() -> dict[str, dict[str, Any]]:
     """Every route the app serves, with its methods (the app's own table)."""
-    app = TroupeApp(Settings(), build_inference(_never_loaded), IntakeAdmission())
+    app = TroupeApp(Settings(), build_inference(_never_loaded))
     return {path: dict(methods) for path, methods in app.routes.items()}
 
 

@@ -26,7 +26,6 @@ from api.cli.serve import build_tree
 from api.config.settings import Settings
 from api.replicas.bridge import AppBridge
 from api.replicas.messages import ForwardedRequest, ResponseBody, ResponseHead, ResponsePart
-from api.serving.admission import IntakeAdmission
 from api.serving.resumption import ResumeFrom, SentSoFar, StreamProgress, resumed
 
 pytestmark = pytest.mark.timeout(120)
@@ -54,7 +53,7 @@ def anyio_backend() -> str:
 @asynccontextmanager
 async def bridged(model_dir: Path, name: str) -> AsyncIterator[AppBridge]:
     settings = Settings(model=str(model_dir), engine="thread")
-    app = TroupeApp(settings, await build_tree(settings), IntakeAdmission())
+    app = TroupeApp(settings, await build_tree(settings))
     bridge = AppBridge(build_asgi(app), replica=name)
     await bridge.start()
     try:

@@ -53,7 +53,7 @@ class ShedReason(enum.StrEnum):
     """This request's KV cache would not fit what the memory budget has left."""
 
 
-class Outcome(enum.StrEnum):
+class Ending(enum.StrEnum):
     """How an admitted request ended."""
 
     COMPLETED = "completed"
@@ -118,7 +118,7 @@ class Release(Message, frozen=True, kw_only=True):
     """An admitted request has ended; its capacity is free again."""
 
     request_id: str
-    outcome: Outcome
+    outcome: Ending
 
 
 class GetIntakeStats(Message, frozen=True, kw_only=True):

@@ -30,8 +30,8 @@ from actors.intake.memory import MemoryBook, kv_tokens
 from actors.intake.protocol import (
     Admit,
     Admitted,
+    Ending,
     IntakeStats,
-    Outcome,
     Rejected,
     ShedReason,
 )
@@ -80,7 +80,7 @@ class IntakeState:
         self._prompt_tokens = 0
         self.memory = MemoryBook(s.memory_budget)
         self.admitted_total = 0
-        self.outcomes: Counter[Outcome] = Counter()
+        self.outcomes: Counter[Ending] = Counter()
         self.shed: Counter[ShedReason] = Counter()
         self.reclaimed_total = 0
         self.unknown_releases = 0
@@ -149,7 +149,7 @@ class IntakeState:
         self.memory.book(entry.model, entry.kv_tokens)
         return True
 
-    def release(self, request_id: str, outcome: Outcome, *, now: float) -> bool:
+    def release(self, request_id: str, outcome: Ending, *, now: float) -> bool:
         """Free a request's capacity and count its outcome; ``False`` if it was not in flight."""
         numbers = self._by_request.get(request_id)
         if not numbers:
@@ -206,10 +206,10 @@ class IntakeState:
             queue_max_requests=self.settings.queue_max_requests,
             queue_max_prompt_tokens=self.settings.queue_max_prompt_tokens,
             admitted_total=self.admitted_total,
-            completed_total=self.outcomes[Outcome.COMPLETED],
-            failed_total=self.outcomes[Outcome.FAILED],
-            cancelled_disconnect_total=self.outcomes[Outcome.CANCELLED_DISCONNECT],
-            cancelled_deadline_total=self.outcomes[Outcome.CANCELLED_DEADLINE],
+            completed_total=self.outcomes[Ending.COMPLETED],
+            failed_total=self.outcomes[Ending.FAILED],
+            cancelled_disconnect_total=self.outcomes[Ending.CANCELLED_DISCONNECT],
+            cancelled_deadline_total=self.outcomes[Ending.CANCELLED_DEADLINE],
             shed_draining=self.shed[ShedReason.DRAINING],
             shed_pressure=self.shed[ShedReason.PRESSURE],
             shed_rate_limited=self.shed[ShedReason.RATE_LIMITED],

@@ -14,7 +14,6 @@ from api.admin.fault_switch import FaultSwitch
 from api.admin.live_settings import LiveSettings
 from api.http.asgi import Request, Responder
 from api.http.problems import HTTPProblem
-from api.serving.outcome import Reporter
 from runtime import ActorSystem
 
 Handler = Callable[[Request, Responder], Awaitable[None]]
@@ -28,12 +27,13 @@ class AdminRoutes:
 
     def __init__(
         self,
-        reporter: Reporter,
+        audit: Callable[[], AuditLog | None],
         settings: LiveSettings,
         faults: FaultSwitch,
         system: Callable[[], ActorSystem],
     ) -> None:
-        self.reporter = reporter
+        """``audit``: the audit log while the server runs with one."""
+        self._audit_log = audit
         self.settings = settings
         self.faults = faults
         self._system = system
@@ -65,15 +65,17 @@ class AdminRoutes:
         await self._audit().stream(request, respond)
 
     def _audit(self) -> AuditLog:
-        if self.reporter.audit is None:
+        audit = self._audit_log()
+        if audit is None:
             raise HTTPProblem(404, "not-found", "this server keeps no audit log (--audit-path)")
-        return self.reporter.audit
+        return audit
 
     def record_settings_edit(self, request: Request, status: int, duration_s: float) -> None:
         """The audit row of a ``PATCH /admin/settings`` (who, when, how it went)."""
-        if self.reporter.audit is None:
+        audit = self._audit_log()
+        if audit is None:
             return
-        self.reporter.audit.record(
+        audit.record(
             request,
             model=self.settings.model_name,
             endpoint=SETTINGS_ENDPOINT,
@@ -88,8 +90,9 @@ class AdminRoutes:
 
     def close_streams(self) -> None:
         """End every live audit stream (the server is stopping)."""
-        if self.reporter.audit is not None:
-            self.reporter.audit.feed.close()
+        audit = self._audit_log()
+        if audit is not None:
+            audit.feed.close()
 
     async def inject_fault(self, request: Request, respond: Responder) -> None:
         """``POST /admin/faults`` (``--fault-injection``)."""

@@ -53,13 +53,16 @@ from api.openai.request_types import (
 )
 from api.openai.request_types import ToolChoice as ChatToolChoice
 from api.serving.jobs import Job
-from api.serving.pipeline import Completions
+from api.serving.outcome import Cancellation
+from api.serving.pipeline import Pipeline
+from api.serving.tools.plan import ToolPlan
+from api.serving.writers import ReplyContext, ReplyWriter, deadline_passed
 
 
 class AnthropicMessages:
-    """The handlers of Anthropic's routes, over the completion core."""
+    """The handlers of Anthropic's routes, over the serving pipeline."""
 
-    def __init__(self, core: Completions) -> None:
+    def __init__(self, core: Pipeline) -> None:
         self._core = core
 
     async def create(self, request: Request, respond: Responder) -> None:
@@ -73,14 +76,14 @@ class AnthropicMessages:
         under the Messages deadline, on the tokenizing threads.
         """
         core = self._core
-        async with core.reporter.reporting(request, "count_tokens", core.gate) as outcome:
-            with anyio.move_on_after(core.settings.timeouts["messages"]) as scope:
+        async with core.reporting(request, "count_tokens") as outcome:
+            with anyio.move_on_after(core.limits.timeouts["messages"]) as scope:
                 body = await request.json_body(
-                    CountTokensRequest, core.settings.max_body_bytes, NOT_HONOURED_MESSAGES
+                    CountTokensRequest, core.limits.max_body_bytes, NOT_HONOURED_MESSAGES
                 )
                 outcome.model = (await core.check_model(body.model)).name
                 continues = _continues(body.messages)
-                job = await core.chat_job_of(_chat_request(body, body.model), continues)
+                job = await core.chat_job_of(_chat_request(body, body.model), _no_reply, continues)
                 prompt = await core.tokenized(job.make_prompt)
                 outcome.prompt_tokens = len(prompt)
                 outcome.end = Finished(
@@ -91,22 +94,26 @@ class AnthropicMessages:
                 )
                 await respond.json(200, InputTokenCount(input_tokens=len(prompt)))
             if scope.cancelled_caught:
-                outcome.cancelled_by = "deadline"
-                await respond.problem(
-                    HTTPProblem(504, "deadline-exceeded", "the request's deadline passed").problem
-                )
+                outcome.cancelled_by = Cancellation.DEADLINE
+                await deadline_passed(respond, None)
 
     async def _job(self, request: Request) -> Job:
         core = self._core
         body = await request.json_body(
-            MessagesRequest, core.settings.max_body_bytes, NOT_HONOURED_MESSAGES
+            MessagesRequest, core.limits.max_body_bytes, NOT_HONOURED_MESSAGES
         )
         await core.check_model(body.model)
         continues = _continues(body.messages)
-        job = await core.chat_job_of(_chat_request(body, body.model), continues)
-        tools = job.tools
-        job.reply_for = lambda context: AnthropicReply(context, body.stream, tools)
-        return job
+        return await core.chat_job_of(
+            _chat_request(body, body.model),
+            lambda context, tools: AnthropicReply(context, body.stream, tools),
+            continues,
+        )
+
+
+def _no_reply(context: ReplyContext, tools: ToolPlan | None) -> ReplyWriter:
+    """``count_tokens`` builds the prompt only: nothing is ever answered through a writer."""
+    raise AssertionError("count_tokens writes no reply")
 
 
 def _continues(messages: list[InputMessage]) -> bool:

@@ -51,7 +51,6 @@ from api.config.toml_file import ConfigFile
 from api.http.logs import log_lifecycle
 from api.http.observe import public_config
 from api.http.tracing import RequestTracing
-from api.serving.admission import IntakeAdmission
 from runtime import Backoff, SupervisorEscalated
 from runtime.breaker import BreakerConfig
 
@@ -213,10 +212,8 @@ def serve(settings: Settings, config_file: ConfigFile | None = None) -> int:
 
 async def _serve(settings: Settings, outcome: _Exit, config_file: ConfigFile | None) -> None:
     inference = await build_tree(settings)
-    admission = IntakeAdmission()
-    app = TroupeApp(settings, inference, admission, config_file)
-    if tracing_config(settings) is not None:
-        app.completions.reporter.tracing = RequestTracing.from_provider()
+    tracing = RequestTracing.from_provider() if tracing_config(settings) is not None else None
+    app = TroupeApp(settings, inference, config_file, tracing)
     config = _hypercorn_config(settings)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -232,7 +229,7 @@ async def _serve(settings: Settings, outcome: _Exit, config_file: ConfigFile | N
         except Exception as exc:
             if not _is_lifespan_failure(exc):
                 raise
-            reason = app.start_failure or "startup did not finish"
+            reason = app.lifespan.start_failure or "startup did not finish"
             log.error("cannot start: %s", reason, extra={"event": "server_start_failed"})
             outcome.code = EXIT_START_FAILED
         tg.cancel_scope.cancel()
@@ -257,7 +254,7 @@ def _hypercorn_config(settings: Settings) -> Config:
 
 async def _announce(app: TroupeApp, bind: str) -> None:
     """Say where the server listens once it can answer, not before the model loads."""
-    await app.started.wait()
+    await app.lifespan.started.wait()
     url = f"http://{bind}"
     print(f"mlx-troupe: serving {app.model_name} on {url}")
     sys.stdout.flush()
@@ -280,7 +277,7 @@ async def _on_signal(app: TroupeApp, settings: Settings, stop: anyio.Event, outc
             )
             # Consoles' live streams would hold their connections past the drain.
             app.close_streams()
-            drained = await app.drain(settings.drain_timeout)
+            drained = await app.intake.drain(settings.drain_timeout)
             log.info(
                 "drained %d of %d requests in flight",
                 drained.before - drained.left,
@@ -299,10 +296,11 @@ async def _on_signal(app: TroupeApp, settings: Settings, stop: anyio.Event, outc
 
 
 async def _on_escalation(app: TroupeApp, stop: anyio.Event, outcome: _Exit) -> None:
-    await app.started.wait()
-    assert app.system is not None
+    await app.lifespan.started.wait()
+    system = app.lifespan.system
+    assert system is not None
     try:
-        await app.system.wait()
+        await system.wait()
     except SupervisorEscalated as exc:
         # The reason is sanitized at its source (the supervisor's own message).
         log.error("stopping: %s", exc, extra={"event": "server_escalated"})

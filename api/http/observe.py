@@ -7,6 +7,7 @@ mailbox costs a counted drop, never a slower request.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -65,9 +66,9 @@ class Observer:
     def __init__(self) -> None:
         self.ref: ActorRef | None = None
 
-    def bind(self, system: ActorSystem) -> None:
-        """Use the metrics actor of ``system``."""
-        self.ref = system.ref("metrics")
+    def bind(self, system: ActorSystem | None) -> None:
+        """Use the metrics actor of ``system`` (``None``: record nothing)."""
+        self.ref = None if system is None else system.ref("metrics")
 
     def _send(self, event: Message) -> None:
         if self.ref is not None:
@@ -158,6 +159,21 @@ async def metrics_endpoint(
         GetMetricsSnapshot(categories=wanted), timeout=METRICS_TIMEOUT, expect=MetricsSnapshot
     )
     await respond.json(200, snapshot_json(snapshot))
+
+
+class MetricsRoutes:
+    """``GET /metrics`` and ``GET /v1/metrics`` over the running system."""
+
+    def __init__(self, system: Callable[[], ActorSystem | None]) -> None:
+        self._system = system
+
+    async def prometheus(self, request: Request, respond: Responder) -> None:
+        """``GET /metrics``: Prometheus text from the metrics actor."""
+        await prometheus_endpoint(self._system(), respond)
+
+    async def metrics(self, request: Request, respond: Responder) -> None:
+        """``GET /v1/metrics``: JSON (or Prometheus) figures, filtered by category."""
+        await metrics_endpoint(self._system(), request, respond)
 
 
 def snapshot_json(snapshot: MetricsSnapshot) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import msgspec
 
@@ -98,14 +99,16 @@ class ChoiceReply:
 
 
 @dataclass
-class Reply:
-    """The response of one completion request, in either shape."""
+class CompletionReply:
+    """What the responses of chat and text completions share: the stream and its choices.
+
+    :class:`ChatReply` and :class:`TextReply` write their own chunks and bodies.
+    """
 
     request_id: str
     model: str
     streaming: bool
     include_usage: bool
-    chat: bool
     created: int = field(default_factory=lambda: int(time.time()))
     tools: ToolPlan | None = None
     """Set when the answer may hold tool calls: they are parsed out of the text."""
@@ -117,10 +120,12 @@ class Reply:
     def __post_init__(self) -> None:
         self.choices = [ChoiceReply(i, self.tools, self.names) for i in range(self.n)]
 
+    ID_PREFIX: ClassVar[str] = ""
+
     @property
     def response_id(self) -> str:
         """The OpenAI-style id of this completion."""
-        return ("chatcmpl-" if self.chat else "cmpl-") + self.request_id
+        return self.ID_PREFIX + self.request_id
 
     async def send_delta(
         self,
@@ -192,35 +197,57 @@ class Reply:
         if respond.started:
             return
         await respond.start(200, "text/event-stream", SSE_HEADERS)
-        if self.chat:  # OpenAI's first chat chunk of each choice announces the role
-            first = ChatCompletionChunk(
-                id=self.response_id,
-                created=self.created,
-                model=self.model,
-                choices=[
-                    ChunkChoice(index=i, delta=Delta(role="assistant", content=""))
-                    for i in range(self.n)
-                ],
-            )
+        first = self._first_chunk()
+        if first is not None:
             await respond.chunk(encode_event(first))
 
+    def _first_chunk(self) -> msgspec.Struct | None:
+        """What a stream starts with, before any text (``None``: nothing)."""
+        return None
+
     def _chunk(self, choice: ChoiceReply, text: str, reason: str | None) -> msgspec.Struct:
-        if self.chat:
-            delta = Delta(content=text) if text else Delta()
-            chunk = ChunkChoice(
-                index=choice.index,
-                delta=delta,
-                finish_reason=reason,
-                logprobs=choice.chat_logprobs(),
-            )
-            return ChatCompletionChunk(
-                id=self.response_id, created=self.created, model=self.model, choices=[chunk]
-            )
-        text_choice = TextChoice(
-            index=choice.index, text=text, finish_reason=reason, logprobs=choice.text_logprobs(text)
+        raise NotImplementedError
+
+    def _call_chunk(
+        self, choice: ChoiceReply, call_index: int, call: ToolCallOut
+    ) -> msgspec.Struct:
+        raise NotImplementedError  # only chat answers carry tool calls
+
+    def _usage_chunk(self, usage: Usage) -> msgspec.Struct:
+        raise NotImplementedError
+
+    def _whole(self, results: list[ChoiceResult], usage: Usage) -> msgspec.Struct:
+        raise NotImplementedError
+
+
+@dataclass
+class ChatReply(CompletionReply):
+    """A chat completion's response: ``chat.completion`` or its ``chat.completion.chunk`` stream."""
+
+    ID_PREFIX: ClassVar[str] = "chatcmpl-"
+
+    def _first_chunk(self) -> msgspec.Struct:
+        # OpenAI's first chat chunk of each choice announces the role.
+        return ChatCompletionChunk(
+            id=self.response_id,
+            created=self.created,
+            model=self.model,
+            choices=[
+                ChunkChoice(index=i, delta=Delta(role="assistant", content=""))
+                for i in range(self.n)
+            ],
         )
-        return Completion(
-            id=self.response_id, created=self.created, model=self.model, choices=[text_choice]
+
+    def _chunk(self, choice: ChoiceReply, text: str, reason: str | None) -> msgspec.Struct:
+        delta = Delta(content=text) if text else Delta()
+        chunk = ChunkChoice(
+            index=choice.index,
+            delta=delta,
+            finish_reason=reason,
+            logprobs=choice.chat_logprobs(),
+        )
+        return ChatCompletionChunk(
+            id=self.response_id, created=self.created, model=self.model, choices=[chunk]
         )
 
     def _call_chunk(
@@ -235,35 +262,52 @@ class Reply:
         )
 
     def _usage_chunk(self, usage: Usage) -> msgspec.Struct:
-        if self.chat:
-            return ChatCompletionChunk(
-                id=self.response_id, created=self.created, model=self.model, choices=[], usage=usage
+        return ChatCompletionChunk(
+            id=self.response_id, created=self.created, model=self.model, choices=[], usage=usage
+        )
+
+    def _whole(self, results: list[ChoiceResult], usage: Usage) -> msgspec.Struct:
+        chat_choices = []
+        for choice, result in zip(self.choices, results, strict=True):
+            choice.unsent_logprobs = list(result.logprobs)
+            message, reason = choice.message(result.text, result.reason)
+            chat_choices.append(
+                ChatChoice(
+                    index=choice.index,
+                    message=message,
+                    finish_reason=reason,
+                    logprobs=choice.chat_logprobs(),
+                )
             )
+        return ChatCompletion(
+            id=self.response_id,
+            created=self.created,
+            model=self.model,
+            choices=chat_choices,
+            usage=usage,
+        )
+
+
+@dataclass
+class TextReply(CompletionReply):
+    """A text completion's response: ``text_completion`` or its stream of the same objects."""
+
+    ID_PREFIX: ClassVar[str] = "cmpl-"
+
+    def _chunk(self, choice: ChoiceReply, text: str, reason: str | None) -> msgspec.Struct:
+        text_choice = TextChoice(
+            index=choice.index, text=text, finish_reason=reason, logprobs=choice.text_logprobs(text)
+        )
+        return Completion(
+            id=self.response_id, created=self.created, model=self.model, choices=[text_choice]
+        )
+
+    def _usage_chunk(self, usage: Usage) -> msgspec.Struct:
         return Completion(
             id=self.response_id, created=self.created, model=self.model, choices=[], usage=usage
         )
 
     def _whole(self, results: list[ChoiceResult], usage: Usage) -> msgspec.Struct:
-        if self.chat:
-            chat_choices = []
-            for choice, result in zip(self.choices, results, strict=True):
-                choice.unsent_logprobs = list(result.logprobs)
-                message, reason = choice.message(result.text, result.reason)
-                chat_choices.append(
-                    ChatChoice(
-                        index=choice.index,
-                        message=message,
-                        finish_reason=reason,
-                        logprobs=choice.chat_logprobs(),
-                    )
-                )
-            return ChatCompletion(
-                id=self.response_id,
-                created=self.created,
-                model=self.model,
-                choices=chat_choices,
-                usage=usage,
-            )
         text_choices = []
         for choice, result in zip(self.choices, results, strict=True):
             choice.unsent_logprobs = list(result.logprobs)
@@ -284,15 +328,16 @@ class Reply:
         )
 
 
-def chat_reply(context: ReplyContext, body: SamplingFields, tools: ToolPlan | None = None) -> Reply:
-    """The reply shape of a chat completion (tool calls parsed out when ``tools`` says so)."""
+def chat_reply(
+    context: ReplyContext, body: SamplingFields, tools: ToolPlan | None = None
+) -> ChatReply:
+    """The reply of a chat completion (tool calls parsed out when ``tools`` says so)."""
     include = bool(body.stream_options and body.stream_options.include_usage)
-    return Reply(
+    return ChatReply(
         context.request_id,
         context.model,
         body.stream,
         include,
-        True,
         created=context.created,
         tools=tools,
         names=context.names,
@@ -300,15 +345,14 @@ def chat_reply(context: ReplyContext, body: SamplingFields, tools: ToolPlan | No
     )
 
 
-def text_reply(context: ReplyContext, body: SamplingFields) -> Reply:
-    """The reply shape of a text completion."""
+def text_reply(context: ReplyContext, body: SamplingFields) -> TextReply:
+    """The reply of a text completion."""
     include = bool(body.stream_options and body.stream_options.include_usage)
-    return Reply(
+    return TextReply(
         context.request_id,
         context.model,
         body.stream,
         include,
-        False,
         created=context.created,
         names=context.names,
         n=body.n,

@@ -26,7 +26,7 @@ from actors.generation.protocol import Finished
 from api.http.asgi import Request, Responder
 from api.http.problems import HTTPProblem, Problem
 from api.serving.jobs import EmbeddingJob
-from api.serving.pipeline import Completions
+from api.serving.pipeline import Pipeline
 from api.serving.writers import ReplyContext
 
 MAX_INPUTS = 2048
@@ -73,9 +73,9 @@ class EmbeddingList(Struct, frozen=True, kw_only=True):
 
 
 class Embeddings:
-    """The handler of ``/v1/embeddings``, over the completion core."""
+    """The handler of ``/v1/embeddings``, over the serving pipeline."""
 
-    def __init__(self, core: Completions) -> None:
+    def __init__(self, core: Pipeline) -> None:
         self._core = core
 
     async def create(self, request: Request, respond: Responder) -> None:
@@ -84,7 +84,7 @@ class Embeddings:
 
     async def _job(self, request: Request) -> EmbeddingJob:
         core = self._core
-        body = await request.json_body(EmbeddingRequest, core.settings.max_body_bytes)
+        body = await request.json_body(EmbeddingRequest, core.limits.max_body_bytes)
         tokenizer = (await core.check_model(body.model)).tokenizer
         if body.dimensions is not None:
             size = (await core.described(body.model)).embedding_size

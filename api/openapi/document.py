@@ -21,6 +21,7 @@ key is checked.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -35,6 +36,7 @@ from api.anthropic.message_types import (
     MessageResponse,
     MessagesRequest,
 )
+from api.http.asgi import Request, Responder
 from api.http.problems import ProblemBody
 from api.openai.bodies import (
     ChatCompletion,
@@ -90,6 +92,20 @@ _PLAIN_GETS = {
     "/health/ready": ("Ready to serve (503 otherwise).", (503,)),
     "/health": ("Each actor's health (503 when not ready).", (503,)),
 }
+
+
+class OpenApiRoute:
+    """``GET /openapi.json``, built on first request (the model's figures are known by then)."""
+
+    def __init__(self, served: Callable[[], ServedApi]) -> None:
+        self._served = served
+        self._document: dict[str, Any] | None = None
+
+    async def get(self, request: Request, respond: Responder) -> None:
+        """``GET /openapi.json``: the API, generated from the msgspec types."""
+        if self._document is None:
+            self._document = openapi_document(self._served())
+        await respond.json(200, self._document)
 
 
 def openapi_document(served: ServedApi) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from api.http.logs import configure_logging
 from api.http.tracing import RequestTracing
 from api.replicas.bridge import AppBridge
 from api.replicas.messages import ForwardedRequest, ResponsePart, RouteHint
-from api.serving.admission import IntakeAdmission
 
 
 class TroupeReplica:
@@ -39,9 +38,8 @@ class TroupeReplica:
         configure_logging(settings.log_level, settings.log_format)
         tracing = tracing_config(settings)
         self._provider = start_tracing(tracing, "replica") if tracing is not None else None
-        self.app = TroupeApp(settings, await build_tree(settings), IntakeAdmission())
-        if self._provider is not None:
-            self.app.completions.reporter.tracing = RequestTracing.from_provider()
+        requests = RequestTracing.from_provider() if self._provider is not None else None
+        self.app = TroupeApp(settings, await build_tree(settings), tracing=requests)
         self.bridge = AppBridge(build_asgi(self.app), replica=self.name)
         await self.bridge.start()
 
@@ -54,7 +52,7 @@ class TroupeReplica:
 
     async def check_health(self) -> None:
         """Serve's health check: raise once the actor system has stopped for good."""
-        system = self.app.system
+        system = self.app.lifespan.system
         if system is None or not system.running:
             raise RuntimeError("the replica's actor system is not running")
 

@@ -14,15 +14,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.http.problems import HTTPProblem
-from api.openai.chat_reply import chat_reply, text_reply
 from api.openai.request_types import ChatCompletionRequest, CompletionRequest, SamplingFields
 from api.serving.prompts import template_message
 from api.serving.structured import response_grammar
 from api.serving.tools.plan import ToolPlan, plan_tools
 from api.serving.writers import ReplyContext, ReplyWriter, VectorsWriter
 
+ReplyFactory = Callable[[ReplyContext, ToolPlan | None], ReplyWriter]
+"""A protocol's writer for a job's response, made once the prompt is known.
 
-@dataclass
+Given the job's tools (parsed out of the answer), or ``None`` for a text job.
+"""
+
+
+@dataclass(frozen=True)
 class Job:
     """A decoded request, ready to be admitted and run."""
 
@@ -31,11 +36,9 @@ class Job:
     """Characters of the prompt (all message texts together), for intake's estimate."""
     make_prompt: Callable[[], list[int]]
     """Templates and tokenizes the prompt (on a worker thread)."""
-    reply_for: Callable[[ReplyContext], ReplyWriter]
+    reply_for: ReplyFactory
     """The response's writer, once the prompt is known."""
     messages: int = 1
-    reply: ReplyWriter | None = None
-    """How the response is written, once the prompt is known."""
     grammar: str | None = None
     """What the output must match (``response_format``, a forced tool call); ``None``: free."""
     tools: ToolPlan | None = None
@@ -61,9 +64,15 @@ AnyJob = Job | EmbeddingJob
 
 
 def chat_job(
-    body: ChatCompletionRequest, tokenizer: Callable[[], Any], continue_final: bool = False
+    body: ChatCompletionRequest,
+    tokenizer: Callable[[], Any],
+    reply_for: ReplyFactory,
+    continue_final: bool = False,
 ) -> Job:
     """The job of a chat completion; ``tokenizer`` returns mlx-lm's wrapper.
+
+    ``reply_for`` writes the answer in the protocol that asked: chat, Messages
+    or Responses (each of which becomes a chat request).
 
     ``continue_final``: the last message is the start of the answer (an
     assistant prefill, as Anthropic's API takes it), which the model continues
@@ -96,7 +105,7 @@ def chat_job(
         body=body,
         prompt_chars=sum(len(message.text) for message in body.messages),
         make_prompt=make_prompt,
-        reply_for=lambda context: chat_reply(context, body, tools),
+        reply_for=reply_for,
         messages=len(messages),
         grammar=grammar,
         tools=tools,
@@ -104,7 +113,7 @@ def chat_job(
     )
 
 
-def text_job(body: CompletionRequest, tokenizer: Callable[[], Any]) -> Job:
+def text_job(body: CompletionRequest, tokenizer: Callable[[], Any], reply_for: ReplyFactory) -> Job:
     """The job of a text completion: a string, one string in a list, or token ids."""
     prompt = body.prompt
     if isinstance(prompt, list) and all(isinstance(token, int) for token in prompt):
@@ -113,7 +122,7 @@ def text_job(body: CompletionRequest, tokenizer: Callable[[], Any]) -> Job:
             body=body,
             prompt_chars=len(ids),
             make_prompt=lambda: ids,
-            reply_for=lambda context: text_reply(context, body),
+            reply_for=reply_for,
             logprobs=body.logprobs,
         )
     if isinstance(prompt, list) and (len(prompt) != 1 or not isinstance(prompt[0], str)):
@@ -126,7 +135,7 @@ def text_job(body: CompletionRequest, tokenizer: Callable[[], Any]) -> Job:
         body=body,
         prompt_chars=len(text),
         make_prompt=lambda: [int(token) for token in tokenizer().encode(text)],
-        reply_for=lambda context: text_reply(context, body),
+        reply_for=reply_for,
         logprobs=body.logprobs,
     )
 

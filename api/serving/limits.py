@@ -13,8 +13,8 @@ from api.openai.request_types import SamplingFields
 
 
 @dataclass(frozen=True)
-class CompletionSettings:
-    """What the handlers need from the server's settings."""
+class ServingLimits:
+    """What the serving core needs from the server's settings: the endpoints' limits."""
 
     model_name: str
     """The default model's name (the one requests are reported under before they name one)."""

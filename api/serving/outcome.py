@@ -11,23 +11,70 @@ counts, never the text.
 from __future__ import annotations
 
 import contextlib
+import enum
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from actors.generation.protocol import Failed, Finished, TokenLogprob
+from actors.intake.protocol import Ending
 from actors.metrics.protocol import RequestCompleted
-from api.admin.audit_log import AuditLog
 from api.http.asgi import ClientDisconnected, Request
 from api.http.logs import annotate
 from api.http.observe import Observer, Timing
 from api.http.problems import Problem, innermost, problem_for
 from api.http.tracing import RequestTracing
+from api.serving.writers import ReplyWriter
 
-CANCEL_ERRORS = {"disconnect": "client_disconnect", "deadline": "deadline_exceeded"}
-"""The audit's and the log's ``error_type`` of a request cut short, by cause."""
+
+class Cancellation(enum.StrEnum):
+    """What cut a request short (the value is the metrics' ``cause`` label)."""
+
+    DISCONNECT = "disconnect"
+    """The client went away before its answer was complete."""
+    DEADLINE = "deadline"
+    """The request's deadline passed."""
+
+    @property
+    def status(self) -> int:
+        """The status it is reported with (499: nginx's "client closed request")."""
+        return 499 if self is Cancellation.DISCONNECT else 504
+
+    @property
+    def error_type(self) -> str:
+        """The audit's and the log's ``error_type``."""
+        return "client_disconnect" if self is Cancellation.DISCONNECT else "deadline_exceeded"
+
+    @property
+    def ending(self) -> Ending:
+        """How intake counts it."""
+        if self is Cancellation.DISCONNECT:
+            return Ending.CANCELLED_DISCONNECT
+        return Ending.CANCELLED_DEADLINE
+
+
+class AuditSink(Protocol):
+    """Where the reporter writes one audit row per request (the admin's audit log)."""
+
+    def record(
+        self,
+        request: Request,
+        *,
+        model: str,
+        endpoint: str,
+        status: int,
+        duration_s: float,
+        ttft_s: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        finish_reason: str | None,
+        error_type: str | None,
+    ) -> None:
+        """Submit the row of one finished request (never blocks)."""
+        ...
 
 
 @dataclass
@@ -39,8 +86,8 @@ class Outcome:
     """Of the tokens of ``text``, when the request asked for them."""
     end: Finished | Failed | None = None
     tokens_sent: int = 0
-    cancelled_by: str = ""
-    """``disconnect`` or ``deadline`` when the request was cut short."""
+    cancelled_by: Cancellation | None = None
+    """What cut the request short, if anything did."""
     timing: Timing = field(default_factory=Timing)
     admitted: bool = False
     """Intake let it in (refused requests take no part in the latency figures)."""
@@ -55,16 +102,16 @@ class Outcome:
     """The served model it named, once known ("": the reporter's default)."""
     span: Span = INVALID_SPAN
     """The request's trace span (a non-recording one while tracing is off)."""
+    reply: ReplyWriter | None = None
+    """The writer answering it, once chosen (a stream cut short ends through it)."""
 
     @property
     def status(self) -> int:
         """The status the request ended with (499: the client went away first)."""
         if self.refused is not None:
             return self.refused.status
-        if self.cancelled_by == "disconnect":
-            return 499
-        if self.cancelled_by == "deadline":
-            return 504
+        if self.cancelled_by is not None:
+            return self.cancelled_by.status
         if isinstance(self.end, Finished):
             return 200
         return problem_for(self.end).status if isinstance(self.end, Failed) else 500
@@ -74,37 +121,40 @@ class Outcome:
         """``stop``, ``length``, ``cancelled``, or ``None`` when it failed."""
         if isinstance(self.end, Finished):
             return self.end.reason.value
-        return "cancelled" if self.cancelled_by else None
+        return "cancelled" if self.cancelled_by is not None else None
 
     @property
     def error_type(self) -> str | None:
         """A short class of what went wrong (never a message): a failure kind or a slug."""
         if self.refused is not None:
             return self.refused.slug.replace("-", "_")
-        if self.cancelled_by:
-            return CANCEL_ERRORS.get(self.cancelled_by, "cancelled")
+        if self.cancelled_by is not None:
+            return self.cancelled_by.error_type
         return self.end.kind.value if isinstance(self.end, Failed) else None
 
     @property
-    def intake_name(self) -> str:
+    def ending(self) -> Ending:
         """How intake counts the ending."""
-        if self.cancelled_by == "disconnect":
-            return "cancelled_disconnect"
-        if self.cancelled_by == "deadline":
-            return "cancelled_deadline"
-        return "completed" if isinstance(self.end, Finished) else "failed"
+        if self.cancelled_by is not None:
+            return self.cancelled_by.ending
+        return Ending.COMPLETED if isinstance(self.end, Finished) else Ending.FAILED
 
 
 class Reporter:
     """Reports each request's outcome to metrics, the audit log (if any) and the log."""
 
-    def __init__(self, model_name: str, observer: Observer) -> None:
+    def __init__(
+        self, model_name: str, observer: Observer, tracing: RequestTracing | None = None
+    ) -> None:
         self.model_name = model_name
         self._observer = observer
-        self.audit: AuditLog | None = None
-        """Set while the server runs with an audit log."""
-        self.tracing = RequestTracing()
-        """The request spans; off until the server turns tracing on."""
+        self._audit: AuditSink | None = None
+        self.tracing = tracing or RequestTracing()
+        """The request spans (off unless the server was given a tracing provider)."""
+
+    def attach_audit(self, audit: AuditSink | None) -> None:
+        """Write rows to ``audit`` from now on (``None``: no more rows)."""
+        self._audit = audit
 
     @contextlib.asynccontextmanager
     async def reporting(
@@ -122,7 +172,8 @@ class Reporter:
         except Exception as exc:
             inner = innermost(exc)
             if isinstance(inner, ClientDisconnected):
-                outcome.cancelled_by = "disconnect"  # gone mid-upload: nobody got an answer
+                # Gone mid-upload: nobody got an answer.
+                outcome.cancelled_by = Cancellation.DISCONNECT
             else:
                 outcome.refused = problem_for(inner)
             raise
@@ -147,11 +198,11 @@ class Reporter:
             finish_reason=outcome.finish_reason,
             admitted=outcome.admitted,
         )
-        if outcome.cancelled_by:
-            self._observer.cancelled(outcome.cancelled_by)
+        if outcome.cancelled_by is not None:
+            self._observer.cancelled(outcome.cancelled_by.value)
         self._observer.completed(event)
-        if self.audit is not None:
-            self.audit.record(
+        if self._audit is not None:
+            self._audit.record(
                 request,
                 model=event.model,
                 endpoint=endpoint,

@@ -1,62 +1,41 @@
-"""Every generating endpoint's life: admission, prompt, generation, and the response.
+"""Every generating request's life, whatever its protocol: the serving core.
 
-One request goes: decode and validate the body; admit it through intake
-before any tokenization; build the prompt (chat template or text) on a worker
-thread; stream from the generation actor under the endpoint's deadline while
-watching for the client going away; answer as one JSON body or as
-server-sent events through the endpoint's writer (:mod:`api.serving.writers`); tell
-intake how it ended. Chat and text completions are handled here; Anthropic's
-Messages and OpenAI's Responses turn their bodies into a :class:`~api.serving.jobs.Job`,
-embeddings into an :class:`~api.serving.jobs.EmbeddingJob` (one engine request for all
-its inputs, answered whole), and hand it to :meth:`Completions.handle`.
-
-A request that fails retryably before its first token (the engine restarted
-under it) is retried transparently, at most twice.
+One request goes: decode and validate the body into a job (the protocol's
+``prepare``); admit it through intake before any tokenization; build the
+prompt (chat template or text) on a tokenizing thread; stream from the
+generation actor under the endpoint's deadline while watching for the client
+going away; answer through the protocol's reply writer
+(:mod:`api.serving.writers`); tell intake how it ended. OpenAI's chat and
+text completions, Anthropic's Messages and OpenAI's Responses are each a
+:class:`~api.serving.jobs.Job` (:mod:`api.serving.generation` runs it);
+embeddings are an :class:`~api.serving.jobs.EmbeddingJob` (one engine request
+for all its inputs, answered whole: :mod:`api.serving.embedding`).
 """
 
 from __future__ import annotations
 
-import logging
-import time
+import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import anyio
 
-from actors.generation.client import GenerationClient
-from actors.generation.protocol import (
-    Embed,
-    EngineRequest,
-    EngineStats,
-    Failed,
-    FailureKind,
-    Finished,
-    Generate,
-    TokenChunk,
-)
+from actors.generation.protocol import EngineStats
 from api.http.asgi import Request, Responder
 from api.http.observe import Observer
-from api.http.problems import HTTPProblem, problem_for
-from api.openai.request_types import NOT_HONOURED, ChatCompletionRequest, CompletionRequest
-from api.serving.admission import Admission
+from api.http.problems import HTTPProblem
+from api.openai.request_types import ChatCompletionRequest
 from api.serving.catalog import CatalogEntry, ModelCatalog
-from api.serving.choices import choice_requests, combined_end, retry_of
-from api.serving.jobs import AnyJob, EmbeddingJob, Job, chat_job, text_job
-from api.serving.limits import CompletionSettings, Deadline
-from api.serving.outcome import Outcome, Reporter
-from api.serving.prompts import sampling_params, templated
-from api.serving.resumption import StreamTap, refuse_resume, resumable, resume_choice, tap_of
-from api.serving.writers import ReplyContext, ReplyWriter, deadline_passed, finish_reply
-from runtime import ActorDied, TroupeError
-
-log = logging.getLogger("troupe.http")
-
-TRANSPARENT_RETRIES = 2
-CHOICES_IN_FLIGHT = 64
-"""Engine requests one API request keeps in flight at once (its ``n`` choices):
-enough for the engine to batch them, never a flood of one actor's mailbox."""
-
+from api.serving.embedding import serve_embedding
+from api.serving.generation import serve_generation
+from api.serving.intake_client import IntakeClient
+from api.serving.jobs import AnyJob, EmbeddingJob, Job, ReplyFactory, chat_job
+from api.serving.limits import Deadline, ServingLimits
+from api.serving.outcome import Cancellation, Outcome, Reporter
+from api.serving.prompts import templated
+from api.serving.writers import deadline_passed
 
 TOKENIZING_THREADS = 4
 """Prompts templated and tokenized at once, on threads of their own: a burst of
@@ -65,44 +44,56 @@ the engine's event pump) relies on."""
 
 
 @dataclass(frozen=True)
-class _Channel:
-    """Where one request's choices come from (its model's generation actor) and go."""
+class Booking:
+    """What intake is told of a request when it admits it."""
 
-    client: GenerationClient
-    respond: Responder
-    reply: ReplyWriter
-    tap: StreamTap | None = None
-    """Where a resumable stream reports its progress (behind a replica bridge only)."""
+    endpoint: str
+    deadline: Deadline
+    prompt_chars: int = 0
+    messages: int = 1
+    max_tokens: int = 0
+    """Completion tokens it may generate over all its choices (its KV cache)."""
+    choices: int = 1
+
+    def of(self, prompt_chars: int, messages: int, max_tokens: int, choices: int) -> Booking:
+        """This booking, with what the decoded job asks for."""
+        return dataclasses.replace(
+            self,
+            prompt_chars=prompt_chars,
+            messages=messages,
+            max_tokens=max_tokens,
+            choices=choices,
+        )
 
 
-class Completions:
-    """The handlers of ``/v1/chat/completions`` and ``/v1/completions``, and their core."""
+class Pipeline:
+    """Runs a request of any protocol: admission, prompt, engine, reply, report."""
 
     def __init__(
         self,
-        settings: CompletionSettings,
+        limits: ServingLimits,
         catalog: ModelCatalog,
-        admission: Admission,
+        intake: IntakeClient,
         observer: Observer,
+        *,
+        reporter: Reporter,
+        gate: Callable[[], None],
     ) -> None:
-        self.settings = settings
+        """``gate`` raises the problem (503 not ready) that refuses every request now.
+
+        It runs first, inside the report, so refused requests are reported too.
+        """
+        self.limits = limits
         self.catalog = catalog
-        self._admission = admission
+        self.intake = intake
+        self.reporter = reporter
         self._observer = observer
-        self.reporter = Reporter(settings.model_name, observer)
-        """Reports every request; holds the audit log while the server has one."""
-        self.gate: Callable[[], None] = lambda: None
-        """Raises the problem (503 not ready) that refuses every request now;
-        called first, so that refused requests are reported and audited too."""
-        self._tokenizing = anyio.CapacityLimiter(TOKENIZING_THREADS)
+        self._gate = gate
+        self.tokenizing = anyio.CapacityLimiter(TOKENIZING_THREADS)
 
-    async def chat(self, request: Request, respond: Responder) -> None:
-        """``POST /v1/chat/completions``."""
-        await self.handle(request, respond, "chat", self._chat_job)
-
-    async def text(self, request: Request, respond: Responder) -> None:
-        """``POST /v1/completions``."""
-        await self.handle(request, respond, "completions", self._text_job)
+    def set_timeouts(self, timeouts: Mapping[str, float]) -> None:
+        """New per-endpoint deadlines: a request reads its deadline once, when it starts."""
+        self.limits = dataclasses.replace(self.limits, timeouts=timeouts)
 
     async def handle(
         self,
@@ -117,57 +108,49 @@ class Completions:
         drops the request if it passes while queued, and this scope answers 504
         when it passes anywhere before the response ends.
         """
-        deadline = Deadline.after(self.settings.timeouts[endpoint])
-        async with self.reporter.reporting(request, endpoint, self.gate) as outcome:
-            job: AnyJob | None = None
+        deadline = Deadline.after(self.limits.timeouts[endpoint])
+        booking = Booking(endpoint, deadline)
+        async with self.reporter.reporting(request, endpoint, self._gate) as outcome:
             try:
                 with anyio.CancelScope(deadline=deadline.loop) as scope:
-                    job = await prepare(request)
-                    match job:
-                        case EmbeddingJob():
-                            await self._serve_embedding(
-                                request, respond, job, outcome, endpoint=endpoint, deadline=deadline
+                    match await prepare(request):
+                        case EmbeddingJob() as embedding:
+                            await serve_embedding(
+                                self, request, respond, embedding, outcome=outcome, booking=booking
                             )
-                        case Job():
-                            await self._serve(
-                                request, respond, job, outcome, endpoint=endpoint, deadline=deadline
+                        case Job() as job:
+                            await serve_generation(
+                                self, request, respond, job, outcome=outcome, booking=booking
                             )
                 if scope.cancelled_caught:
-                    outcome.cancelled_by = "deadline"
-                    await deadline_passed(respond, job.reply if isinstance(job, Job) else None)
+                    outcome.cancelled_by = Cancellation.DEADLINE
+                    await deadline_passed(respond, outcome.reply)
             finally:
                 if outcome.release_due:
-                    self._admission.release(request.request_id, outcome.intake_name)
+                    self.intake.release(request.request_id, outcome.ending)
 
-    async def _chat_job(self, request: Request) -> Job:
-        body = await request.json_body(
-            ChatCompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
-        )
-        await self.check_model(body.model)
-        return await self.chat_job_of(body)
+    def reporting(self, request: Request, endpoint: str) -> AbstractAsyncContextManager[Outcome]:
+        """Report a request that generates nothing (``count_tokens``) as every other is."""
+        return self.reporter.reporting(request, endpoint, self._gate)
 
-    async def chat_job_of(self, body: ChatCompletionRequest, continue_final: bool = False) -> Job:
+    async def chat_job_of(
+        self, body: ChatCompletionRequest, reply_for: ReplyFactory, continue_final: bool = False
+    ) -> Job:
         """The job of a chat request (also what Messages and Responses bodies become)."""
         tokenizer = self.catalog.get(body.model).tokenizer
         if body.response_format is None and not body.tools:
-            return chat_job(body, tokenizer, continue_final)
+            return chat_job(body, tokenizer, reply_for, continue_final)
         # Compiling a schema (up to 64 KiB) into a grammar is bounded but not free:
         # it runs on a tokenizing thread, never on the event loop.
         return await anyio.to_thread.run_sync(
-            chat_job, body, tokenizer, continue_final, limiter=self._tokenizing
+            chat_job, body, tokenizer, reply_for, continue_final, limiter=self.tokenizing
         )
 
     async def tokenized(self, make_prompt: Callable[[], list[int]]) -> list[int]:
         """A prompt templated and tokenized on a tokenizing thread (422 if the template refuses)."""
         return await anyio.to_thread.run_sync(
-            templated, make_prompt, abandon_on_cancel=True, limiter=self._tokenizing
+            templated, make_prompt, abandon_on_cancel=True, limiter=self.tokenizing
         )
-
-    async def _text_job(self, request: Request) -> Job:
-        body = await request.json_body(
-            CompletionRequest, self.settings.max_body_bytes, NOT_HONOURED
-        )
-        return text_job(body, (await self.check_model(body.model)).tokenizer)
 
     async def check_model(self, model: str) -> CatalogEntry:
         """The served model ``model`` names (404 naming the served ones if none).
@@ -177,7 +160,7 @@ class Completions:
         """
         entry = self.catalog.get(model)
         if not entry.tokenizer_loaded:
-            await anyio.to_thread.run_sync(entry.tokenizer, limiter=self._tokenizing)
+            await anyio.to_thread.run_sync(entry.tokenizer, limiter=self.tokenizing)
             entry.tokenizer_loaded = True
         return entry
 
@@ -185,131 +168,18 @@ class Completions:
         """The model's figures (context window, vocabulary ...), loading it if it is not."""
         return await self.catalog.described(self.catalog.get(model))
 
-    async def _serve(
-        self,
-        request: Request,
-        respond: Responder,
-        job: Job,
-        outcome: Outcome,
-        *,
-        endpoint: str,
-        deadline: Deadline,
-    ) -> None:
-        body = job.body
-        model = self.catalog.get(body.model)
-        outcome.model = model.name
-        info = await self.catalog.described(model)
-        limit = self.settings.max_tokens_limit or info.context_length
-        params = sampling_params(body, limit, job.grammar, job.logprobs)
-        self.settings.check_max_tokens(body)
-        await self._admit(
-            request,
-            outcome,
-            _Booking(endpoint, job.prompt_chars, job.messages, params.max_tokens * body.n, body.n),
-            model.key,
-            deadline,
-        )
-        tracing = self.reporter.tracing
-        with tracing.child(outcome.span, "tokenization"):
-            # Abandoned at the deadline: the template may still be running on its
-            # thread, but the client is answered 504 on time.
-            prompt = await self.tokenized(job.make_prompt)
-        base = Generate(
-            request_id=_engine_id(request),
-            prompt=prompt,
-            params=params,
-            deadline=deadline.wall,
-            submitted_at=time.time(),
-            traceparent=tracing.traceparent(outcome.span),
-        )
-        generates = choice_requests(base, body.n)
-        outcome.prompt_tokens = len(prompt)
-        self._admission.tokenized(request.request_id, outcome.prompt_tokens)
-        names = None
-        if job.logprobs is not None:
-            names = model.names
-            await anyio.to_thread.run_sync(names.prepare, limiter=self._tokenizing)
-        tap = tap_of(request.scope)
-        created = int(time.time()) if tap is None or tap.resume is None else tap.resume.created
-        job.reply = job.reply_for(
-            ReplyContext(request.request_id, model.name, outcome.prompt_tokens, names, created)
-        )
-        tap = resumable(tap, job.reply, generates, created)
-        channel = _Channel(self.catalog.client(model), respond, job.reply, tap)
-
-        async def run() -> None:
-            runs = await self._run_choices(channel, generates, outcome)
-            with tracing.child(outcome.span, "stream_end"):
-                await finish_reply(channel.respond, channel.reply, outcome.end, runs)
-
-        await self._watching_client(request, outcome, run)
-
-    async def _serve_embedding(
-        self,
-        request: Request,
-        respond: Responder,
-        job: EmbeddingJob,
-        outcome: Outcome,
-        *,
-        endpoint: str,
-        deadline: Deadline,
-    ) -> None:
-        """Every input in one engine request; the vectors answered whole."""
-        refuse_resume(tap_of(request.scope))
-        model = self.catalog.get(job.model)
-        outcome.model = model.name
-        await self.catalog.described(model)
-        await self._admit(
-            request, outcome, _Booking(endpoint, job.prompt_chars, 1, 0, 1), model.key, deadline
-        )
-        tracing = self.reporter.tracing
-        with tracing.child(outcome.span, "tokenization"):
-            inputs = await anyio.to_thread.run_sync(
-                job.tokenize, abandon_on_cancel=True, limiter=self._tokenizing
-            )
-        embed = Embed(
-            request_id=_engine_id(request),
-            inputs=inputs,
-            deadline=deadline.wall,
-            submitted_at=time.time(),
-            traceparent=tracing.traceparent(outcome.span),
-        )
-        outcome.prompt_tokens = embed.prompt_tokens
-        self._admission.tokenized(request.request_id, outcome.prompt_tokens)
-        reply = job.reply_for(ReplyContext(request.request_id, model.name, embed.prompt_tokens))
-        client = self.catalog.client(model)
-
-        async def run() -> None:
-            for attempt in range(TRANSPARENT_RETRIES + 1):
-                await self._embed_once(
-                    client, retry_of(embed, attempt) if attempt else embed, outcome
-                )
-                if not _retry_due(outcome, attempt):
-                    break
-            if isinstance(outcome.end, Finished):
-                await reply.send_vectors(respond, outcome.end)
-            elif isinstance(outcome.end, Failed):
-                await respond.problem(problem_for(outcome.end))
-
-        await self._watching_client(request, outcome, run)
-
-    async def _admit(
-        self,
-        request: Request,
-        outcome: Outcome,
-        booking: _Booking,
-        model_key: str,
-        deadline: Deadline,
+    async def admit(
+        self, request: Request, outcome: Outcome, booking: Booking, model_key: str
     ) -> None:
         """Let intake admit the request (raises the problem that refuses it)."""
         try:
             with self.reporter.tracing.child(outcome.span, "admission"):
-                await self._admission.admit(
+                await self.intake.admit(
                     request,
                     booking.endpoint,
                     booking.prompt_chars,
                     booking.messages,
-                    deadline.wall,
+                    booking.deadline.wall,
                     max_tokens=booking.max_tokens,
                     choices=booking.choices,
                     model=model_key,
@@ -328,7 +198,7 @@ class Completions:
             raise
         outcome.admitted = outcome.release_due = True
 
-    async def _watching_client(
+    async def watching_client(
         self, request: Request, outcome: Outcome, run: Callable[[], Awaitable[None]]
     ) -> None:
         """``run`` the request to its answer; cancelled if the client goes away first."""
@@ -340,149 +210,14 @@ class Completions:
                 # The server also reports a disconnect once the response is
                 # complete; only one before the generation ended cuts it short.
                 if outcome.end is None:
-                    outcome.cancelled_by = "disconnect"
+                    outcome.cancelled_by = Cancellation.DISCONNECT
                     tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
             await run()
             tg.cancel_scope.cancel()
 
-    async def _run_choices(
-        self, channel: _Channel, generates: list[Generate], outcome: Outcome
-    ) -> list[Outcome]:
-        """Every choice to its end; the first to fail stops the others."""
-        if len(generates) == 1:
-            await self._run_choice(channel, generates[0], outcome, 0)
-            return [outcome]
-        runs = [Outcome(timing=outcome.timing) for _ in generates]
-        limiter = anyio.CapacityLimiter(CHOICES_IN_FLIGHT)
-        refused: list[TroupeError] = []
-        async with anyio.create_task_group() as tg:
-
-            async def run(index: int) -> None:
-                try:
-                    async with limiter:
-                        await self._run_choice(channel, generates[index], runs[index], index)
-                except TroupeError as exc:  # a full mailbox, a stopped actor: one answer
-                    refused.append(exc)
-                    tg.cancel_scope.cancel()
-                if isinstance(runs[index].end, Failed):
-                    tg.cancel_scope.cancel()
-
-            for index in range(len(generates)):
-                tg.start_soon(run, index)
-        if refused:
-            raise refused[0]
-        outcome.tokens_sent = sum(run.tokens_sent for run in runs)
-        outcome.end = combined_end(runs)
-        return runs
-
-    async def _run_choice(
-        self, channel: _Channel, generate: Generate, run: Outcome, index: int
-    ) -> None:
-        """One choice, retried transparently while nothing of it was sent."""
-        tap = channel.tap
-        if tap is not None and tap.resume is not None:
-            going_on = await resume_choice(channel.reply, channel.respond, tap, generate, run)
-            if going_on is None:  # it had ended: only its end is left to send
-                return await self._choice_end(channel, run, index)
-            generate = going_on
-        for attempt in range(TRANSPARENT_RETRIES + 1):
-            request = generate if attempt == 0 else retry_of(generate, attempt)
-            await self._attempt(channel, request, run, index)
-            if not _retry_due(run, attempt):
-                break
-        await self._choice_end(channel, run, index)
-
-    async def _choice_end(self, channel: _Channel, run: Outcome, index: int) -> None:
-        if channel.reply.streaming and isinstance(run.end, Finished):
-            await channel.reply.send_choice_end(channel.respond, run.end, index)
-
-    async def _attempt(
-        self, channel: _Channel, generate: Generate, run: Outcome, index: int
-    ) -> None:
-        run.end = None
-        try:
-            await self._stream_into(channel, generate, run, index)
-        except ActorDied:
-            run.end = _died_taking(generate)
-
-    async def _embed_once(self, client: GenerationClient, embed: Embed, outcome: Outcome) -> None:
-        """One try at ``embed``: its one event, the vectors or the failure, into ``outcome``."""
-        outcome.end = None
-        try:
-            async with client.stream(embed) as events:
-                async for event in events:
-                    if isinstance(event, Finished | Failed):
-                        outcome.end = event
-        except ActorDied:
-            outcome.end = _died_taking(embed)
-
-    async def _stream_into(
-        self, channel: _Channel, generate: Generate, run: Outcome, index: int
-    ) -> None:
-        reply = channel.reply
-        async with channel.client.stream(generate) as events:
-            async for event in events:
-                match event:
-                    case TokenChunk(text=text, token_ids=ids, logprobs=logprobs):
-                        if channel.tap is not None:
-                            channel.tap.chunk(event)
-                        run.timing.token()
-                        run.tokens_sent += len(ids)
-                        run.text += text
-                        if reply.streaming:
-                            await reply.send_delta(channel.respond, text, logprobs, index)
-                        elif logprobs:
-                            run.logprobs.extend(logprobs)
-                    case Finished():
-                        if channel.tap is not None:
-                            channel.tap.ended(event)
-                        run.end = event
-                    case Failed():
-                        run.end = event
-
-
-@dataclass(frozen=True)
-class _Booking:
-    """What intake is told of a request when it admits it."""
-
-    endpoint: str
-    prompt_chars: int
-    messages: int
-    max_tokens: int
-    choices: int
-
-
-def _engine_id(request: Request) -> str:
-    """A unique engine id: clients choose X-Request-ID and may reuse one."""
-    return f"{request.request_id}.{uuid.uuid4().hex[:8]}"
-
-
-def _died_taking(request: EngineRequest) -> Failed:
-    """The end of ``request`` when the generation actor died while taking it in.
-
-    Nothing was generated, so this is the same retryable failure as a crash.
-    """
-    return Failed(
-        request_id=request.request_id,
-        kind=FailureKind.ENGINE_CRASHED,
-        retryable=True,
-        detail="the engine restarted; retry",
-    )
-
-
-def _retry_due(run: Outcome, attempt: int) -> bool:
-    """Whether try ``attempt`` of a request ended so that it is tried again, transparently."""
-    end = run.end
-    if not isinstance(end, Failed) or not end.retryable or run.tokens_sent:
-        return False
-    if attempt == TRANSPARENT_RETRIES:
-        return False
-    kind = end.kind.value
-    log.info(
-        "retrying transparently after %s",
-        kind,
-        extra={"event": "retry", "error_type": kind, "attempt": attempt + 1},
-    )
-    return True
+    @staticmethod
+    def engine_id(request: Request) -> str:
+        """A unique engine id: clients choose X-Request-ID and may reuse one."""
+        return f"{request.request_id}.{uuid.uuid4().hex[:8]}"

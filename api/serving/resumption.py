@@ -27,14 +27,24 @@ replica bridge fills).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
 
-from actors.generation.protocol import Finished, FinishReason, Generate, TokenChunk
+from actors.generation.client import GenerationClient
+from actors.generation.protocol import (
+    Finished,
+    FinishReason,
+    Generate,
+    StreamEvent,
+    TokenChunk,
+)
 from api.http.asgi import Responder
 from api.http.problems import HTTPProblem
+from api.serving.channel import Channel
 from api.serving.outcome import Outcome
 from api.serving.writers import ReplyWriter
 from runtime import Message
@@ -144,21 +154,28 @@ def tap_of(scope: Mapping[str, Any]) -> StreamTap | None:
     return tap if isinstance(tap, StreamTap) else None
 
 
-def resumable(
-    tap: StreamTap | None, reply: ReplyWriter, generates: list[Generate], created: int
-) -> StreamTap | None:
-    """``tap`` if this request's stream can be resumed (one streamed choice), else ``None``.
+def channel_for(
+    client: GenerationClient,
+    respond: Responder,
+    reply: ReplyWriter,
+    scope: Mapping[str, Any],
+    *,
+    generates: list[Generate],
+    created: int,
+) -> Channel:
+    """The channel of a request: tapped if its stream can be resumed (one streamed choice).
 
     A stream of several choices is not resumable: its choices end at different
     times, and a replica lost under it ends it with an error event.
     """
+    tap = tap_of(scope)
     if tap is None:
-        return None
+        return Channel(client, respond, reply)
     if not reply.streaming or len(generates) != 1:
         refuse_resume(tap)
-        return None
+        return Channel(client, respond, reply)
     tap.started(created)
-    return tap
+    return TappedChannel(client, respond, reply, tap)
 
 
 def refuse_resume(tap: StreamTap | None) -> None:
@@ -167,24 +184,49 @@ def refuse_resume(tap: StreamTap | None) -> None:
         raise HTTPProblem(400, "not-resumable", "only a stream of one choice can be resumed")
 
 
-async def resume_choice(
-    reply: ReplyWriter, respond: Responder, tap: StreamTap, generate: Generate, run: Outcome
-) -> Generate | None:
-    """Replay what the client has, then the engine request that goes on from there.
+@dataclass(frozen=True)
+class TappedChannel(Channel):
+    """A resumable stream's channel: each event reported to the tap before it is written."""
 
-    ``None``: the choice had ended (``run.end`` is its end), nothing is left to generate.
-    """
-    resume = tap.resume
-    assert resume is not None
-    await replay(reply, respond, resume)
-    tap.replayed()
-    run.tokens_sent = len(resume.tokens)
-    run.text = "".join(chunk.text for chunk in resume.chunks)
-    going_on = resumed(generate, resume, run.prompt_tokens)
-    if isinstance(going_on, Finished):
-        run.end = going_on
-        return None
-    return going_on
+    tap: StreamTap
+
+    @contextlib.asynccontextmanager
+    async def stream(self, generate: Generate) -> AsyncIterator[AsyncIterator[StreamEvent]]:
+        """The engine's events, each noted by the tap on its way to the writer."""
+        async with (
+            self.client.stream(generate) as events,
+            contextlib.aclosing(self._tapped(events)) as tapped,
+        ):
+            yield tapped
+
+    async def _tapped(self, events: AsyncIterator[StreamEvent]) -> AsyncGenerator[StreamEvent, None]:
+        async for event in events:
+            match event:
+                case TokenChunk():
+                    self.tap.chunk(event)
+                case Finished():
+                    self.tap.ended(event)
+                case _:
+                    pass
+            yield event
+
+    async def begin(self, generate: Generate, run: Outcome) -> Generate | None:
+        """Replay what the client has, then the engine request that goes on from there.
+
+        ``None``: the choice had ended (``run.end`` is its end), nothing is left to generate.
+        """
+        resume = self.tap.resume
+        if resume is None:
+            return generate
+        await replay(self.reply, self.respond, resume)
+        self.tap.replayed()
+        run.tokens_sent = len(resume.tokens)
+        run.text = "".join(chunk.text for chunk in resume.chunks)
+        going_on = resumed(generate, resume, run.prompt_tokens)
+        if isinstance(going_on, Finished):
+            run.end = going_on
+            return None
+        return going_on
 
 
 def resumed(generate: Generate, resume: ResumeFrom, prompt_tokens: int) -> Generate | Finished:

@@ -48,13 +48,13 @@ from api.openai.responses.response_types import (
     input_items,
 )
 from api.serving.jobs import Job
-from api.serving.pipeline import Completions
+from api.serving.pipeline import Pipeline
 
 
 class Responses:
-    """The handler of ``/v1/responses``, over the completion core."""
+    """The handler of ``/v1/responses``, over the serving pipeline."""
 
-    def __init__(self, core: Completions) -> None:
+    def __init__(self, core: Pipeline) -> None:
         self._core = core
 
     async def create(self, request: Request, respond: Responder) -> None:
@@ -64,18 +64,19 @@ class Responses:
     async def _job(self, request: Request) -> Job:
         core = self._core
         body = await request.json_body(
-            ResponsesRequest, core.settings.max_body_bytes, NOT_HONOURED_RESPONSES
+            ResponsesRequest, core.limits.max_body_bytes, NOT_HONOURED_RESPONSES
         )
         await core.check_model(body.model)
-        limit = core.settings.max_tokens_limit
+        limit = core.limits.max_tokens_limit
         if limit is not None and (body.max_output_tokens or 0) > limit:
             raise HTTPProblem(
                 422, "invalid-field", f"`max_output_tokens` is above this server's limit of {limit}"
             )
-        job = await core.chat_job_of(chat_request(body))
-        tools, echo = job.tools, _echo(body)
-        job.reply_for = lambda context: ResponsesReply(context, body.stream, tools, echo)
-        return job
+        echo = _echo(body)
+        return await core.chat_job_of(
+            chat_request(body),
+            lambda context, tools: ResponsesReply(context, body.stream, tools, echo),
+        )
 
 
 def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
