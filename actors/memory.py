@@ -1,8 +1,9 @@
 """What a process of ours holds in memory: resident set and MLX's allocator.
 
-One reader for both processes: the metrics actor reads the server's figures
-at query time, and the engine process reads its own on every heartbeat, so
-that ``/v1/metrics`` can show the process that holds the weights. The figures
+One reader for every use: the metrics actor reads the server's figures at
+query time, the engine process reads its own on every heartbeat, so that
+``/v1/metrics`` can show the process that holds the weights, and the
+kv-cache's pressure monitor reads them to decide when to evict. The figures
 are a frozen message Struct so they travel across the process boundary.
 
 Imports no anyio (the engine process runs this) and nothing of the actors.
@@ -30,6 +31,19 @@ class MemoryFigures(msgspec.Struct, frozen=True, kw_only=True):
     mlx_active: int | None = None
     mlx_peak: int | None = None
     mlx_cache: int | None = None
+
+    @property
+    def usage(self) -> int | None:
+        """The larger of the resident set and MLX's total, or ``None`` if neither is known.
+
+        What the kv-cache's memory pressure is measured by: on a GPU, MLX's
+        buffers are not in the resident set; on the CPU they are.
+        """
+        mlx_total = None
+        if self.mlx_active is not None or self.mlx_cache is not None:
+            mlx_total = (self.mlx_active or 0) + (self.mlx_cache or 0)
+        known = [v for v in (self.rss, mlx_total) if v is not None]
+        return max(known) if known else None
 
 
 def _rss() -> int | None:

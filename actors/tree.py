@@ -43,7 +43,11 @@ from actors.generation.engine.faults import FaultPlan, RecoveryTimer
 from actors.generation.engine.process_protocol import Boot
 from actors.generation.inprocess.actor import GenerationActor
 from actors.generation.inprocess.host import ModelHost
-from actors.generation.supervised.engine_actor import ENGINE, EngineActor, EngineProcessSettings
+from actors.generation.supervised.engine_actor import (
+    ENGINE_ACTOR,
+    EngineActor,
+    EngineProcessSettings,
+)
 from actors.generation.supervised.engine_process import Spawner
 from actors.generation.supervised.link import RelayCache
 from actors.generation.supervised.router import GenerationRouter
@@ -264,10 +268,12 @@ def build_process_inference(
                 mailbox=ROUTER_MAILBOX,
             ),
             ChildSpec(
-                "kvcache", lambda: RelayedCacheActor(ENGINE, RelayCache), shutdown=KVCACHE_SHUTDOWN
+                "kvcache",
+                lambda: RelayedCacheActor(ENGINE_ACTOR, RelayCache),
+                shutdown=KVCACHE_SHUTDOWN,
             ),
             ChildSpec(
-                ENGINE,
+                ENGINE_ACTOR,
                 lambda: EngineActor(boot, process, spawner=spawner),
                 shutdown=GENERATION_SHUTDOWN,
                 mailbox=ROUTER_MAILBOX,

@@ -17,7 +17,7 @@ import pytest
 import tests.server
 from actors.model import PRESETS
 from api.config.checks import check_settings, load_and_check, version_tuple
-from api.config.diagnostics import Problem, Severity, format_problems, has_errors, warning
+from api.config.diagnostics import ConfigProblem, Severity, format_problems, has_errors, warning
 from api.config.flags import add_arguments, overrides_from_args
 from api.config.settings import (
     FIELDS,
@@ -47,7 +47,7 @@ def write(path: Path, text: str) -> str:
     return str(path)
 
 
-def messages(problems: list[Problem], setting: str | None = None) -> list[str]:
+def messages(problems: list[ConfigProblem], setting: str | None = None) -> list[str]:
     return [p.message for p in problems if setting is None or p.setting == setting]
 
 

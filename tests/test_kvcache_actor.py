@@ -14,7 +14,7 @@ from mlx_lm.models.cache import KVCache
 from actors.kvcache.actor import KVCacheActor, kvcache_child
 from actors.kvcache.control import KVCacheSettings
 from actors.kvcache.persistence import load_cache, save_cache
-from actors.kvcache.pressure import MemoryMonitor, MemoryReading, PressureConfig, read_memory
+from actors.kvcache.pressure import MemoryMonitor, PressureConfig
 from actors.kvcache.protocol import (
     CacheCleared,
     CacheLoaded,
@@ -30,6 +30,7 @@ from actors.kvcache.protocol import (
     SaveCache,
 )
 from actors.kvcache.store import PrefixCache
+from actors.memory import MemoryFigures, read_memory
 from runtime import (
     NO_BACKOFF,
     ActorDied,
@@ -155,8 +156,8 @@ class FakeMemory:
         self.store = store
         self.base = base
 
-    def __call__(self) -> MemoryReading:
-        return MemoryReading(rss=self.base + self.store.nbytes, mlx_active=None, mlx_cache=None)
+    def __call__(self) -> MemoryFigures:
+        return MemoryFigures(rss=self.base + self.store.nbytes, mlx_active=None, mlx_cache=None)
 
 
 def test_pressure_evicts_to_the_low_mark_clears_mlx_and_raises_the_flag() -> None:
@@ -189,7 +190,7 @@ def test_pressure_evicts_to_the_low_mark_clears_mlx_and_raises_the_flag() -> Non
 
 def test_pressure_beyond_the_cache_empties_it_and_the_flag_stays_up() -> None:
     store = filled()
-    reading = MemoryReading(rss=None, mlx_active=10 * ENTRY, mlx_cache=2 * ENTRY)
+    reading = MemoryFigures(rss=None, mlx_active=10 * ENTRY, mlx_cache=2 * ENTRY)
     monitor = MemoryMonitor(
         store,
         PressureConfig(high_water=5 * ENTRY, low_water=ENTRY),
@@ -198,11 +199,11 @@ def test_pressure_beyond_the_cache_empties_it_and_the_flag_stays_up() -> None:
     )
     assert monitor.check().evicted_entries == 3
     assert store.statistics().entries == 0
-    reading = MemoryReading(rss=3 * ENTRY, mlx_active=None, mlx_cache=None)
+    reading = MemoryFigures(rss=3 * ENTRY, mlx_active=None, mlx_cache=None)
     assert monitor.under_pressure  # between the marks: stays up
     assert not monitor.check().relieved
     assert monitor.under_pressure
-    reading = MemoryReading(rss=None, mlx_active=None, mlx_cache=None)
+    reading = MemoryFigures(rss=None, mlx_active=None, mlx_cache=None)
     outcome = monitor.check()  # nothing readable: nothing changes
     assert (outcome.under_pressure, outcome.relieved) == (True, False)
 

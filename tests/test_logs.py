@@ -17,7 +17,7 @@ import anyio
 import httpx
 import pytest
 
-from api.http.asgi import Message, Receive, Scope, Send
+from api.http.asgi import ASGIMessage, Receive, Scope, Send
 from api.http.logs import (
     AccessLogMiddleware,
     JsonFormatter,
@@ -224,10 +224,10 @@ def test_a_field_named_like_a_record_attribute_cannot_break_the_request_line() -
         annotate(scope, thread="mine", model="tiny")
         await send({"type": "http.response.start", "status": 204, "headers": []})
 
-    async def receive() -> Message:
+    async def receive() -> ASGIMessage:
         return {"type": "http.disconnect"}
 
-    async def send(message: Message) -> None:
+    async def send(message: ASGIMessage) -> None:
         pass
 
     logger, kept = logging.getLogger("troupe.http"), Kept()

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from api.http.asgi import Message, Receive, Scope, Send
+from api.http.asgi import ASGIMessage, Receive, Scope, Send
 from api.http.middleware import CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
 
 pytestmark = pytest.mark.timeout(10)
@@ -23,8 +23,8 @@ async def failing_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def call(
     app: Any, method: str = "GET", headers: list[tuple[bytes, bytes]] | None = None
-) -> list[Message]:
-    sent: list[Message] = []
+) -> list[ASGIMessage]:
+    sent: list[ASGIMessage] = []
     scope: Scope = {
         "type": "http",
         "method": method,
@@ -32,17 +32,17 @@ async def call(
         "headers": headers or [],
     }
 
-    async def receive() -> Message:
+    async def receive() -> ASGIMessage:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: Message) -> None:
+    async def send(message: ASGIMessage) -> None:
         sent.append(message)
 
     await app(scope, receive, send)
     return sent
 
 
-def header(messages: list[Message], name: bytes) -> bytes | None:
+def header(messages: list[ASGIMessage], name: bytes) -> bytes | None:
     start = messages[0]
     return dict(start["headers"]).get(name)
 

@@ -19,7 +19,7 @@ import pytest
 from api.app import TroupeApp, build_asgi
 from api.cli.serve import build_tree
 from api.config.settings import Settings
-from api.http.asgi import Message, Receive, Scope, Send
+from api.http.asgi import ASGIMessage, Receive, Scope, Send
 from api.replicas.bridge import AppBridge, ReplicaStartFailed
 from api.replicas.messages import (
     ForwardedRequest,
@@ -180,7 +180,7 @@ async def test_a_failed_startup_is_reported_with_the_apps_reason() -> None:
 
 async def _accept_lifespan(receive: Receive, send: Send) -> None:
     while True:
-        message: Message = await receive()
+        message: ASGIMessage = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         else:

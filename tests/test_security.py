@@ -19,7 +19,7 @@ import pytest
 from actors.tree import build_inference
 from api.app import TroupeApp
 from api.config.settings import Settings
-from api.http.asgi import Message, Scope
+from api.http.asgi import ASGIMessage, Scope
 from api.http.middleware import AuthMiddleware
 from api.http.problems import HTTPProblem
 from api.openapi.document import ServedApi, openapi_document
@@ -195,11 +195,11 @@ async def test_keys_are_compared_in_constant_time_against_every_key(
     assert reached == ["/v1/models", "/v1/models"]
 
 
-async def _no_receive() -> Message:
+async def _no_receive() -> ASGIMessage:
     raise AssertionError("no body is read")
 
 
-async def _no_send(message: Message) -> None:
+async def _no_send(message: ASGIMessage) -> None:
     raise AssertionError("nothing is sent")
 
 

@@ -7,7 +7,7 @@ keeps using from its own thread, survives.
 
 The actor answers statistics, runs memory-pressure checks (on request and
 periodically on the system clock), saves and loads the cache, and injects
-faults for drills. The work is :class:`~actors.kvcache.control.CacheControl`'s;
+faults for drills. The work is :class:`~actors.kvcache.control.CacheHandler`'s;
 everything that blocks (MLX work, file I/O, freeing large buffers) runs in a
 worker thread, never on the event loop.
 """
@@ -18,7 +18,7 @@ import logging
 
 import anyio
 
-from actors.kvcache.control import CACHE_REQUESTS, CacheControl, KVCacheSettings
+from actors.kvcache.control import CACHE_REQUESTS, CacheHandler, KVCacheSettings
 from actors.kvcache.pressure import MemoryMonitor
 from actors.kvcache.protocol import (
     CheckPressure,
@@ -48,7 +48,7 @@ class KVCacheActor(Actor):
         monitor: MemoryMonitor | None = None,
         settings: KVCacheSettings | None = None,
     ) -> None:
-        self.control = CacheControl(cache, monitor, settings)
+        self.control = CacheHandler(cache, monitor, settings)
         self.cache = cache
         self.monitor = monitor
         self.settings = self.control.settings

@@ -1,6 +1,6 @@
 """The kv-cache's control plane as plain blocking calls, wherever the cache lives.
 
-:class:`CacheControl` answers every request of :mod:`actors.kvcache.protocol`
+:class:`CacheHandler` answers every request of :mod:`actors.kvcache.protocol`
 for one :class:`PrefixCache` and its memory monitor. The kv-cache actor calls
 it from a worker thread when the cache is in the server's process; the engine
 process calls it from its control thread when the cache lives there. No
@@ -95,7 +95,7 @@ class KVCacheSettings:
             raise ValueError("the pressure check interval must be positive")
 
 
-class CacheControl:
+class CacheHandler:
     """Answers the kv-cache protocol for one cache (blocking; one caller at a time)."""
 
     def __init__(

@@ -28,44 +28,9 @@ import mlx.core as mx
 import psutil
 
 from actors.kvcache.store import PrefixCache
-from runtime.errors import describe_failure
+from actors.memory import MemoryFigures, read_memory
 
 log = logging.getLogger("troupe.kvcache.pressure")
-
-
-@dataclass(frozen=True)
-class MemoryReading:
-    """The process's memory in bytes; ``None`` where a figure is unavailable."""
-
-    rss: int | None
-    mlx_active: int | None
-    mlx_cache: int | None
-
-    @property
-    def usage(self) -> int | None:
-        """The larger of the resident set and MLX's total, or ``None`` if neither is known."""
-        mlx_total = None
-        if self.mlx_active is not None or self.mlx_cache is not None:
-            mlx_total = (self.mlx_active or 0) + (self.mlx_cache or 0)
-        known = [v for v in (self.rss, mlx_total) if v is not None]
-        return max(known) if known else None
-
-
-def read_memory() -> MemoryReading:
-    """Read the real figures; each one that fails is reported as ``None``."""
-    return MemoryReading(
-        rss=_safely(lambda: int(psutil.Process().memory_info().rss)),
-        mlx_active=_safely(lambda: int(mx.get_active_memory())),
-        mlx_cache=_safely(lambda: int(mx.get_cache_memory())),
-    )
-
-
-def _safely(read: Callable[[], int]) -> int | None:
-    try:
-        return read()
-    except Exception as exc:  # an unsupported platform or an MLX without the call
-        log.debug("memory figure unavailable: %s", describe_failure(exc))
-        return None
 
 
 @dataclass(frozen=True)
@@ -90,13 +55,13 @@ class PressureConfig:
 class PressureOutcome:
     """What one check saw and did."""
 
-    reading: MemoryReading
+    reading: MemoryFigures
     under_pressure: bool
     relieved: bool
     """Whether this check evicted and cleared MLX's cache."""
     evicted_entries: int
     evicted_bytes: int
-    after: MemoryReading | None
+    after: MemoryFigures | None
     """The reading after relief, or ``None`` when there was none."""
 
 
@@ -118,7 +83,7 @@ class MemoryMonitor:
         cache: PrefixCache,
         config: PressureConfig,
         *,
-        read: Callable[[], MemoryReading] = read_memory,
+        read: Callable[[], MemoryFigures] = read_memory,
         clear_mlx_cache: Callable[[], None] = mx.clear_cache,
     ) -> None:
         self.cache = cache
@@ -153,11 +118,11 @@ class MemoryMonitor:
         """Whether a pressure drill is on."""
         return self._simulated_excess is not None
 
-    def _reading(self) -> MemoryReading:
+    def _reading(self) -> MemoryFigures:
         excess = self._simulated_excess
         if excess is None:
             return self._read()
-        return MemoryReading(rss=self.config.high_water + excess, mlx_active=None, mlx_cache=None)
+        return MemoryFigures(rss=self.config.high_water + excess, mlx_active=None, mlx_cache=None)
 
     def check(self) -> PressureOutcome:
         """Read memory, relieve pressure if above the high mark, update the flag."""
@@ -182,7 +147,7 @@ class MemoryMonitor:
                 self._under_pressure, self._checks, self._reliefs, self._last_usage
             )
 
-    def _relieve(self, reading: MemoryReading, usage: int) -> PressureOutcome:
+    def _relieve(self, reading: MemoryFigures, usage: int) -> PressureOutcome:
         excess = usage - self.config.low_water
         evicted = self.cache.evict_to_bytes(self.cache.nbytes - excess)
         # Evicted arrays return to MLX's buffer cache, not to the system, until cleared.

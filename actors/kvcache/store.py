@@ -58,7 +58,7 @@ class CacheFault(RuntimeError):
     """A failure inside a cache operation (always caught by the store)."""
 
 
-class InjectedFault(CacheFault):
+class InjectedCacheFault(CacheFault):
     """A fault requested through :meth:`PrefixCache.inject_faults`."""
 
 
@@ -295,7 +295,7 @@ class PrefixCache:
             if injected:
                 self._pending_faults -= 1
         if injected:
-            raise InjectedFault("injected kv-cache fault")
+            raise InjectedCacheFault("injected kv-cache fault")
 
     def _lookup(self, tokens: Sequence[int]) -> PrefixHit | None:
         key = token_key(tokens)

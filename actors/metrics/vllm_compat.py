@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from actors.metrics.protocol import RequestCompleted
 
 LABELS = ("model_name", "engine")
-ENGINE = "0"
+ENGINE_INDEX = "0"
 """vLLM numbers its engine cores; each mlx-troupe model has one engine."""
 
 TTFT_BUCKETS = (
@@ -104,7 +104,7 @@ class _Engines(Collector):
             labels=LABELS,
         )
         for name, figures in sorted(self._read().items()):
-            labels = [name, ENGINE]
+            labels = [name, ENGINE_INDEX]
             if figures.running is not None:
                 running.add_metric(labels, figures.running)
             if figures.waiting is not None:
@@ -196,7 +196,7 @@ class VllmFamilies:
         """Count an admitted request as vLLM's engine would; refused ones never reached it."""
         if not event.admitted:
             return
-        labels = (self._model(model), ENGINE)
+        labels = (self._model(model), ENGINE_INDEX)
         prompt, generated = max(0, event.prompt_tokens), max(0, event.completion_tokens)
         self.prompt_tokens.labels(*labels).inc(prompt)
         self.generation_tokens.labels(*labels).inc(generated)

@@ -113,7 +113,7 @@ class ToolChoiceNone(Struct, frozen=True, kw_only=True, tag_field="type", tag="n
     """The model must not call tools."""
 
 
-ToolChoice = ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone
+MessagesToolChoice = ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone
 
 
 class Metadata(Struct, frozen=True, kw_only=True):
@@ -165,7 +165,7 @@ class MessagesRequest(Struct, frozen=True, kw_only=True):
     top_k: Annotated[int, Meta(ge=0, le=100_000)] | None = None
     metadata: Metadata | None = None
     tools: Annotated[list[Tool], Meta(max_length=128)] | None = None
-    tool_choice: ToolChoice | None = None
+    tool_choice: MessagesToolChoice | None = None
     thinking: ThinkingOff | None = None
     output_config: OutputConfig | None = None
     cache_control: CacheControl | None = None
@@ -180,7 +180,7 @@ class CountTokensRequest(Struct, frozen=True, kw_only=True):
     messages: Annotated[list[InputMessage], Meta(min_length=1, max_length=4096)]
     system: str | Annotated[list[PlainTextBlock], Meta(max_length=256)] | None = None
     tools: Annotated[list[Tool], Meta(max_length=128)] | None = None
-    tool_choice: ToolChoice | None = None
+    tool_choice: MessagesToolChoice | None = None
     thinking: ThinkingOff | None = None
     output_config: OutputConfig | None = None
     cache_control: CacheControl | None = None

@@ -24,9 +24,9 @@ from api.anthropic.message_types import (
     InputMessage,
     InputTokenCount,
     MessagesRequest,
+    MessagesToolChoice,
     PlainTextBlock,
     TextBlock,
-    ToolChoice,
     ToolChoiceAny,
     ToolChoiceNone,
     ToolChoiceTool,
@@ -47,11 +47,11 @@ from api.openai.request_types import (
     NamedToolChoice,
     SystemMessageParam,
     ToolCall,
+    ToolChoice,
     ToolDefinition,
     ToolMessageParam,
     UserMessageParam,
 )
-from api.openai.request_types import ToolChoice as ChatToolChoice
 from api.serving.jobs import Job
 from api.serving.outcome import Cancellation
 from api.serving.pipeline import Pipeline
@@ -259,7 +259,7 @@ def _user_turns(blocks: list[ContentBlock]) -> list[ChatMessage]:
     return turns or [UserMessageParam(content="")]
 
 
-def _tool_choice(choice: ToolChoice | None) -> tuple[ChatToolChoice | None, bool | None]:
+def _tool_choice(choice: MessagesToolChoice | None) -> tuple[ToolChoice | None, bool | None]:
     """Chat's ``tool_choice`` and ``parallel_tool_calls`` for Anthropic's ``tool_choice``."""
     if choice is None:
         return None, None

@@ -20,9 +20,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Final
+
+from api.config.checks import mlx_backends
 
 log = logging.getLogger("troupe.server")
 
@@ -34,18 +35,6 @@ SYSTEM_OPENBLAS: Final = (
     "/usr/lib/aarch64-linux-gnu/openblas-pthread/libblas.so.3",
 )
 _BLAS_NAMES: Final = ("blas", "mkl_rt", "openblas")
-
-
-def mlx_backends() -> list[str]:
-    """MLX's Linux backend distributions that are installed (none on macOS: Metal is built in)."""
-    found = []
-    for name in ("mlx-cpu", "mlx-cuda-12", "mlx-cuda-13", "mlx-cuda"):
-        try:
-            metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-        found.append(name)
-    return found
 
 
 def cpu_backend() -> bool:

@@ -24,8 +24,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from actors.telemetry import choose_tracing
-from api.cli.blas import mlx_backends
-from api.config.diagnostics import Problem, Severity, error, warning
+from api.config.diagnostics import ConfigProblem, Severity, error, warning
 from api.config.models_file import ModelsFileError, read_models_file
 from api.config.settings import EMBEDDED_MODEL, Settings, is_loopback, load_settings
 
@@ -66,7 +65,19 @@ _RANGES: Final[tuple[tuple[str, Callable[[float], bool], str], ...]] = (
 )
 
 
-def check_settings(settings: Settings, *, probe_port: bool = True) -> list[Problem]:
+def mlx_backends() -> list[str]:
+    """MLX's Linux backend distributions that are installed (none on macOS: Metal is built in)."""
+    found = []
+    for name in ("mlx-cpu", "mlx-cuda-12", "mlx-cuda-13", "mlx-cuda"):
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def check_settings(settings: Settings, *, probe_port: bool = True) -> list[ConfigProblem]:
     """Every problem with ``settings``, errors and warnings, in a stable order.
 
     Args:
@@ -91,7 +102,7 @@ def load_and_check(
     config_path: str | None = None,
     *,
     probe_port: bool = True,
-) -> tuple[Settings, list[Problem]]:
+) -> tuple[Settings, list[ConfigProblem]]:
     """:func:`api.config.settings.load_settings`, then :func:`check_settings` on the result.
 
     A setting whose value could not be read falls back to another source; the
@@ -104,7 +115,7 @@ def load_and_check(
     return settings, problems + [p for p in checked if p.setting not in unreadable]
 
 
-def check_run_time_change(settings: Settings, changed: frozenset[str]) -> list[Problem]:
+def check_run_time_change(settings: Settings, changed: frozenset[str]) -> list[ConfigProblem]:
     """The start-up checks' errors about settings in ``changed``, for an edit at run time.
 
     The ranges and the contradictions between settings are the checks that
@@ -115,13 +126,13 @@ def check_run_time_change(settings: Settings, changed: frozenset[str]) -> list[P
     return [p for p in found if p.severity is Severity.ERROR and p.setting in changed]
 
 
-def check_tracing(settings: Settings, env: Mapping[str, str]) -> list[Problem]:
+def check_tracing(settings: Settings, env: Mapping[str, str]) -> list[ConfigProblem]:
     """The tracing settings and the ``OTEL_*`` variables they are read with."""
     choice = choose_tracing(settings.tracing, settings.otlp_endpoint, env)
     return [error("tracing", message) for message in choice.problems]
 
 
-def _check_ranges(settings: Settings) -> list[Problem]:
+def _check_ranges(settings: Settings) -> list[ConfigProblem]:
     problems = []
     limit = settings.max_tokens_limit
     if limit is not None and limit < 1:
@@ -135,7 +146,7 @@ def _check_ranges(settings: Settings) -> list[Problem]:
     return problems
 
 
-def _check_network(settings: Settings) -> list[Problem]:
+def _check_network(settings: Settings) -> list[ConfigProblem]:
     host, port = settings.host, settings.port
     if not host:
         return [error("host", "is empty; use 0.0.0.0 to listen on every interface")]
@@ -149,7 +160,7 @@ def _check_network(settings: Settings) -> list[Problem]:
     return []
 
 
-def _probe_port(host: str, port: int) -> list[Problem]:
+def _probe_port(host: str, port: int) -> list[ConfigProblem]:
     """Bind ``host:port`` as hypercorn would (``SO_REUSEADDR``) and release it."""
     if not host or not 1 <= port <= 65535:
         return []  # already reported by _check_network
@@ -171,7 +182,7 @@ def _probe_port(host: str, port: int) -> list[Problem]:
     return []
 
 
-def _bind_problem(host: str, port: int, exc: OSError) -> Problem:
+def _bind_problem(host: str, port: int, exc: OSError) -> ConfigProblem:
     if exc.errno == errno.EADDRINUSE:
         return error("port", f"{port} is already in use on {host!r} (is a server running?)")
     if exc.errno == errno.EADDRNOTAVAIL:
@@ -183,7 +194,7 @@ def _bind_problem(host: str, port: int, exc: OSError) -> Problem:
     )
 
 
-def _check_auth(settings: Settings) -> list[Problem]:
+def _check_auth(settings: Settings) -> list[ConfigProblem]:
     """Key mistakes; the messages describe keys but never quote them."""
     problems = []
     keys = settings.api_keys
@@ -203,7 +214,7 @@ def _check_auth(settings: Settings) -> list[Problem]:
     return problems
 
 
-def _check_contradictions(settings: Settings) -> list[Problem]:
+def _check_contradictions(settings: Settings) -> list[ConfigProblem]:
     problems = []
     high, low = settings.memory_high_water, settings.memory_low_water
     if low >= high:
@@ -226,7 +237,7 @@ def _check_contradictions(settings: Settings) -> list[Problem]:
     return problems
 
 
-def _check_shards(settings: Settings) -> list[Problem]:
+def _check_shards(settings: Settings) -> list[ConfigProblem]:
     """A split model needs the engine process, and is one model served by one server."""
     if settings.shards == 1:
         if settings.shard_hosts:
@@ -242,7 +253,7 @@ def _check_shards(settings: Settings) -> list[Problem]:
     return problems
 
 
-def _check_shard_hosts(settings: Settings) -> list[Problem]:
+def _check_shard_hosts(settings: Settings) -> list[ConfigProblem]:
     hosts, size = settings.shard_hosts, settings.shards
     if not hosts:
         return []
@@ -261,7 +272,7 @@ def _check_shard_hosts(settings: Settings) -> list[Problem]:
     return problems
 
 
-def _check_faults(settings: Settings) -> list[Problem]:
+def _check_faults(settings: Settings) -> list[ConfigProblem]:
     """Fault injection can take the server down: never by accident, never remotely by default."""
     loopback = is_loopback(settings.host)
     if settings.fault_injection and not loopback and not settings.allow_remote_faults:
@@ -289,7 +300,7 @@ def _is_origin(text: str) -> bool:
     return parts.scheme in {"http", "https"} and bool(parts.hostname) and plain
 
 
-def _check_model(settings: Settings) -> list[Problem]:
+def _check_model(settings: Settings) -> list[ConfigProblem]:
     problems = []
     if settings.cache_dir is not None:
         cache = Path(settings.cache_dir).expanduser()
@@ -318,7 +329,7 @@ def _check_model(settings: Settings) -> list[Problem]:
     return problems + [error("model", f"{settings.model!r}: {problem}") for problem in found]
 
 
-def _check_models_file(settings: Settings) -> list[Problem]:
+def _check_models_file(settings: Settings) -> list[ConfigProblem]:
     """The models file reads, and ``model`` is not set beside it."""
     assert settings.models is not None
     problems = []
@@ -334,7 +345,7 @@ def _check_models_file(settings: Settings) -> list[Problem]:
     return problems
 
 
-def _check_dependencies() -> list[Problem]:
+def _check_dependencies() -> list[ConfigProblem]:
     problems = []
     for name, minimum in MINIMUM_VERSIONS.items():
         wanted = ".".join(map(str, minimum))
@@ -353,7 +364,7 @@ def _check_dependencies() -> list[Problem]:
     return problems
 
 
-def _check_ray(settings: Settings) -> list[Problem]:
+def _check_ray(settings: Settings) -> list[ConfigProblem]:
     """Ray's settings mean something only with ``ray`` on, and it needs the ray extra."""
     if not settings.ray:
         given = [

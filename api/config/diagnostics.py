@@ -20,7 +20,7 @@ class Severity(enum.StrEnum):
     WARNING = "warning"
 
 
-class Problem(msgspec.Struct, frozen=True, kw_only=True):
+class ConfigProblem(msgspec.Struct, frozen=True, kw_only=True):
     """One thing wrong (or doubtful) about the configuration.
 
     Attributes:
@@ -34,22 +34,22 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
     message: str
 
 
-def error(setting: str | None, message: str) -> Problem:
+def error(setting: str | None, message: str) -> ConfigProblem:
     """A problem that stops the server."""
-    return Problem(severity=Severity.ERROR, setting=setting, message=message)
+    return ConfigProblem(severity=Severity.ERROR, setting=setting, message=message)
 
 
-def warning(setting: str | None, message: str) -> Problem:
+def warning(setting: str | None, message: str) -> ConfigProblem:
     """A problem that is shown but lets the server start."""
-    return Problem(severity=Severity.WARNING, setting=setting, message=message)
+    return ConfigProblem(severity=Severity.WARNING, setting=setting, message=message)
 
 
-def has_errors(problems: Iterable[Problem]) -> bool:
+def has_errors(problems: Iterable[ConfigProblem]) -> bool:
     """Whether any problem is an error."""
     return any(problem.severity is Severity.ERROR for problem in problems)
 
 
-def format_problems(problems: Iterable[Problem]) -> str:
+def format_problems(problems: Iterable[ConfigProblem]) -> str:
     """Render problems one a line, errors first, e.g. ``error    port: ...``."""
     ordered = sorted(problems, key=lambda p: p.severity is not Severity.ERROR)
     lines = []

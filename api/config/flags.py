@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, field in FIELDS.items():
         doc = docs.get(name, "").replace("``", "").removesuffix(".")
         # An optional setting's docstring already says what unset means.
-        default = "" if field.default is None else f"default: {_show_default(name)}; "
+        default = "" if field.default is None else f"default: {show_default(name)}; "
         text = f"{doc} ({default}env {env_name(name)})"
         help_text = text.replace("%", "%%")  # argparse formats help with %
         if field.type is bool:
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 flag_name(name), action=argparse.BooleanOptionalAction, help=help_text
             )
         else:
-            metavar = _metavar(name, field.type)
+            metavar = metavar_of(name, field.type)
             parser.add_argument(flag_name(name), metavar=metavar, help=help_text)
 
 
@@ -60,7 +60,8 @@ _METAVARS: Final = {
 }
 
 
-def _metavar(name: str, field_type: Any) -> str:
+def metavar_of(name: str, field_type: Any) -> str:
+    """The placeholder for the value of setting ``name`` in help text (``SECONDS``)."""
     if name in _METAVARS:
         return _METAVARS[name]
     if get_origin(field_type) is Literal:
@@ -70,7 +71,8 @@ def _metavar(name: str, field_type: Any) -> str:
     return {int: "N", float: "X"}.get(field_type, "TEXT")
 
 
-def _show_default(name: str) -> str:
+def show_default(name: str) -> str:
+    """The default of setting ``name`` as help text shows it (lists comma-separated)."""
     value = getattr(Settings(), name)
     if isinstance(value, list):
         return ",".join(value) or "none"

@@ -27,7 +27,7 @@ from typing import Any, Final, Literal, get_args, get_origin
 
 import msgspec
 
-from api.config.diagnostics import Problem, Severity, error
+from api.config.diagnostics import ConfigProblem, Severity, error
 
 MIB: Final = 1024**2
 GIB: Final = 1024**3
@@ -228,7 +228,7 @@ def load_settings(
     argv_overrides: Mapping[str, object],
     env: Mapping[str, str],
     config_path: str | None = None,
-) -> tuple[Settings, list[Problem]]:
+) -> tuple[Settings, list[ConfigProblem]]:
     """Merge the four sources into :class:`Settings`, collecting every problem.
 
     Args:
@@ -248,7 +248,7 @@ def load_settings(
     if stray := sorted(argv_overrides.keys() - FIELDS.keys()):
         # Overrides come from code, not from a user: a wrong name is a bug.
         raise TypeError(f"not settings: {', '.join(stray)}")
-    problems: list[Problem] = []
+    problems: list[ConfigProblem] = []
     values: dict[str, Any] = {}
     path = config_path if config_path is not None else env.get(CONFIG_ENV) or None
     if path is not None:
@@ -283,7 +283,7 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-def _read_toml(path: Path, problems: list[Problem]) -> dict[str, Any]:
+def _read_toml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any]:
     try:
         with path.open("rb") as file:
             return tomllib.load(file)
@@ -302,7 +302,7 @@ def _read_toml(path: Path, problems: list[Problem]) -> dict[str, Any]:
     return {}
 
 
-def _from_env(env: Mapping[str, str], problems: list[Problem]) -> dict[str, str]:
+def _from_env(env: Mapping[str, str], problems: list[ConfigProblem]) -> dict[str, str]:
     """The ``TROUPE_*`` settings in ``env``; other ``TROUPE_*`` names are warnings.
 
     Unknown names warn rather than fail: the environment is shared with other
@@ -324,19 +324,19 @@ def _unknown(
     where: str,
     names: Iterable[str],
     severity: Severity = Severity.ERROR,
-) -> Problem:
+) -> ConfigProblem:
     message = f"unknown setting {shown} {where}"
     if close := difflib.get_close_matches(key, list(names), n=1):
         suggestion = f"'{close[0]}'" if shown.startswith("'") else close[0]
         message += f"; did you mean {suggestion}?"
-    return Problem(severity=severity, setting=None, message=message)
+    return ConfigProblem(severity=severity, setting=None, message=message)
 
 
 def _convert_all(
     raw: Mapping[str, object],
     where: Callable[[str], str],
     strict: bool,
-    problems: list[Problem],
+    problems: list[ConfigProblem],
 ) -> dict[str, Any]:
     """Convert each value on its own, so that one bad value hides no other."""
     converted: dict[str, Any] = {}

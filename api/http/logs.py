@@ -36,7 +36,7 @@ import anyio
 import msgspec
 
 from api.config.settings import LogFormat
-from api.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from api.http.asgi import ASGIApp, ASGIMessage, Receive, Scope, Send
 from api.http.middleware import RequestIdFilter
 from runtime import describe_failure
 from runtime.events import Subscription
@@ -192,7 +192,7 @@ class AccessLogMiddleware:
         start = time.monotonic()
         status = 500  # if the app ends without answering, the server answers 500
 
-        async def send_with_status(message: Message) -> None:
+        async def send_with_status(message: ASGIMessage) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])

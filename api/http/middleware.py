@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 
 from api.http.asgi import (
     ASGIApp,
+    ASGIMessage,
     ClientDisconnected,
-    Message,
     Receive,
     Request,
     Responder,
@@ -64,7 +64,7 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
 
-        async def send_with_id(message: Message) -> None:
+        async def send_with_id(message: ASGIMessage) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
@@ -105,7 +105,7 @@ class CORSMiddleware:
             await send({"type": "http.response.body", "body": b""})
             return
 
-        async def send_with_cors(message: Message) -> None:
+        async def send_with_cors(message: ASGIMessage) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), *allow]}
             await send(message)
@@ -143,12 +143,12 @@ class ErrorMiddleware:
             request.header("transfer-encoding") is None
         )
 
-        async def tracking_send(message: Message) -> None:
+        async def tracking_send(message: ASGIMessage) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        async def tracking_receive() -> Message:
+        async def tracking_receive() -> ASGIMessage:
             nonlocal body_read
             message = await receive()
             body_read = body_read or not message.get("more_body", False)

@@ -40,8 +40,9 @@ from api.openai.bodies import (
     Usage,
     encode_event,
 )
-from api.openai.logprobs import TokenNames, chat_logprobs, completion_logprobs
+from api.openai.logprobs import chat_logprobs, completion_logprobs
 from api.openai.request_types import SamplingFields
+from api.serving.token_names import TokenNames
 from api.serving.tools.plan import ToolPlan
 from api.serving.tools.scanner import ToolCallScanner, split_tool_calls
 from api.serving.writers import SSE_HEADERS, ChoiceResult, ReplyContext

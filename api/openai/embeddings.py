@@ -25,13 +25,13 @@ from msgspec import Meta, Struct
 from actors.generation.protocol import Finished
 from api.http.asgi import Request, Responder
 from api.http.problems import HTTPProblem, Problem
+from api.openai.request_types import TokenId
 from api.serving.jobs import EmbeddingJob
 from api.serving.pipeline import Pipeline
 from api.serving.writers import ReplyContext
 
 MAX_INPUTS = 2048
 """Inputs one request may carry (OpenAI's limit)."""
-TokenId = Annotated[int, Meta(ge=0)]
 
 
 class EmbeddingRequest(Struct, frozen=True, kw_only=True):

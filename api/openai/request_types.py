@@ -129,7 +129,7 @@ ChatMessage = (
 """A message of the conversation, by role."""
 
 
-class TextFormat(Struct, frozen=True, kw_only=True, tag_field="type", tag="text"):
+class TextResponseFormat(Struct, frozen=True, kw_only=True, tag_field="type", tag="text"):
     """``response_format: {"type": "text"}``: unconstrained text (the default)."""
 
 
@@ -158,7 +158,7 @@ class JsonSchemaFormat(Struct, frozen=True, kw_only=True, tag_field="type", tag=
     json_schema: JsonSchemaSpec
 
 
-ResponseFormat = TextFormat | JsonObjectFormat | JsonSchemaFormat
+ResponseFormat = TextResponseFormat | JsonObjectFormat | JsonSchemaFormat
 
 
 FunctionName = Annotated[str, Meta(pattern="^[a-zA-Z0-9_.-]{1,64}$")]

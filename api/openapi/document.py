@@ -48,6 +48,7 @@ from api.openai.bodies import (
 from api.openai.embeddings import EmbeddingList, EmbeddingRequest
 from api.openai.request_types import ChatCompletionRequest, CompletionRequest
 from api.openai.responses.response_types import INPUT_ITEM_TYPES, Response, ResponsesRequest
+from api.openapi.agent_requests import agent_paths, fit_agent_requests
 from api.openapi.console_paths import console_paths
 from api.openapi.parts import (
     COMPLETION_ERRORS,
@@ -57,9 +58,7 @@ from api.openapi.parts import (
     SSE,
     Guard,
     ServedApi,
-    agent_paths,
     event_stream,
-    fit_agent_requests,
     open_operation,
     query_parameter,
 )

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import msgspec
 
-from api.http.asgi import ASGIApp, Message
+from api.http.asgi import ASGIApp, ASGIMessage
 from api.replicas.messages import ForwardedRequest, ResponseBody, ResponseHead, ResponsePart
 from api.serving.resumption import SCOPE_EXTENSION, Replayed, StreamProgress, StreamTap
 
@@ -62,7 +62,7 @@ class AppBridge:
     def __init__(self, asgi: ASGIApp, replica: str = "") -> None:
         self._asgi = asgi
         self._replica = replica
-        self._lifespan_in: asyncio.Queue[Message] = asyncio.Queue()
+        self._lifespan_in: asyncio.Queue[ASGIMessage] = asyncio.Queue()
         self._started = asyncio.Event()
         self._stopped = asyncio.Event()
         self._failure: str | None = None
@@ -101,7 +101,7 @@ class AppBridge:
             self._started.set()
             self._stopped.set()
 
-    async def _lifespan_send(self, message: Message) -> None:
+    async def _lifespan_send(self, message: ASGIMessage) -> None:
         kind = message["type"]
         if kind == "lifespan.startup.failed":
             self._failure = str(message.get("message") or "startup failed")
@@ -139,7 +139,7 @@ class AppBridge:
     ) -> None:
         delivered = False
 
-        async def receive() -> Message:
+        async def receive() -> ASGIMessage:
             nonlocal delivered
             if not delivered:
                 delivered = True
@@ -147,7 +147,7 @@ class AppBridge:
             await disconnected.wait()
             return {"type": "http.disconnect"}
 
-        async def send(message: Message) -> None:
+        async def send(message: ASGIMessage) -> None:
             if message["type"] == "http.response.start":
                 headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
                 parts.put_nowait(

@@ -25,7 +25,7 @@ from actors.generation.protocol import (
 from actors.model.load_errors import ModelLoadError
 from actors.tree import ModelRoute
 from api.http.problems import HTTPProblem
-from api.openai.logprobs import TokenNames
+from api.serving.token_names import TokenNames
 from runtime import ActorSystem
 
 log = logging.getLogger("troupe.models")

@@ -4,7 +4,7 @@ Behind Ray Serve (:mod:`api.replicas`) a replica can die in the middle of a
 stream. The ingress that holds the client's connection then asks another
 replica to finish the stream from where the client's copy stopped. For that,
 while a stream is resumable (one streamed choice of a generation), the
-completion flow reports to the :class:`StreamTap` it finds in the request's
+serving pipeline reports to the :class:`StreamTap` it finds in the request's
 scope, in step with the bytes it sends:
 
 * :meth:`StreamTap.started`: the response's ``created`` time, before any output;
@@ -119,7 +119,7 @@ class Replayed:
 
 
 class StreamTap:
-    """Where the completion flow reports a resumable stream (from the replica bridge).
+    """Where the serving pipeline reports a resumable stream (from the replica bridge).
 
     ``note`` receives each report in order with the response's own messages,
     so the bridge knows which reports precede which bytes.
@@ -199,7 +199,9 @@ class TappedChannel(Channel):
         ):
             yield tapped
 
-    async def _tapped(self, events: AsyncIterator[StreamEvent]) -> AsyncGenerator[StreamEvent, None]:
+    async def _tapped(
+        self, events: AsyncIterator[StreamEvent]
+    ) -> AsyncGenerator[StreamEvent, None]:
         async for event in events:
             match event:
                 case TokenChunk():

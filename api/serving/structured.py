@@ -14,13 +14,18 @@ from actors.generation.engine.constraints import (
     json_schema_grammar,
 )
 from api.http.problems import HTTPProblem
-from api.openai.request_types import JsonObjectFormat, JsonSchemaFormat, ResponseFormat, TextFormat
+from api.openai.request_types import (
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    ResponseFormat,
+    TextResponseFormat,
+)
 
 
 def response_grammar(response_format: ResponseFormat | None) -> str | None:
     """The grammar ``response_format`` asks for; ``None`` for free text."""
     match response_format:
-        case None | TextFormat():
+        case None | TextResponseFormat():
             return None
         case JsonObjectFormat():
             return json_object_grammar()

@@ -24,7 +24,7 @@ from actors.generation.protocol import Failed, Finished, TokenLogprob
 from api.http.asgi import Responder
 from api.http.problems import HTTPProblem, Problem, problem_for
 from api.openai.bodies import ToolCallOut
-from api.openai.logprobs import TokenNames
+from api.serving.token_names import TokenNames
 from api.serving.tools.plan import ToolPlan
 from api.serving.tools.scanner import ToolCallScanner, split_tool_calls
 

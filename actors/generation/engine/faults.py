@@ -186,7 +186,7 @@ class RecoveryTimer:
             return list(self._samples)
 
 
-class InjectedFault(RuntimeError):
+class InjectedEngineFault(RuntimeError):
     """Raised inside the engine by fault injection (tests, the fault switch)."""
 
 
@@ -213,7 +213,7 @@ def fire_token_faults(plan: FaultPlan) -> None:
         case EngineFault.OOM:
             raise MemoryError("injected allocation failure")
         case EngineFault.CRASH:
-            raise InjectedFault("injected engine fault")
+            raise InjectedEngineFault("injected engine fault")
         case EngineFault.KILL:
             die_natively()
         case EngineFault.HANG:

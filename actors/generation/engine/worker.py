@@ -66,7 +66,7 @@ from actors.generation.shards.group import (
     shard_model,
     start_group,
 )
-from actors.kvcache.control import CacheControl
+from actors.kvcache.control import CacheHandler
 from actors.kvcache.pressure import MemoryMonitor
 from actors.kvcache.store import PrefixCache
 from actors.memory import MemoryFigures, read_memory
@@ -125,7 +125,7 @@ class EngineSession:
         self._monitor = MemoryMonitor(cache, boot.pressure)
         self._memory: MemoryFigures | None = None
         """This process's memory, as last read for a heartbeat (peaks carry over)."""
-        self._control = CacheControl(cache, self._monitor, boot.cache)
+        self._control = CacheHandler(cache, self._monitor, boot.cache)
         self._calls: queue.SimpleQueue[CacheCall | None] = queue.SimpleQueue()
         self._faults = FaultPlan(on_fire=self._fault_fired)
         for fault in boot.faults:

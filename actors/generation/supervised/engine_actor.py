@@ -48,7 +48,7 @@ from actors.generation.engine.process_protocol import (
 from actors.generation.protocol import Cancel, EngineExit, Failed, Finished
 from actors.generation.supervised.engine_process import EngineProcess, Spawner
 from actors.generation.supervised.engine_settings import (
-    ENGINE,
+    ENGINE_ACTOR,
     EnginePeers,
     EngineProcessSettings,
 )
@@ -160,9 +160,7 @@ class EngineActor(Actor):
             ready = await self._await_ready(process)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                process.kill()
-                exit_info = await process.reap()
-                await self._report_down(EngineDown(exit=exit_info, clean=False, started=False))
+                await self._ended(process, clean=False, started=False)
             raise
         self._up, self._hung, self._ready_bytes = True, None, ready.weights_bytes
         self._beat_at = self._progress_at = time.monotonic()
@@ -200,12 +198,11 @@ class EngineActor(Actor):
         self._tasks.clear()
         await anyio.lowlevel.checkpoint()  # the reader lets go of the process's pipe
         await self._shut_down(process)
-        exit_info = await process.reap()
         self._process, self._up = None, False
         for reply in self._calls.values():
             reply.resolve(CacheUnavailable(reason="the model was unloaded"))
         self._calls.clear()
-        await self._report_down(EngineDown(exit=exit_info, clean=True, started=True, unloaded=True))
+        await self._ended(process, clean=True, started=True, unloaded=True)
         self._tell_keeper(ModelUnloaded(model=model))
         log.info("model %s unloaded", model, extra={"event": "model_unloaded", "model": model})
 
@@ -339,18 +336,27 @@ class EngineActor(Actor):
         if clean:
             await self._shut_down(process)
             await self._spawner.close()
-        else:
+        exit_info = await self._ended(process, clean=clean, started=self._up)
+        if not clean:
+            log.error("engine process %d %s", exit_info.pid, exit_info.reason)
+
+    async def _ended(
+        self, process: EngineProcess, *, clean: bool, started: bool, unloaded: bool = False
+    ) -> EngineExit:
+        """Reap ``process`` (killed first unless it stopped cleanly); tell the router it is down.
+
+        The one way an engine process ends here: a start that failed, a stop
+        (in order or killed), and an unload on the keeper's word.
+        """
+        if not clean:
             process.kill()
         exit_info = await process.reap()
         if self._hung is not None:
             exit_info = msgspec.structs.replace(exit_info, reason=f"hung ({self._hung}); killed")
-        if not clean:
-            log.error("engine process %d %s", exit_info.pid, exit_info.reason)
-        await self._report_down(EngineDown(exit=exit_info, clean=clean, started=self._up))
-
-    async def _report_down(self, down: EngineDown) -> None:
+        down = EngineDown(exit=exit_info, clean=clean, started=started, unloaded=unloaded)
         with contextlib.suppress(TroupeError):  # the generation actor is gone too
             await self.ctx.lookup(self._peers.generation).tell(down)
+        return exit_info
 
     async def _shut_down(self, process: EngineProcess) -> None:
         with anyio.move_on_after(self.settings.stop_timeout):
@@ -377,7 +383,7 @@ def _relog(line: LogLine) -> None:
 
 
 __all__ = [
-    "ENGINE",
+    "ENGINE_ACTOR",
     "EngineActor",
     "EngineExit",
     "EnginePeers",

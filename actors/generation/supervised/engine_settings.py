@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 GENERATION = "generation"
 """The id of the actor that keeps the requests."""
-ENGINE = "engine"
+ENGINE_ACTOR = "engine"
 """This actor's id."""
 
 

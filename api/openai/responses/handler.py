@@ -25,7 +25,7 @@ from api.openai.request_types import (
     NamedToolChoice,
     ResponseFormat,
     SystemMessageParam,
-    TextFormat,
+    TextResponseFormat,
     ToolCall,
     ToolChoice,
     ToolDefinition,
@@ -154,7 +154,7 @@ def _tool_choice(choice: str | FunctionToolChoice | None) -> ToolChoice | None:
 def _response_format(body: ResponsesRequest) -> ResponseFormat | None:
     match body.text.format if body.text is not None else None:
         case PlainText():
-            return TextFormat()
+            return TextResponseFormat()
         case JsonObjectText():
             return JsonObjectFormat()
         case JsonSchemaText(name=name, schema=schema, description=description, strict=strict):

@@ -125,13 +125,13 @@ class JsonSchemaText(Struct, frozen=True, kw_only=True, tag_field="type", tag="j
     strict: bool | None = None
 
 
-TextFormat = PlainText | JsonObjectText | JsonSchemaText
+ResponsesTextFormat = PlainText | JsonObjectText | JsonSchemaText
 
 
 class TextConfig(Struct, frozen=True, kw_only=True):
     """``text``: the output's format (``verbosity`` is a hint)."""
 
-    format: TextFormat | None = None
+    format: ResponsesTextFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
