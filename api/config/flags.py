@@ -54,6 +54,7 @@ _METAVARS: Final = {
     "cors_origins": "ORIGIN,...",
     "shard_hosts": "IP,...",
     "cache_dir": "PATH",
+    "audit_path": "PATH",
     "max_body_bytes": "BYTES",
     "cache_max_bytes": "BYTES",
     "memory_budget": "BYTES",
@@ -66,9 +67,11 @@ def metavar_of(name: str, field_type: Any) -> str:
         return _METAVARS[name]
     if get_origin(field_type) is Literal:
         return "{" + ",".join(get_args(field_type)) + "}"
-    if name.endswith("_timeout"):
+    if name.endswith(("_timeout", "_period", "_cooldown", "_backoff_max")):
         return "SECONDS"
-    return {int: "N", float: "X"}.get(field_type, "TEXT")
+    # An optional number (``int | None``) takes the number's placeholder.
+    present = [arg for arg in get_args(field_type) if arg is not type(None)] or [field_type]
+    return {int: "N", float: "X"}.get(present[0], "TEXT") if len(present) == 1 else "TEXT"
 
 
 def show_default(name: str) -> str:

