@@ -41,7 +41,7 @@ from actors.generation.client import GenerationClient
 from actors.generation.engine.engine_config import EngineConfig
 from actors.generation.engine.faults import FaultPlan, RecoveryTimer
 from actors.generation.engine.process_protocol import Boot
-from actors.generation.inprocess.actor import GenerationActor
+from actors.generation.inprocess.actor import ThreadedGeneration
 from actors.generation.inprocess.host import ModelHost
 from actors.generation.supervised.engine_actor import (
     ENGINE_ACTOR,
@@ -179,10 +179,10 @@ def build_inference(
     monitor = MemoryMonitor(cache, settings.pressure or PressureConfig.for_machine())
     kvcache = kvcache_child(cache, monitor=monitor, settings=settings.kvcache)
     faults, recovery = FaultPlan(), RecoveryTimer()
-    latest: list[GenerationActor] = []  # the newest incarnation, for the metrics' load figures
+    latest: list[ThreadedGeneration] = []  # the newest incarnation, for the metrics' load figures
 
-    def new_generation() -> GenerationActor:
-        actor = GenerationActor(
+    def new_generation() -> ThreadedGeneration:
+        actor = ThreadedGeneration(
             host,
             prefix_store=cache,
             config=settings.engine,
@@ -322,7 +322,7 @@ def tokenizer_loader(model: str) -> Callable[[], Any]:
     return tokenizer
 
 
-def _engine_load(latest: list[GenerationActor]) -> Load | None:
+def _engine_load(latest: list[ThreadedGeneration]) -> Load | None:
     """The engine's running and waiting counts, read directly (never an ask to a busy actor)."""
     counts = latest[0].load() if latest else None
     return None if counts is None else Load(running=counts[0], waiting=counts[1])

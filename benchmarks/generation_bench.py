@@ -39,7 +39,7 @@ from mlx_lm import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
 from actors.generation.client import GenerationClient
-from actors.generation.inprocess.actor import GenerationActor
+from actors.generation.inprocess.actor import ThreadedGeneration
 from actors.generation.inprocess.host import ModelHost
 from actors.generation.protocol import Generate, SamplingParams, TokenChunk
 from actors.kvcache.store import PrefixCache
@@ -82,7 +82,7 @@ async def rig(loaded: LoadedModel) -> AsyncIterator[Rig]:
     cache = PrefixCache(max_entries=64, max_bytes=4 * 1024**3)
     spec = SupervisorSpec(
         "root",
-        [ChildSpec("generation", lambda: GenerationActor(host, prefix_store=cache))],
+        [ChildSpec("generation", lambda: ThreadedGeneration(host, prefix_store=cache))],
     )
     async with ActorSystem(spec) as system:
         yield Rig(GenerationClient(system.ref("generation"), system.open_inbox), cache)

@@ -14,7 +14,7 @@ from typing import Any
 
 from actors.generation.client import GenerationClient
 from actors.generation.engine.engine_config import EngineConfig
-from actors.generation.inprocess.actor import GenerationActor
+from actors.generation.inprocess.actor import ThreadedGeneration
 from actors.generation.inprocess.host import ModelHost
 from actors.generation.protocol import (
     EngineStats,
@@ -97,7 +97,7 @@ async def harness(
         [
             ChildSpec(
                 "generation",
-                lambda: GenerationActor(host, prefix_store=prefix_store, config=engine_config),
+                lambda: ThreadedGeneration(host, prefix_store=prefix_store, config=engine_config),
                 shutdown=30.0,
             )
         ],

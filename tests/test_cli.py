@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from actors.model import PRESETS
 from api.cli.main import MODEL_SIZES
+from api.cli.serve import hypercorn_config
+from api.config.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,3 +49,10 @@ def test_make_model_help_names_the_sizes_and_the_force_flag() -> None:
     assert result.returncode == 0
     assert "{tiny,small}" in result.stdout
     assert "--force" in result.stdout
+
+
+def test_idle_connections_outlive_the_clients_own_keep_alive() -> None:
+    """A client's pooled connection is never closed under it as it sends (httpx: 5 s)."""
+    expiry = httpx.Limits().keepalive_expiry
+    assert expiry is not None and hypercorn_config(Settings()).keep_alive_timeout > expiry
+    assert hypercorn_config(Settings(keep_alive_timeout=2.5)).keep_alive_timeout == 2.5

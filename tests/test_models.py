@@ -64,6 +64,16 @@ def test_keep_alive_unloads_idle_models_only() -> None:
     assert forever.idle_past_keep_alive(now=1e9) == []
 
 
+def test_the_idle_clock_starts_when_a_load_ends_not_when_it_was_asked_for() -> None:
+    kept = book(None, "a", keep_alive=60.0)
+    kept.slots["a"].last_used = 0.0  # wanted at 0; the load took 100 s
+    kept.slots["a"].phase = ModelPhase.LOADING
+    kept.loaded("a", 120 * MIB, now=100.0)
+    assert kept.idle_past_keep_alive(now=101.0) == []
+    assert kept.idle_past_keep_alive(now=160.0) == ["a"]
+    assert (kept.slots["a"].loads, kept.slots["a"].weights_bytes) == (1, 120 * MIB)
+
+
 def test_the_report_names_every_model_with_its_phase() -> None:
     kept = book(200 * MIB, "a", "b")
     load(kept, "a", last_used=0.0)

@@ -105,6 +105,19 @@ class ModelBook:
             need -= slot.size
         return victims
 
+    def loaded(self, name: str, size: int, now: float) -> None:
+        """``name``'s engine has loaded it: ``size`` bytes, idle from now.
+
+        The idle clock starts at the load's end, not at the request that asked
+        for it: a load longer than the keep-alive would otherwise leave the
+        model idle "past its keep-alive" the moment it is up, and unload it
+        before the request that asked for it could run.
+        """
+        slot = self.slots[name]
+        slot.phase, slot.weights_bytes = ModelPhase.LOADED, size
+        slot.loads += 1
+        slot.last_used = now
+
     def idle_past_keep_alive(self, now: float) -> list[str]:
         """Loaded models nobody has used for longer than their keep-alive."""
         return [
@@ -182,9 +195,7 @@ class ModelKeeper(Actor):
         self._tell_engine(name, LoadModel())
 
     def _loaded(self, name: str, size: int, now: float) -> None:
-        slot = self._book.slots[name]
-        slot.phase, slot.weights_bytes = ModelPhase.LOADED, size
-        slot.loads += 1
+        self._book.loaded(name, size, now)
         self._make_room(name, now)  # the estimate may have been short
 
     def _make_room(self, name: str, now: float) -> None:

@@ -214,7 +214,7 @@ async def _serve(settings: Settings, outcome: _Exit, config_file: ConfigFile | N
     inference = await build_tree(settings)
     tracing = RequestTracing.from_provider() if tracing_config(settings) is not None else None
     app = TroupeApp(settings, inference, config_file, tracing)
-    config = _hypercorn_config(settings)
+    config = hypercorn_config(settings)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         # Subscribed before the system exists, so even the first Started is logged.
@@ -236,11 +236,13 @@ async def _serve(settings: Settings, outcome: _Exit, config_file: ConfigFile | N
     log.info("stopped", extra={"event": "server_stopped", "exit_code": outcome.code})
 
 
-def _hypercorn_config(settings: Settings) -> Config:
+def hypercorn_config(settings: Settings) -> Config:
+    """Hypercorn's configuration for ``settings``: the bind, the drain and the timeouts."""
     config = Config()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host  # IPv6 literal
     config.bind = [f"{host}:{settings.port}"]
     config.graceful_timeout = settings.drain_timeout
+    config.keep_alive_timeout = settings.keep_alive_timeout
     # Loading a large model can take many minutes; the app reports its own failures.
     config.startup_timeout = STARTUP_TIMEOUT
     # The actors stop after the drain, each within its own shutdown timeout.

@@ -36,6 +36,7 @@ PRIVILEGED_PORTS: Final = 1024
 _RANGES: Final[tuple[tuple[str, Callable[[float], bool], str], ...]] = (
     ("max_body_bytes", lambda v: v >= 1, "at least 1"),
     ("body_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),
+    ("keep_alive_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),
     ("chat_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),
     ("completion_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),
     ("messages_timeout", lambda v: 0 < v < math.inf, "a positive number of seconds"),

@@ -81,6 +81,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Largest request body accepted, in bytes."""
     body_timeout: float = 30.0
     """Seconds a request body may take to arrive; slower clients get 408."""
+    keep_alive_timeout: float = 75.0
+    """Seconds an idle connection stays open between requests (and a request's
+    headers may take to arrive). Longer than the 5 s for which HTTP clients keep
+    idle connections (httpx and the OpenAI and Anthropic SDKs over it, Node's
+    fetch), so a client never sends a request on a connection the server is
+    closing; nginx's default is 75 s too."""
     chat_timeout: float = 900.0
     """Seconds a chat completion may take before it is cut off."""
     completion_timeout: float = 600.0

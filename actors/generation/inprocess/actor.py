@@ -1,4 +1,4 @@
-"""The generation actor: owns the engine thread and bridges it to the actor world.
+"""The generation actor of `--engine thread`: owns the engine thread, bridges it to actors.
 
 Requests arrive as :class:`Generate` messages; their events are posted to the
 inbox the requester opened under the request id (:mod:`runtime.inbox`).
@@ -73,8 +73,13 @@ class EngineCrashed(TroupeError):
     """The engine thread died; the actor crashes so that it is restarted."""
 
 
-class GenerationActor(Actor):
-    """Runs one engine per incarnation over weights that outlive it."""
+class ThreadedGeneration(Actor):
+    """The generation actor with the engine on a thread of the server (``--engine thread``).
+
+    Runs one engine per incarnation over weights that outlive it. With the
+    engine in its own process (the default), the generation actor is
+    :class:`~actors.generation.supervised.router.GenerationRouter` instead.
+    """
 
     def __init__(
         self,

@@ -78,7 +78,12 @@ SUSPECT_AFTER = 2
 
 
 class GenerationRouter(Actor):
-    """Keeps requests across engine processes; the engine actor runs them."""
+    """The generation actor with the engine in its own process (the default).
+
+    Keeps requests across engine processes; the engine actor runs them. With
+    ``--engine thread`` the generation actor is
+    :class:`~actors.generation.inprocess.actor.ThreadedGeneration` instead.
+    """
 
     def __init__(
         self,
