@@ -1,4 +1,4 @@
-"""The generation actor of `--engine thread`: owns the engine thread, bridges it to actors.
+"""The generation actor of ``--engine thread``: owns the engine thread, bridges it to actors.
 
 Requests arrive as :class:`Generate` messages; their events are posted to the
 inbox the requester opened under the request id (:mod:`runtime.inbox`).
