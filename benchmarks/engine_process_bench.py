@@ -66,7 +66,7 @@ class Side:
 def _command(engine: str) -> Any:
     def command(model: str, port: int, batching: Batching) -> list[str]:
         return [
-            *(sys.executable, "-m", "api.cli.main", "serve", "--model", model, "--port", str(port)),
+            *(sys.executable, "-m", "api.cli", "serve", "--model", model, "--port", str(port)),
             *("--max-running", str(batching.decode), "--engine", engine),
             *("--fault-injection", "--admin-key", ADMIN, "--log-level", "warning"),
         ]

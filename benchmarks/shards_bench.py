@@ -54,7 +54,7 @@ class Side:
 def _command(shards: int) -> Callable[[str, int, Batching], list[str]]:
     def command(model: str, port: int, batching: Batching) -> list[str]:
         return [
-            *(sys.executable, "-m", "api.cli.main", "serve", "--model", model, "--port", str(port)),
+            *(sys.executable, "-m", "api.cli", "serve", "--model", model, "--port", str(port)),
             *("--max-running", str(batching.decode), "--shards", str(shards)),
             *("--log-level", "warning"),
         ]

@@ -58,7 +58,7 @@ class ServerKind:
 
 def _troupe(model: str, port: int, batching: Batching) -> list[str]:
     return [
-        *(sys.executable, "-m", "api.cli.main", "serve", "--model", model, "--port", str(port)),
+        *(sys.executable, "-m", "api.cli", "serve", "--model", model, "--port", str(port)),
         *("--max-running", str(batching.decode)),
     ]
 
