@@ -61,7 +61,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 LONGEST_FIRST = (
     "test_ray_replicas.py",
-    "test_ray_replica_loss.py",
     "test_ray_one_replica.py",
     "test_ray_serve_run.py",
     "test_engine_process.py",
