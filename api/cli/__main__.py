@@ -4,4 +4,5 @@ import sys
 
 from api.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a tool imports every module (tests/test_messages.py)
+    sys.exit(main())
