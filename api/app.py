@@ -31,12 +31,14 @@ from api.anthropic.message_types import PROBLEM_SHAPES
 from api.anthropic.messages import AnthropicMessages
 from api.config.model_choice import served_name
 from api.config.settings import Settings
+from api.config.tenants_file import read_tenants_file
 from api.config.toml_file import ConfigFile
 from api.http.asgi import ASGIApp, Receive, Request, Responder, Scope, Send
 from api.http.logs import AccessLogMiddleware
 from api.http.middleware import AuthMiddleware, CORSMiddleware, ErrorMiddleware, RequestIdMiddleware
 from api.http.observe import MetricsRoutes, Observer
 from api.http.problems import HTTPProblem
+from api.http.tenants import TenantDirectory
 from api.http.tracing import RequestTracing
 from api.lifespan import LifespanHooks, SystemLifespan
 from api.openai.completions import Completions
@@ -74,6 +76,9 @@ class TroupeApp:
         self.settings = settings
         self.inference = inference
         self.model_name = served_name(settings)
+        teams = read_tenants_file(settings.tenants) if settings.tenants is not None else None
+        self.tenants = TenantDirectory(settings.api_keys, teams)
+        """The accepted API keys and their tenants (checked at start-up by check-config)."""
         self.lifespan = SystemLifespan(inference, LifespanHooks(self._started, self._stopping))
         self.intake = IntakeClient()
         self.observer = Observer()
@@ -214,7 +219,7 @@ class TroupeApp:
             model=self.model_name,
             max_tokens=limits.max_tokens_limit or MAX_TOKENS_ACCEPTED,
             vocab_size=info.vocab_size if info else 0,
-            api_keys=bool(self.settings.api_keys),
+            api_keys=bool(self.tenants),
             admin_key=bool(self.settings.admin_key),
             audit_log=bool(self.settings.audit_path),
             fault_injection=self.faults.enabled,
@@ -234,7 +239,7 @@ def build_asgi(app: TroupeApp) -> ASGIApp:
     """The app wrapped in its middleware, outermost first."""
     settings = app.settings
     inner: ASGIApp = AuthMiddleware(
-        app, settings.api_keys, settings.admin_key, app.serves, public=is_public
+        app, app.tenants, settings.admin_key, app.serves, public=is_public
     )
     inner = ErrorMiddleware(inner, PROBLEM_SHAPES)
     inner = CORSMiddleware(inner, settings.cors_origins)

@@ -449,3 +449,32 @@ def test_hosts_of_a_split_model_are_addresses_one_per_rank(free_port: int) -> No
     assert alone.returncode == 2 and "shard_hosts: needs shards" in alone.stderr
     ok = check_config(*port, "--shards", "2", "--shard-hosts", "10.0.0.1,10.0.0.2")
     assert (ok.returncode, ok.stdout.strip()) == (0, "configuration OK")
+
+
+def test_check_config_reports_every_tenants_file_mistake_without_a_key(
+    free_port: int, tmp_path: Path
+) -> None:
+    secret = "sk-tenant-secret-1"
+    cases = {
+        "is not valid TOML": "[tenants.a\n",
+        "tenants.a.keys[0] is already a key of tenants.b": (
+            f'[tenants.b]\nkeys = ["{secret}"]\n[tenants.a]\nkeys = ["{secret}"]\n'
+        ),
+        "tenants.'key-mine' must be": f'[tenants.key-mine]\nkeys = ["{secret}"]\n',
+        "Object contains unknown field `weight`": f'[tenants.a]\nkeys = ["{secret}"]\nweight = 2\n',
+        "Expected `array` of length >= 1": "[tenants.a]\nkeys = []\n",
+        "admin_key: is also a key of the tenants file": f'[tenants.a]\nkeys = ["{secret}"]\n',
+    }
+    for index, (expected, text) in enumerate(cases.items()):
+        path = tmp_path / f"tenants-{index}.toml"
+        path.write_text(text)
+        result = check_config(
+            "--port", str(free_port), "--tenants", str(path), "--admin-key", secret
+        )
+        assert result.returncode == 2, (expected, result.stdout)
+        assert expected in result.stderr, (expected, result.stderr)
+        assert secret not in result.stdout + result.stderr
+    good = tmp_path / "good.toml"
+    good.write_text(f'[tenants.research]\nkeys = ["{secret}", "sk-2"]\n')
+    ok = check_config("--port", str(free_port), "--tenants", str(good))
+    assert (ok.returncode, ok.stdout.strip()) == (0, "configuration OK")

@@ -94,6 +94,20 @@ def test_a_saved_cache_loads_back_with_its_recency(tmp_path: Path) -> None:
     assert all(str(t) not in p.name for p in tmp_path.iterdir() for t in (123, 6789))
 
 
+def test_persisted_entries_keep_their_namespace(tmp_path: Path) -> None:
+    store = PrefixCache()
+    for namespace in ("", "alice", "bob"):
+        assert store.insert([1, 2, 3], kv([1, 2, 3]), namespace)
+    assert save_cache(store, tmp_path, model="m").written == 3
+    assert len(list(tmp_path.iterdir())) == 3  # one tokens, three files
+    restored = PrefixCache()
+    assert load_cache(restored, tmp_path, model="m").loaded == 3
+    assert {entry.namespace for entry in restored.snapshot()} == {"", "alice", "bob"}
+    assert restored.lookup([1, 2, 3, 4], "carol") is None
+    hit = restored.lookup([1, 2, 3, 4], "alice")
+    assert hit is not None and hit.length == 3
+
+
 def test_saving_mirrors_the_cache_and_skips_a_corrupted_entry(tmp_path: Path) -> None:
     store = filled()
     save_cache(store, tmp_path)

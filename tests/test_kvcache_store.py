@@ -84,6 +84,23 @@ def test_on_a_tie_the_entry_needing_no_trim_wins() -> None:
     assert hit.cache[0].keys.shape == snapshot[(1, 2)][0].keys.shape
 
 
+def test_a_lookup_only_sees_entries_of_its_own_namespace() -> None:
+    store = PrefixCache()
+    assert store.insert([1, 2, 3, 4], kv([1, 2, 3, 4]), "alice")
+    assert store.insert([1, 2], kv([1, 2]), "bob")  # bob's prefix survives alice's entry
+    assert store.lookup([1, 2, 3, 4, 5], "bob") is not None
+    check_hit(store.lookup([1, 2, 3, 4, 5], "bob"), [1, 2, 3, 4, 5], 2)
+    check_hit(store.lookup([1, 2, 3, 4, 5], "alice"), [1, 2, 3, 4, 5], 4)
+    assert store.lookup([1, 2, 3, 4, 5]) is None  # the keyless namespace holds nothing
+    assert store.lookup([1, 2, 3, 4, 5], "carol") is None
+    assert store.insert([1, 2, 3, 4], kv([1, 2, 3, 4]), "bob")  # same tokens, two entries
+    assert store.statistics().entries == 2
+    assert {e.namespace for e in store.snapshot()} == {"alice", "bob"}
+    assert store.corrupt_entry([1, 2, 3, 4], "alice")
+    assert store.lookup([1, 2, 3, 4, 5], "alice") is None  # its checksum failed: dropped
+    check_hit(store.lookup([1, 2, 3, 4, 5], "bob"), [1, 2, 3, 4, 5], 4)
+
+
 def test_a_trimmable_entry_supersedes_its_prefixes() -> None:
     store = PrefixCache()
     store.insert([1, 2], kv([1, 2]))

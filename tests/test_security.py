@@ -159,9 +159,15 @@ def test_request_ids_are_checked_before_they_reach_a_log_line(server: Server) ->
     assert good.headers["x-request-id"] == "client-id_1.2:3"
 
 
-async def test_keys_are_compared_in_constant_time_against_every_key(
+async def test_api_keys_are_looked_up_by_digest_never_compared_byte_by_byte(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """How long a guess takes says nothing about how much of it matched a key.
+
+    API keys are found by their SHA-256, so no comparison runs over a key's
+    bytes (which could stop at the first difference), and the directory holds
+    no key itself.
+    """
     compared: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -170,29 +176,31 @@ async def test_keys_are_compared_in_constant_time_against_every_key(
         return real(a, b)
 
     monkeypatch.setattr("api.http.middleware.hmac.compare_digest", counting)
-    reached: list[str] = []
+    reached: list[tuple[str, str]] = []
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
-        reached.append(scope["path"])
+        reached.append((scope["path"], scope["state"]["tenant"]))
 
     guard = AuthMiddleware(app, list(API_KEYS), ADMIN)
-    for presented in (API_KEYS[0], API_KEYS[1], "wrong"):
-        compared.clear()
+    held = repr(vars(guard.directory))
+    assert not any(key in held for key in API_KEYS)
+    for presented in (API_KEYS[0], API_KEYS[1], API_KEYS[0][:-1], "wrong"):
         scope: Scope = {
             "type": "http",
             "method": "GET",
             "path": "/v1/models",
             "headers": [(b"authorization", f"Bearer {presented}".encode())],
         }
-        if presented == "wrong":
+        if presented in API_KEYS:
+            await guard(scope, _no_receive, _no_send)
+        else:
             with pytest.raises(HTTPProblem) as refused:
                 await guard(scope, _no_receive, _no_send)
             assert refused.value.problem.status == 401
-        else:
-            await guard(scope, _no_receive, _no_send)
-        # Whichever key matches (or none), every key is compared: no early exit.
-        assert [b for _, b in compared] == [key.encode() for key in API_KEYS]
-    assert reached == ["/v1/models", "/v1/models"]
+    assert compared == []
+    tenants = [tenant for _, tenant in reached]
+    assert len(reached) == 2 and len(set(tenants)) == 2
+    assert all(tenant.startswith("key-") and len(tenant) == 16 for tenant in tenants)
 
 
 async def _no_receive() -> ASGIMessage:

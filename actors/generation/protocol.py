@@ -66,6 +66,9 @@ class Generate(Message, frozen=True, kw_only=True):
     traceparent: str | None = None
     """The W3C trace context of the HTTP request's span, while tracing is on: the
     engine's spans (queue, prefill, decode) join that trace."""
+    cache_namespace: str = ""
+    """The prefix-cache namespace it reads and writes (an opaque digest of its tenant
+    and ``cache_salt``); ``""``: the single namespace of a server without keys."""
 
 
 class Embed(Message, frozen=True, kw_only=True):

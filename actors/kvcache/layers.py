@@ -130,14 +130,18 @@ def private_copy(cache: Sequence[Any], length: int, trim: int) -> list[Any]:
     return copied
 
 
-def checksum(key: bytes, cache: Sequence[Any]) -> str:
-    """A blake2b digest of an entry's metadata: token ids, layer types, shapes, dtypes, offsets.
+def checksum(key: bytes, cache: Sequence[Any], namespace: str = "") -> str:
+    """A blake2b digest of an entry's metadata: namespace, token ids, layer types, shapes, offsets.
 
     It is cheap (no array data is read) and catches a stored cache that was
-    changed behind the store's back, e.g. by a caller writing through an alias.
+    changed behind the store's back, e.g. by a caller writing through an alias,
+    or a file moved to another tenant's namespace. The default namespace adds
+    nothing, so digests from before namespaces still match.
     """
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"troupe-kv-{CHECKSUM_VERSION}|{len(cache)}|".encode())
+    if namespace:
+        digest.update(f"namespace={namespace}|".encode())
     digest.update(key)
     for layer in cache:
         digest.update(_layer_metadata(layer).encode())

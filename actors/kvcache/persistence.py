@@ -2,8 +2,9 @@
 
 Each file holds an entry's arrays (mlx-lm's ``save_prompt_cache`` layout, so
 the layer classes and their scalar state come back with it) and string
-metadata: the format version, a model tag, the token ids, the entry's metadata
-checksum and a digest of the array bytes. Files are written to a temporary
+metadata: the format version, a model tag, the entry's namespace, the token ids,
+the entry's metadata checksum and a digest of the array bytes (a file of format
+1, from before namespaces, loads into the default namespace). Files are written to a temporary
 name and renamed, so a crash mid-write never leaves a half file under a real
 name.
 
@@ -34,7 +35,8 @@ from runtime.errors import describe_failure
 
 log = logging.getLogger("troupe.kvcache.persistence")
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READABLE_FORMATS = frozenset({"1", FORMAT_VERSION})
 SUFFIX = ".safetensors"
 _TEMP_PREFIX = ".partial-"
 _KEYS = ("format", "model", "order", "tokens", "checksum", "content")
@@ -75,7 +77,7 @@ def save_cache(
     kept: set[str] = set()
     written = failed = 0
     for order, entry in enumerate(cache.snapshot()):
-        name = entry_file_name(entry.tokens, model)
+        name = entry_file_name(entry.tokens, model, entry.namespace)
         try:
             _write_entry(folder / name, entry, model, order)
         except Exception as exc:
@@ -105,7 +107,7 @@ def load_cache(
     if not folder.is_dir():
         return LoadResult(0, 0, 0)
     loaded = dropped = skipped = 0
-    valid: list[tuple[int, list[int], list[Any]]] = []
+    valid: list[tuple[int, str, list[int], list[Any]]] = []
     for path in sorted(folder.iterdir()):
         if not path.name.endswith(SUFFIX):
             continue
@@ -119,8 +121,8 @@ def load_cache(
             log.warning("kv-cache file dropped: %s", describe_failure(exc))
             _discard(path)
     # In the saved order (least recently used first), so recency survives a restart.
-    for _, tokens, layers in sorted(valid, key=lambda item: item[0]):
-        if cache.insert(tokens, layers):
+    for _, namespace, tokens, layers in sorted(valid, key=lambda item: item[0]):
+        if cache.insert(tokens, layers, namespace):
             loaded += 1
         else:
             skipped += 1
@@ -155,20 +157,23 @@ def corrupt_files(directory: str | os.PathLike[str], count: int, *, truncate: bo
     return min(len(files), max(0, count))
 
 
-def entry_file_name(tokens: list[int], model: str = "") -> str:
+def entry_file_name(tokens: list[int], model: str = "", namespace: str = "") -> str:
     """The file name of an entry: a digest, so that names never reveal token ids."""
     digest = hashlib.blake2b(token_key(tokens), digest_size=16, person=b"troupe-kv-file")
     digest.update(model.encode())
+    if namespace:
+        digest.update(b"|" + namespace.encode())
     return digest.hexdigest() + SUFFIX
 
 
 def _write_entry(path: Path, entry: StoredEntry, model: str, order: int) -> None:
     key = token_key(entry.tokens)
-    if checksum(key, entry.cache) != entry.checksum:
+    if checksum(key, entry.cache, entry.namespace) != entry.checksum:
         raise InvalidCacheFile("entry failed its checksum in memory")
     metadata = {
         "format": FORMAT_VERSION,
         "model": model,
+        "namespace": entry.namespace,
         "order": str(order),
         "tokens": ",".join(map(str, entry.tokens)),
         "checksum": entry.checksum,
@@ -185,13 +190,16 @@ def _write_entry(path: Path, entry: StoredEntry, model: str, order: int) -> None
         _discard(temporary)
 
 
-def _read_entry(path: Path, model: str) -> tuple[int, list[int], list[Any]]:
+def _read_entry(path: Path, model: str) -> tuple[int, str, list[int], list[Any]]:
     loader: Any = load_prompt_cache  # untyped in mlx-lm
     layers, metadata = loader(str(path), return_metadata=True)
     if not isinstance(metadata, dict) or any(k not in metadata for k in _KEYS):
         raise InvalidCacheFile("metadata is missing")
-    if metadata["format"] != FORMAT_VERSION or metadata["model"] != model:
+    if metadata["format"] not in READABLE_FORMATS or metadata["model"] != model:
         raise InvalidCacheFile("another format or model")
+    namespace = metadata.get("namespace", "") if metadata["format"] != "1" else ""
+    if not isinstance(namespace, str):
+        raise InvalidCacheFile("namespace is unreadable")
     try:
         order = int(metadata["order"])
         tokens = [int(t) for t in metadata["tokens"].split(",")]
@@ -201,11 +209,11 @@ def _read_entry(path: Path, model: str) -> tuple[int, list[int], list[Any]]:
     # Loading is lazy and bound to this thread's stream: evaluate here, so that
     # damage surfaces now and the arrays are usable from the engine's thread.
     materialize(layers)
-    if checksum(token_key(tokens), layers) != metadata["checksum"]:
+    if checksum(token_key(tokens), layers, namespace) != metadata["checksum"]:
         raise InvalidCacheFile("metadata checksum does not match")
     if content_digest(layers) != metadata["content"]:
         raise InvalidCacheFile("array contents do not match their digest")
-    return order, tokens, layers
+    return order, namespace, tokens, layers
 
 
 def _discard(path: Path) -> None:

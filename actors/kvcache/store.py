@@ -12,6 +12,11 @@ prefix of the prompt is used as it is; an exact entry, or one that diverges
 from the prompt or runs past it, is used through a copy trimmed back to the
 shared part, when its layers can be trimmed.
 
+Entries belong to a namespace (a tenant, optionally salted per request; the
+default ``""`` is the one namespace of a server without keys): a lookup only
+sees entries of its own namespace, so a cached prefix never tells one tenant
+what another sent.
+
 The cache must never take the engine down. Lookups and inserts go through a
 :class:`~runtime.breaker.CircuitBreaker`: an exception inside either is
 caught, logged (sanitized), counted and reported as a fault; enough faults in
@@ -89,6 +94,7 @@ class StoredEntry:
     tokens: list[int]
     cache: list[Any]
     checksum: str
+    namespace: str = ""
 
 
 @dataclass
@@ -142,6 +148,7 @@ class CacheStatistics:
 
 @dataclass
 class _Entry:
+    namespace: str
     key: bytes
     cache: list[Any]
     nbytes: int
@@ -151,6 +158,10 @@ class _Entry:
     @property
     def length(self) -> int:
         return key_length(self.key)
+
+    @property
+    def slot(self) -> tuple[str, bytes]:
+        return self.namespace, self.key
 
 
 class PrefixCache:
@@ -169,19 +180,20 @@ class PrefixCache:
         self.max_bytes = max_bytes
         self.breaker = breaker or CircuitBreaker()
         self._lock = threading.Lock()
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()  # oldest use first
+        self._entries: OrderedDict[tuple[str, bytes], _Entry] = OrderedDict()  # oldest use first
         self._nbytes = 0
         self._counters = _Counters()
         self._pending_faults = 0
 
     # -- the engine's API: never raises --------------------------------------
 
-    def lookup(self, tokens: Sequence[int]) -> PrefixHit | None:
-        """The longest reusable prefix of ``tokens`` as a private copy, or ``None``.
+    def lookup(self, tokens: Sequence[int], namespace: str = "") -> PrefixHit | None:
+        """The longest reusable prefix of ``tokens`` in ``namespace`` as a private copy.
 
         The hit leaves at least one token to prefill: ``hit.length < len(tokens)``.
+        Only entries inserted under the same namespace are candidates.
         """
-        hit = self._guarded("lookup", lambda: self._lookup(tokens), None)
+        hit = self._guarded("lookup", lambda: self._lookup(tokens, namespace), None)
         with self._lock:
             self._counters.queries += 1
             self._counters.query_tokens += len(tokens)
@@ -192,14 +204,16 @@ class PrefixCache:
                 self._counters.hit_tokens += hit.length
         return hit
 
-    def insert(self, tokens: Sequence[int], cache: Sequence[Any]) -> bool:
-        """Store ``cache``, which covers exactly ``len(tokens)`` positions; return if kept.
+    def insert(self, tokens: Sequence[int], cache: Sequence[Any], namespace: str = "") -> bool:
+        """Store ``cache`` (covering exactly ``len(tokens)`` positions) in ``namespace``.
+
+        Return whether it was kept.
 
         The store takes ownership: the caller must not use ``cache`` afterwards.
         A cache bigger than ``max_bytes`` on its own is refused; others evict
         least recently used entries until both limits hold.
         """
-        return self._guarded("insert", lambda: self._insert(tokens, cache), False)
+        return self._guarded("insert", lambda: self._insert(tokens, cache, namespace), False)
 
     # -- the control plane's API -----------------------------------------------
 
@@ -240,7 +254,7 @@ class PrefixCache:
         """The entries, least recently used first (for persistence; do not mutate)."""
         with self._lock:
             entries = list(self._entries.values())
-        return [StoredEntry(key_tokens(e.key), e.cache, e.checksum) for e in entries]
+        return [StoredEntry(key_tokens(e.key), e.cache, e.checksum, e.namespace) for e in entries]
 
     def inject_faults(self, count: int) -> int:
         """Make the next ``count`` lookups or inserts fail; return how many are pending."""
@@ -250,14 +264,14 @@ class PrefixCache:
             self._pending_faults += count
             return self._pending_faults
 
-    def corrupt_entry(self, tokens: Sequence[int] | None = None) -> bool:
+    def corrupt_entry(self, tokens: Sequence[int] | None = None, namespace: str = "") -> bool:
         """Tamper with an entry's metadata so that its checksum fails; return if one was found.
 
-        Picks the entry for exactly ``tokens``, or the most recently used one.
+        Picks the entry for exactly ``tokens`` (in ``namespace``), or the most recently used one.
         """
         with self._lock:
             if tokens is not None:
-                entry = self._entries.get(token_key(tokens))
+                entry = self._entries.get((namespace, token_key(tokens)))
             else:
                 entry = next(reversed(self._entries.values()), None)
             if entry is None:
@@ -297,27 +311,33 @@ class PrefixCache:
         if injected:
             raise InjectedCacheFault("injected kv-cache fault")
 
-    def _lookup(self, tokens: Sequence[int]) -> PrefixHit | None:
+    def _lookup(self, tokens: Sequence[int], namespace: str) -> PrefixHit | None:
         key = token_key(tokens)
         wanted = key_length(key)
         with self._lock:
-            choice = self._choose(key, wanted)
+            choice = self._choose(namespace, key, wanted)
             if choice is None:
                 return None
             entry, usable = choice
-            if checksum(entry.key, entry.cache) != entry.checksum:
+            if checksum(entry.key, entry.cache, entry.namespace) != entry.checksum:
                 self._drop(entry)
                 self._counters.checksum_failures += 1
                 raise ChecksumMismatch("a kv-cache entry failed its checksum and was dropped")
-            self._entries.move_to_end(entry.key)
+            self._entries.move_to_end(entry.slot)
         # Stored caches are never mutated, so the (cheap) copy needs no lock.
         copied = private_copy(entry.cache, usable, entry.length - usable)
         return PrefixHit(copied, usable)
 
-    def _choose(self, key: bytes, wanted: int) -> tuple[_Entry, int] | None:
-        """The entry giving the longest reusable prefix; on a tie, the shortest entry."""
+    def _choose(self, namespace: str, key: bytes, wanted: int) -> tuple[_Entry, int] | None:
+        """The entry giving the longest reusable prefix; on a tie, the shortest entry.
+
+        Entries of other namespaces are never candidates: whether another tenant
+        sent a prompt must not show in this one's time to first token.
+        """
         best: tuple[_Entry, int] | None = None
         for entry in self._entries.values():
+            if entry.namespace != namespace:
+                continue
             shared = common_prefix(key, entry.key)
             if shared == entry.length < wanted:
                 usable = shared  # a proper prefix of the prompt: used as it is
@@ -331,7 +351,7 @@ class PrefixCache:
                 best = (entry, usable)
         return best
 
-    def _insert(self, tokens: Sequence[int], cache: Sequence[Any]) -> bool:
+    def _insert(self, tokens: Sequence[int], cache: Sequence[Any], namespace: str) -> bool:
         key = token_key(tokens)
         layers = list(cache)
         check_length(layers, key_length(key))
@@ -341,12 +361,14 @@ class PrefixCache:
                 self._counters.refused_inserts += 1
             return False
         materialize(layers)  # on the caller's thread, outside the lock
-        entry = _Entry(key, layers, nbytes, checksum(key, layers), is_trimmable(layers))
+        entry = _Entry(
+            namespace, key, layers, nbytes, checksum(key, layers, namespace), is_trimmable(layers)
+        )
         with self._lock:
-            previous = self._entries.pop(key, None)
+            previous = self._entries.pop(entry.slot, None)
             if previous is not None:
                 self._nbytes -= previous.nbytes
-            self._entries[key] = entry
+            self._entries[entry.slot] = entry
             self._nbytes += nbytes
             self._counters.inserts += 1
             if entry.trimmable:
@@ -360,7 +382,11 @@ class PrefixCache:
         # A trimmable entry serves every prompt its prefixes would (trimmed), so
         # they only take memory; mlx-lm's LRUPromptCache drops them the same way.
         for other in list(self._entries.values()):
-            if other is not entry and entry.key.startswith(other.key):
+            if (
+                other is not entry
+                and other.namespace == entry.namespace
+                and entry.key.startswith(other.key)
+            ):
                 self._drop(other)
                 self._counters.superseded += 1
 
@@ -376,5 +402,5 @@ class PrefixCache:
         return Evicted(entries, nbytes)
 
     def _drop(self, entry: _Entry) -> None:
-        if self._entries.pop(entry.key, None) is not None:
+        if self._entries.pop(entry.slot, None) is not None:
             self._nbytes -= entry.nbytes

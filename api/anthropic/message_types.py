@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from msgspec import Meta, Struct
 
 from api.http.problems import Problem, ProblemShapes
-from api.openai.request_types import MAX_TOKENS_ACCEPTED, Nothing
+from api.openai.request_types import MAX_TOKENS_ACCEPTED, CacheSalt, Nothing
 
 ToolName = Annotated[str, Meta(pattern="^[a-zA-Z0-9_-]{1,64}$")]
 
@@ -171,6 +171,9 @@ class MessagesRequest(Struct, frozen=True, kw_only=True):
     cache_control: CacheControl | None = None
     mcp_servers: Nothing | None = None
     container: None = None
+    cache_salt: CacheSalt | None = None
+    """An extension (vLLM's field): prompt prefixes are reused only between requests
+    of one tenant that carry the same salt."""
 
 
 class CountTokensRequest(Struct, frozen=True, kw_only=True):

@@ -193,6 +193,7 @@ def _chat_request(body: MessagesRequest | CountTokensRequest, model: str) -> Cha
         top_k=body.top_k,
         stop=list(body.stop_sequences or ()) or None,
         stream=body.stream,
+        cache_salt=body.cache_salt,
     )
 
 

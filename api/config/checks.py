@@ -27,6 +27,7 @@ from actors.telemetry import choose_tracing
 from api.config.diagnostics import ConfigProblem, Severity, error, warning
 from api.config.models_file import ModelsFileError, read_models_file
 from api.config.settings import EMBEDDED_MODEL, Settings, is_loopback, load_settings
+from api.config.tenants_file import TenantsFileError, read_tenants_file
 
 MINIMUM_VERSIONS: Final = {"mlx": (0, 29), "mlx-lm": (0, 28)}
 """Distributions the server needs, with the oldest version that works."""
@@ -207,12 +208,27 @@ def _check_auth(settings: Settings) -> list[ConfigProblem]:
         problems.append(
             error("admin_key", "is also one of the api_keys; the admin key must be separate")
         )
-    if not keys and not is_loopback(settings.host):
+    if settings.tenants is not None:
+        problems.extend(_check_tenants_file(settings))
+    if not keys and settings.tenants is None and not is_loopback(settings.host):
         message = (
             f"none set while listening on {settings.host!r}: anyone reaching it can use the API"
         )
         problems.append(warning("api_keys", message))
     return problems
+
+
+def _check_tenants_file(settings: Settings) -> list[ConfigProblem]:
+    """The tenants file reads, and the admin key is none of its keys."""
+    assert settings.tenants is not None
+    try:
+        tenants = read_tenants_file(settings.tenants)
+    except TenantsFileError as exc:
+        return [error("tenants", str(exc))]
+    if settings.admin_key is not None and settings.admin_key in tenants.all_keys():
+        message = "is also a key of the tenants file; the admin key must be separate"
+        return [error("admin_key", message)]
+    return []
 
 
 def _check_contradictions(settings: Settings) -> list[ConfigProblem]:

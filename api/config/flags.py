@@ -50,6 +50,7 @@ _METAVARS: Final = {
     "models": "FILE.toml",
     "blas": "auto|bundled|PATH",
     "api_keys": "KEY,...",
+    "tenants": "FILE.toml",
     "admin_key": "KEY",
     "cors_origins": "ORIGIN,...",
     "shard_hosts": "IP,...",

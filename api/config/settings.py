@@ -73,6 +73,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ``bundled`` keeps MLX's reference BLAS; or the path of a BLAS library."""
     api_keys: list[str] = msgspec.field(default_factory=list)
     """Bearer keys accepted on the API; empty: no authentication."""
+    tenants: str | None = None
+    """A tenants file (TOML) naming teams of API keys that act as one tenant (its
+    format: docs/tenancy.md); a key in no team is a tenant of its own. Tenants never
+    reuse each other's cached prompt prefixes."""
     admin_key: str | None = None
     """Bearer key for the admin endpoints (supervisor status, faults); unset: none."""
     cors_origins: list[str] = msgspec.field(default_factory=list)

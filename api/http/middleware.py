@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import hashlib
 import hmac
 import logging
 import re
@@ -27,6 +26,7 @@ from api.http.asgi import (
     Send,
 )
 from api.http.problems import HTTPProblem, ProblemShapes, innermost, problem_for
+from api.http.tenants import TenantDirectory
 from runtime import describe_failure
 
 log = logging.getLogger("troupe.http")
@@ -180,7 +180,8 @@ class AuthMiddleware:
 
     A request that presented a valid API key is tagged with it (a digest, in
     ``scope["state"]["api_key"]``), so that per-client limits count the key
-    itself, not the spelling of the header that carried it. A route or
+    itself, not the spelling of the header that carried it, and with its
+    tenant's name (``scope["state"]["tenant"]``, :mod:`api.http.tenants`). A route or
     method the app does not serve is left to the app to answer 404 or 405:
     that is the same answer with or without a key. ``public`` paths (the
     console's page and static files, which hold no data) need no key.
@@ -189,7 +190,7 @@ class AuthMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        api_keys: Sequence[str],
+        api_keys: Sequence[str] | TenantDirectory,
         admin_key: str | None,
         serves: Callable[[str, str], bool] = lambda path, method: True,
         *,
@@ -197,7 +198,10 @@ class AuthMiddleware:
     ) -> None:
         self.app = app
         self.public = public
-        self.api_keys = [key.encode() for key in api_keys]
+        self.directory = (
+            api_keys if isinstance(api_keys, TenantDirectory) else TenantDirectory(api_keys)
+        )
+        """Swapped whole when the tenants change at run time."""
         self.admin_key = admin_key.encode() if admin_key else None
         self.serves = serves
 
@@ -216,10 +220,13 @@ class AuthMiddleware:
                 presented = api_key_header(request.header("x-api-key"))
             if path.startswith("/admin/"):
                 self._check(presented, [self.admin_key] if self.admin_key else [], ADMIN_HINT)
-            elif path.startswith("/v1/") and self.api_keys:
-                key = self._check(presented, self.api_keys, API_HINT)
-                digest = hashlib.sha256(key).hexdigest()[:16]
-                scope.setdefault("state", {})["api_key"] = digest
+            elif path.startswith("/v1/") and self.directory:
+                tenant = self.directory.resolve(presented)
+                if tenant is None:
+                    raise _unauthorized(API_HINT)
+                state = scope.setdefault("state", {})
+                state["api_key"] = tenant.key_digest
+                state["tenant"] = tenant.name
         await self.app(scope, receive, send)
 
     @staticmethod
@@ -233,13 +240,17 @@ class AuthMiddleware:
             if hmac.compare_digest(presented or b"", key):
                 matched = key
         if matched is None:
-            raise HTTPProblem(
-                401,
-                "unauthorized",
-                f"a valid API key is required ({hint})",
-                (("www-authenticate", "Bearer"),),
-            )
+            raise _unauthorized(hint)
         return matched
+
+
+def _unauthorized(hint: str) -> HTTPProblem:
+    return HTTPProblem(
+        401,
+        "unauthorized",
+        f"a valid API key is required ({hint})",
+        (("www-authenticate", "Bearer"),),
+    )
 
 
 def bearer_token(header: str | None) -> bytes | None:

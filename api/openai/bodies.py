@@ -11,12 +11,19 @@ import msgspec
 from msgspec import Struct
 
 
+class PromptTokensDetails(Struct, frozen=True, kw_only=True):
+    """What the prompt's tokens were: ``cached_tokens`` came from the prefix cache."""
+
+    cached_tokens: int
+
+
 class Usage(Struct, frozen=True, kw_only=True):
     """Token counts of one request."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class CalledFunction(Struct, frozen=True, kw_only=True):

@@ -32,6 +32,7 @@ from api.openai.bodies import (
     Completion,
     CompletionLogprobs,
     Delta,
+    PromptTokensDetails,
     StreamError,
     StreamErrorDetail,
     TextChoice,
@@ -54,6 +55,7 @@ def usage_of(end: Finished) -> Usage:
         prompt_tokens=end.prompt_tokens,
         completion_tokens=end.completion_tokens,
         total_tokens=end.prompt_tokens + end.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=end.cached_tokens),
     )
 
 

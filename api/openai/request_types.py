@@ -33,6 +33,9 @@ TokenIdKey = Annotated[str, Meta(pattern="^(0|[1-9][0-9]*)$")]
 """A token id written as a JSON object key (``logit_bias``)."""
 Nothing = Annotated[list[Any], Meta(max_length=0)]
 """An empty list: what a field the server cannot honour yet may carry."""
+CacheSalt = Annotated[str, Meta(min_length=1, max_length=256)]
+"""``cache_salt`` (vLLM's field): requests reuse each other's cached prompt prefixes
+only when they carry the same salt (and come from the same tenant)."""
 
 
 class SamplingFields(Struct, frozen=True, kw_only=True):
@@ -57,6 +60,7 @@ class SamplingFields(Struct, frozen=True, kw_only=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    cache_salt: CacheSalt | None = None
 
 
 class TextPart(Struct, frozen=True, kw_only=True):

@@ -25,6 +25,7 @@ from actors.generation.protocol import (
     TokenChunk,
 )
 from api.http.asgi import Request, Responder
+from api.serving.cache_scope import cache_namespace, tenant_of
 from api.serving.channel import Channel
 from api.serving.choices import choice_requests, combined_end, retry_of
 from api.serving.jobs import Job
@@ -76,6 +77,7 @@ async def serve_generation(
         deadline=booking.deadline.wall,
         submitted_at=time.time(),
         traceparent=tracing.traceparent(outcome.span),
+        cache_namespace=cache_namespace(tenant_of(request), body.cache_salt),
     )
     generates = choice_requests(base, body.n)
     outcome.prompt_tokens = len(prompt)

@@ -362,12 +362,14 @@ class Engine:
         if response.finish_reason is None:  # a stop string: the batch still holds it
             assert self._generator is not None
             cache, tokens = self._generator.remove([uid], return_prompt_caches=True)[uid]
-        self._offer_to_cache(tokens, cache)
+        self._offer_to_cache(tokens, cache, request.cache_namespace)
         return events
 
-    def _offer_to_cache(self, tokens: list[int] | None, cache: list[Any] | None) -> None:
+    def _offer_to_cache(
+        self, tokens: list[int] | None, cache: list[Any] | None, namespace: str
+    ) -> None:
         if self._prefix_store is not None and tokens and cache is not None:
-            self._prefix_store.insert(list(tokens), cache)
+            self._prefix_store.insert(list(tokens), cache, namespace)
 
     def _recover_from_allocation_failure(self, exc: BaseException) -> None:
         """Free what can be freed and fail only the requests in flight.

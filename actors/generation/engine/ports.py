@@ -28,12 +28,12 @@ class PrefixHitLike(Protocol):
 class PrefixStore(Protocol):
     """The data plane of the kv-cache actor, called on the engine thread."""
 
-    def lookup(self, tokens: Sequence[int]) -> PrefixHitLike | None:
-        """The longest cached prefix of ``tokens`` (leaving one to prefill), if any."""
+    def lookup(self, tokens: Sequence[int], namespace: str = "") -> PrefixHitLike | None:
+        """The longest prefix of ``tokens`` cached in ``namespace`` (leaving one to prefill)."""
         ...
 
-    def insert(self, tokens: Sequence[int], cache: list[Any]) -> object:
-        """Offer the KV state covering ``tokens``; the store takes ownership."""
+    def insert(self, tokens: Sequence[int], cache: list[Any], namespace: str = "") -> object:
+        """Offer the KV state covering ``tokens`` to ``namespace``; the store takes ownership."""
         ...
 
     def clear(self) -> object:

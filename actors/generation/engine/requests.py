@@ -61,6 +61,8 @@ class ActiveRequest:
     """Alternatives per token to report (``None``: no log-probabilities)."""
     trace: EngineTrace | None = None
     """Its times, for its engine spans, when the request is traced."""
+    cache_namespace: str = ""
+    """Where its KV state goes in the prefix cache when it ends (its tenant's namespace)."""
     _unsent: list[int] = field(default_factory=list)
     _unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
 
@@ -221,7 +223,7 @@ def admit(
         )
     prompt, resumed = request.prompt, request.resumed
     sequence = [*prompt, *resumed] if resumed else prompt
-    hit = store.lookup(sequence) if store is not None else None
+    hit = store.lookup(sequence, request.cache_namespace) if store is not None else None
     prefix = 0 if hit is None else hit.length
     params = request.params
     active = ActiveRequest(
@@ -234,6 +236,7 @@ def admit(
         queued_s=_waited(request),
         logprobs=params.logprobs,
         trace=EngineTrace.begin(request.traceparent, request.submitted_at),
+        cache_namespace=request.cache_namespace,
     )
     active.replay(resumed)
     return Admission(

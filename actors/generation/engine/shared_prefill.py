@@ -52,13 +52,16 @@ class SharedPrefill:
         """Whether the whole prefix is in the cache."""
         return self.done >= len(self.prefix)
 
-    def lookup(self, tokens: Sequence[int]) -> SharedHit | None:
-        """The prefix store's answer for one member: a private copy of the prefilled prompt."""
+    def lookup(self, tokens: Sequence[int], namespace: str = "") -> SharedHit | None:
+        """The prefix store's answer for one member: a private copy of the prefilled prompt.
+
+        Every member is a choice of one request, so of one namespace.
+        """
         if list(tokens[: len(self.prefix)]) != self.prefix or len(tokens) <= len(self.prefix):
             return None
         return SharedHit(private_copy(self.cache, len(self.prefix), 0), len(self.prefix))
 
-    def insert(self, tokens: Sequence[int], cache: list[Any]) -> object:
+    def insert(self, tokens: Sequence[int], cache: list[Any], namespace: str = "") -> object:
         """Nothing is kept: a member's finished cache goes to the real store, if any."""
         return False
 

@@ -111,6 +111,7 @@ def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
         temperature=body.temperature,
         top_p=body.top_p,
         stream=body.stream,
+        cache_salt=body.cache_salt,
     )
 
 

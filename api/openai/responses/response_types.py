@@ -18,7 +18,13 @@ import msgspec
 from msgspec import Meta, Struct
 
 from api.http.problems import HTTPProblem
-from api.openai.request_types import MAX_TOKENS_ACCEPTED, FunctionName, Nothing, SchemaName
+from api.openai.request_types import (
+    MAX_TOKENS_ACCEPTED,
+    CacheSalt,
+    FunctionName,
+    Nothing,
+    SchemaName,
+)
 
 MAX_INPUT_ITEMS = 4096
 
@@ -163,6 +169,7 @@ class ResponsesRequest(Struct, frozen=True, kw_only=True):
     max_tool_calls: None = None
     prompt: None = None
     user: str | None = None
+    cache_salt: CacheSalt | None = None
 
 
 NOT_HONOURED_RESPONSES = {
