@@ -155,10 +155,11 @@ def test_a_real_server_exposes_them_under_traffic(
     ):
         assert value(parsed, theirs, **labels) == value(parsed, ours) > 0, theirs
     assert value(parsed, "vllm:request_success_total", finished_reason="length") == 3.0
-    assert value(parsed, "vllm:num_requests_waiting", **labels) == 0.0
 
     def idle() -> bool:  # the gauges are as of the engine's latest heartbeat
-        return value(samples(metrics_text(served)), "vllm:num_requests_running", **labels) == 0
+        now = samples(metrics_text(served))
+        gauges = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+        return all(value(now, gauge, **labels) == 0 for gauge in gauges)
 
     eventually(idle)
     # The shared system prompt was found in the prefix cache, counted in tokens.
