@@ -69,6 +69,13 @@ class Generate(Message, frozen=True, kw_only=True):
     cache_namespace: str = ""
     """The prefix-cache namespace it reads and writes (an opaque digest of its tenant
     and ``cache_salt``); ``""``: the single namespace of a server without keys."""
+    tenant: str = ""
+    """Whose request it is: the engine shares its waiting queue fairly between tenants
+    (:mod:`actors.generation.engine.fair_queue`); ``""``: the server without keys."""
+    weight: float = 1.0
+    """The tenant's weight: its share of the engine, relative to the others' while all wait."""
+    priority: int = 0
+    """Order among its tenant's waiting requests: lower first (vLLM's rule), then oldest."""
 
 
 class Embed(Message, frozen=True, kw_only=True):

@@ -139,6 +139,13 @@ def _check_ranges(settings: Settings) -> list[ConfigProblem]:
     limit = settings.max_tokens_limit
     if limit is not None and limit < 1:
         problems.append(error("max_tokens_limit", f"must be at least 1, got {limit}"))
+    budget = settings.max_batched_tokens
+    if budget is not None and budget != 0 and budget <= settings.max_running:
+        message = (
+            f"must be 0 (no budget) or more than max_running ({settings.max_running}):"
+            f" every running sequence decodes each step, got {budget}"
+        )
+        problems.append(error("max_batched_tokens", message))
     for name, valid, expected in _RANGES:
         value = getattr(settings, name)
         if value is None:  # optional and unset

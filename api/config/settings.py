@@ -107,6 +107,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Prompt tokens admitted and not yet finished, at most; beyond that: HTTP 429."""
     max_running: int = 32
     """Sequences decoded together (the generation batch)."""
+    max_batched_tokens: int | None = None
+    """Tokens one engine step computes at most: every running sequence decodes first,
+    then prompt chunks fill the rest (vLLM's ``max_num_batched_tokens``). Smaller keeps
+    running streams' next tokens closer while a long prompt is prefilled; larger gives
+    that prompt its first token sooner; while nothing decodes, prompts are prefilled at
+    full speed. Unset: 64 on a CPU (measured, docs/benchmarks.md), 2048 on Metal and
+    CUDA, at least twice max_running; 0: no budget (each prompt takes 256-token chunks)."""
     engine: EngineMode = "process"
     """Where the generation engine runs: ``process`` (a supervised child process;
     a native crash or hang restarts it and in-flight requests resume where they

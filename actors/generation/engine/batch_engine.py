@@ -5,14 +5,18 @@ driven from any event loop (or none). The generation actor feeds it commands
 through thread-safe methods and receives events through the ``emit`` callback,
 called on the engine thread with every event of one step.
 
-Scheduling policy: admitted requests wait in a FIFO until the batch has both
+Scheduling policy: admitted requests wait in a fair queue (per-tenant queues
+served by weighted fair queuing, each ordered by ``priority`` then arrival:
+:mod:`actors.generation.engine.fair_queue`) until the batch has both
 a decode slot (fewer than ``completion_batch_size`` sequences) and a prefill
-slot (fewer than ``prefill_batch_size`` still prefilling); one whose deadline
-has passed by then is dropped before any prefill. In the batch (mlx-lm's ``BatchGenerator``) each
-step first decodes one token for every running sequence, then prefills at most
-``prefill_step_size`` tokens of waiting prompts (up to ``prefill_batch_size``
-prompts at a time). A long prompt therefore delays the running streams by one
-prefill chunk per step instead of stalling them for its whole prefill.
+slot (the step's token budget leaves room for another prompt); one whose
+deadline has passed by then is dropped before any prefill. In the batch
+(mlx-lm's ``BatchGenerator``) each step first decodes one token for every
+running sequence, then prefills a chunk of each prompt in prefill, the chunks
+sized so that the step computes at most ``max_batched_tokens`` tokens
+(:mod:`actors.generation.engine.token_budget`). A long prompt therefore
+delays the running streams by a bounded chunk per step instead of stalling
+them for its whole prefill.
 Commands (new requests, cancellations) are applied between steps, so a
 cancelled request leaves the batch before the next decode step. Embedding
 requests never enter the batch: they wait in their own queue, pooled in one
@@ -25,7 +29,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +37,7 @@ from mlx_lm.generate import BatchGenerator, generation_stream
 
 from actors.generation.engine.embedding_queue import EmbeddingQueue
 from actors.generation.engine.engine_config import EngineConfig
+from actors.generation.engine.fair_queue import FairQueue
 from actors.generation.engine.faults import (
     FaultPlan,
     RecoveryTimer,
@@ -56,6 +60,7 @@ from actors.generation.engine.requests import (
     vocab_size,
 )
 from actors.generation.engine.shared_prefill import SharedPrefills
+from actors.generation.engine.token_budget import TokenBudget, default_budget
 from actors.generation.engine.token_logprobs import token_logprob
 from actors.generation.protocol import (
     Cancel,
@@ -104,8 +109,18 @@ class Engine:
         self._now = time.time()
         """The clock deadlines are checked against this turn (the leader's, when split)."""
         self._requests: dict[int, ActiveRequest] = {}
-        self._waiting: deque[Generate] = deque()
-        self._shared = SharedPrefills(loaded.model, self.config.prefill_step_size)
+        self._prefill_left: dict[int, int] = {}
+        """Prompt tokens each request in prefill has still to compute, by uid (mirrors the
+        batch generator, which advances each by the step's chunk)."""
+        self._waiting = FairQueue()
+        self._shared = SharedPrefills(loaded.model)
+        self._budget = TokenBudget(
+            default_budget(self.config.completion_batch_size)
+            if self.config.max_batched_tokens is None
+            else self.config.max_batched_tokens,
+            self.config.prefill_batch_size,
+            self.config.prefill_step_size,
+        )
         self._embeddings = EmbeddingQueue(
             loaded, self.config.prefill_step_size * self.config.prefill_batch_size
         )
@@ -204,9 +219,16 @@ class Engine:
         if events:
             self._emit(events)
 
+    def _load(self) -> tuple[int, list[int]]:
+        """(sequences decoding, prompt tokens left of each prompt in prefill)."""
+        remaining = list(self._prefill_left.values())
+        if self._shared:
+            remaining.append(self._shared.remaining())
+        return len(self._requests) - len(self._prefill_left), remaining
+
     def _prefill_shared(self) -> None:
         """One chunk of a shared prompt; its choices enter the batch once it is done."""
-        for request, group in self._shared.step():
+        for request, group in self._shared.step(self._budget.chunk(*self._load())):
             if request.deadline is not None and self._now >= request.deadline:
                 self._emit([expired(request)])
             else:
@@ -236,7 +258,7 @@ class Engine:
                     refused = self._embeddings.add(command)
                     self._emit_any([] if refused is None else [refused])
                 case Generate():
-                    self._waiting.append(command)
+                    self._waiting.push(command)
         return True
 
     def _fill_batch(self) -> None:
@@ -247,18 +269,15 @@ class Engine:
         is checked.
         """
         while (
-            self._waiting
+            (request := self._waiting.peek()) is not None
             and len(self._requests) < self.config.completion_batch_size
-            and self._prefilling() < self.config.prefill_batch_size
+            and self._budget.admits(*self._load(), len(request.prompt))
         ):
-            request = self._waiting.popleft()
+            self._waiting.pop()
             if request.deadline is not None and self._now >= request.deadline:
                 self._emit([expired(request)])
             elif not self._shared.hold(request):
                 self._admit(request)
-
-    def _prefilling(self) -> int:
-        return sum(1 for request in self._requests.values() if request.completion_tokens == 0)
 
     def _admit(self, request: Generate, store: PrefixStore | None = None) -> None:
         """Put ``request`` in the batch (``store``: its prefix source, if not the cache)."""
@@ -282,6 +301,8 @@ class Engine:
         assert self._generator is not None
         uid = self._insert(admission)
         self._requests[uid] = admission.request
+        if len(admission.remaining) > 1:  # the last token is computed as the first decode
+            self._prefill_left[uid] = len(admission.remaining) - 1
         self._by_id[request.request_id] = uid
         self._prompt_tokens += len(request.prompt)
         self.cached_tokens += admission.request.cached_tokens
@@ -307,20 +328,18 @@ class Engine:
         assert self._generator is not None
         self._generator.remove([uid])
         request = self._requests.pop(uid)
+        self._prefill_left.pop(uid, None)
         self._emit([request.finish(FinishReason.CANCELLED)])
 
     def _cancel_waiting(self, request_id: str) -> None:
         """End a request that has not entered the batch: held, embedding, or queued."""
         held = self._shared.cancel(request_id)
         ended = self._embeddings.cancel(request_id) if held is None else never_started(held)
+        if ended is None:
+            queued = self._waiting.remove(request_id)
+            ended = None if queued is None else never_started(queued)
         if ended is not None:
             self._emit([ended])
-            return
-        for request in self._waiting:
-            if request.request_id == request_id:
-                self._waiting.remove(request)
-                self._emit([never_started(request)])
-                return
 
     def _step_guarded(self) -> None:
         try:
@@ -334,7 +353,10 @@ class Engine:
         assert self._generator is not None
         if self.faults.poisons(self._by_id):
             die_natively()
+        # The generator reads its chunk size at each step: the budget's share now.
+        chunk = self._generator.prefill_step_size = self._budget.chunk(*self._load())
         _, responses = self._generator.next()
+        self._advance_prefills(chunk)
         self.steps += 1
         events: list[StreamEvent] = []
         for response in responses:
@@ -348,6 +370,14 @@ class Engine:
             self._recovery.token_served()
             self._emit(events)
 
+    def _advance_prefills(self, chunk: int) -> None:
+        """Each prompt in prefill computed up to ``chunk`` more of its tokens this step."""
+        for uid, left in list(self._prefill_left.items()):
+            if left <= chunk or uid not in self._requests:
+                del self._prefill_left[uid]
+            else:
+                self._prefill_left[uid] = left - chunk
+
     def _advance(self, response: Any, request: ActiveRequest) -> list[StreamEvent]:
         token = int(response.token)
         logprob = None
@@ -358,6 +388,7 @@ class Engine:
             return events
         uid = self._by_id.pop(request.request_id)
         del self._requests[uid]
+        self._prefill_left.pop(uid, None)
         cache, tokens = response.prompt_cache, response.all_tokens
         if response.finish_reason is None:  # a stop string: the batch still holds it
             assert self._generator is not None
@@ -382,7 +413,7 @@ class Engine:
         if self._prefix_store is not None:
             self._prefix_store.clear()
         self._fail_in_flight(FailureKind.OUT_OF_MEMORY, "out of memory; retry later", True)
-        self._waiting.extendleft(reversed(self._shared.drain()))  # their prefill starts over
+        self._waiting.push_front(self._shared.drain())  # their prefill starts over
         if self._generator is not None:
             self._generator.close()
         self._generator = self._new_generator()
@@ -393,6 +424,7 @@ class Engine:
             request.fail(kind, detail, retryable) for request in self._requests.values()
         ]
         self._requests.clear()
+        self._prefill_left.clear()
         self._by_id.clear()
         self._emit_any(events)
 
@@ -400,7 +432,7 @@ class Engine:
         """Fail the requests in the batch and the waiting ones (the engine is ending)."""
         self._fail_in_flight(kind, detail, retryable)
         waiting: list[EngineRequest] = [
-            *self._waiting,
+            *self._waiting.drain(),
             *self._shared.drain(),
             *self._embeddings.drain(),
         ]
@@ -408,5 +440,4 @@ class Engine:
             Failed(request_id=r.request_id, kind=kind, retryable=retryable, detail=detail)
             for r in waiting
         ]
-        self._waiting.clear()
         self._emit_any(events)

@@ -14,7 +14,11 @@ class EngineConfig:
     prefill_batch_size: int = 8
     """Prompts prefilled together at most."""
     prefill_step_size: int = 256
-    """Prompt tokens prefilled per step: the most a new prompt delays running streams."""
+    """Prompt tokens each prompt in prefill takes per step when there is no token budget."""
+    max_batched_tokens: int | None = None
+    """Tokens one engine step computes at most, decodes first (see
+    :mod:`actors.generation.engine.token_budget`); 0: no budget; ``None``: the
+    backend's default (:func:`~actors.generation.engine.token_budget.default_budget`)."""
     weights: str = "auto"
     """Weight layout (``auto``, ``quantized`` or ``float32``; see ``actors.model.weights``)."""
     shards: int = 1

@@ -2,9 +2,9 @@
 
 The choices of one request arrive as separate :class:`Generate` messages that
 name the same ``prefill_group``. The first to be scheduled starts a prefill of
-the prompt (all but its last token) into a KV cache of its own, one chunk of
-``prefill_step_size`` tokens per engine step, as the batch prefills, so running
-streams wait one chunk at most. Choices that arrive meanwhile wait with it.
+the prompt (all but its last token) into a KV cache of its own, one chunk per
+engine step sized by the step's token budget (as the batch's prompts are), so
+running streams wait one chunk at most. Choices that arrive meanwhile wait with it.
 Once the prompt is prefilled, every waiting choice enters the batch with a
 private copy of that cache and prefills only the last token, so the prompt is
 computed once however many choices share it.
@@ -73,13 +73,17 @@ class SharedPrefill:
 class SharedPrefills:
     """The groups being prefilled, by ``prefill_group``."""
 
-    def __init__(self, model: Any, chunk: int) -> None:
+    def __init__(self, model: Any) -> None:
         self._model = model
-        self._chunk = chunk
         self._groups: dict[str, SharedPrefill] = {}
 
     def __bool__(self) -> bool:
         return bool(self._groups)
+
+    def remaining(self) -> int:
+        """Prompt tokens the group being prefilled has left (0 when none is)."""
+        group = next(iter(self._groups.values()), None)
+        return 0 if group is None else len(group.prefix) - group.done
 
     def waiting(self) -> int:
         """Choices waiting for their group's prefill."""
@@ -100,16 +104,16 @@ class SharedPrefills:
         group.members.append(request)
         return True
 
-    def step(self) -> list[tuple[Generate, SharedPrefill]]:
-        """Prefill one chunk of the oldest group; the members of a group now complete."""
+    def step(self, chunk: int) -> list[tuple[Generate, SharedPrefill]]:
+        """Prefill ``chunk`` tokens of the oldest group; the members of a group now complete."""
         if not self._groups:
             return []
         group_id, group = next(iter(self._groups.items()))
         if not group.complete:
-            chunk = group.prefix[group.done : group.done + self._chunk]
-            self._model(mx.array([chunk]), cache=group.cache)
+            tokens = group.prefix[group.done : group.done + chunk]
+            self._model(mx.array([tokens]), cache=group.cache)
             mx.eval([layer.state for layer in group.cache])
-            group.done += len(chunk)
+            group.done += len(tokens)
         if not group.complete:
             return []
         del self._groups[group_id]
