@@ -27,6 +27,7 @@ from api.admin.fault_switch import FaultSwitch
 from api.admin.live_settings import LiveSettings, SettingsHooks, endpoint_timeouts
 from api.admin.routes import AdminRoutes
 from api.admin.status_routes import StatusRoutes
+from api.admin.tenants_route import TenantsRoute
 from api.anthropic.message_types import PROBLEM_SHAPES
 from api.anthropic.messages import AnthropicMessages
 from api.config.model_choice import served_name
@@ -124,6 +125,7 @@ class TroupeApp:
         anthropic = AnthropicMessages(self.pipeline)
         metrics = MetricsRoutes(lambda: self.lifespan.system)
         models = ModelsRoute(self.catalog.entries, int(time.time()))
+        tenants = TenantsRoute(self.tenants, self.intake, self.settings.tenants)
         return {
             "/health/live": {"GET": self.status.live},
             "/health/ready": {"GET": self.status.ready},
@@ -135,6 +137,7 @@ class TroupeApp:
             # The console's views, under the admin key (the /v1/ twins take an API key).
             "/admin/supervisor": {"GET": self.status.supervisor},
             "/admin/metrics": {"GET": metrics.metrics},
+            "/admin/tenants": {"GET": tenants.show, "PUT": tenants.replace},
             **self.admin.routes(),
             "/v1/metrics": {"GET": metrics.metrics},
             "/v1/chat/completions": {"POST": completions.chat},

@@ -461,7 +461,10 @@ def test_check_config_reports_every_tenants_file_mistake_without_a_key(
             f'[tenants.b]\nkeys = ["{secret}"]\n[tenants.a]\nkeys = ["{secret}"]\n'
         ),
         "tenants.'key-mine' must be": f'[tenants.key-mine]\nkeys = ["{secret}"]\n',
-        "Object contains unknown field `weight`": f'[tenants.a]\nkeys = ["{secret}"]\nweight = 2\n',
+        "Object contains unknown field `colour`": f'[tenants.a]\nkeys = ["{secret}"]\ncolour = 2\n',
+        "Expected `float` <= 1000.0 - at `tenants.a.weight`": (
+            f'[tenants.a]\nkeys = ["{secret}"]\nweight = 5000\n'
+        ),
         "Expected `array` of length >= 1": "[tenants.a]\nkeys = []\n",
         "admin_key: is also a key of the tenants file": f'[tenants.a]\nkeys = ["{secret}"]\n',
     }

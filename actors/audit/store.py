@@ -60,6 +60,7 @@ _COLUMNS: dict[str, str] = {
     "completion_tokens": "INTEGER NOT NULL",
     "error_type": "TEXT",
     "key_hash": "TEXT",
+    "tenant": "TEXT",
 }
 
 
@@ -79,6 +80,8 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
         ttft_ms: Time to the first token, ``None`` when none was produced.
         error_type: A short error class such as ``timeout``; never an error message.
         key_hash: :func:`hash_key` of the caller's API key, never the key.
+        tenant: The tenant the key belongs to (a team's name, or the key's own
+            ``key-...`` tenant); ``None`` on a server without keys.
     """
 
     request_id: str
@@ -93,6 +96,7 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens: int = 0
     error_type: str | None = None
     key_hash: str | None = None
+    tenant: str | None = None
 
 
 if tuple(_COLUMNS) != AuditRecord.__struct_fields__:  # pragma: no cover - a programming error
@@ -182,6 +186,11 @@ class AuditStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         columns = ", ".join(f"{name} {kind}" for name, kind in _COLUMNS.items())
         conn.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE} ({columns}) STRICT")
+        # A log written before a column existed gains it (empty for the old rows).
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({_TABLE})")}
+        for name, kind in _COLUMNS.items():
+            if name not in present:
+                conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN {name} {kind}")
         conn.execute(f"CREATE INDEX IF NOT EXISTS {_TABLE}_ts ON {_TABLE} (ts)")
         conn.execute(
             f"CREATE INDEX IF NOT EXISTS {_TABLE}_model_endpoint ON {_TABLE} (model, endpoint)"
@@ -229,6 +238,7 @@ class AuditStore:
         until: float | None = None,
         limit: int = 100,
         offset: int = 0,
+        tenant: str | None = None,
     ) -> list[AuditRecord]:
         """Matching records, newest first.
 
@@ -240,6 +250,7 @@ class AuditStore:
             until: Only records with ``ts < until``.
             limit: Page size, capped at :data:`MAX_QUERY_LIMIT`.
             offset: Records to skip, for the next pages.
+            tenant: Only this tenant's requests.
 
         Returns:
             At most ``min(limit, MAX_QUERY_LIMIT)`` records.
@@ -249,7 +260,7 @@ class AuditStore:
         """
         if limit < 1 or offset < 0:
             raise ValueError("limit must be at least 1 and offset at least 0")
-        where, params = _where(model=model, status=status, endpoint=endpoint)
+        where, params = _where(model=model, status=status, endpoint=endpoint, tenant=tenant)
         where, params = _add_window(where, params, since, until)
         sql = (
             f"SELECT {', '.join(_COLUMNS)} FROM {_TABLE}{_clause(where)}"

@@ -42,6 +42,7 @@ from actors.intake.protocol import (
     ReportMemory,
     ReportPressure,
     SetRateLimit,
+    SetTenants,
     StartDraining,
     StopDraining,
     Tokenized,
@@ -98,6 +99,10 @@ class IntakeActor(Actor):
                 # A value start-up would refuse changes nothing: the stats say what holds.
                 with contextlib.suppress(ValueError):
                     self.state.set_rate_limit(rate, burst, now=clock.monotonic())
+                answer = self._stats()
+            case SetTenants(policy=policy):
+                with contextlib.suppress(ValueError):
+                    self.state.set_tenants(policy, now=clock.monotonic())
                 answer = self._stats()
             case CrashIntake():
                 raise IntakeCrash("crash requested")

@@ -116,6 +116,14 @@ class TokenBucket:
             return 0.0
         return (1.0 - available) / self.rate
 
+    def take_many(self, count: float, now: float) -> float:
+        """Take ``count`` tokens; 0.0 if they were taken, else seconds until they are there."""
+        available = self.tokens(now)
+        if available >= count:
+            self._tokens = available - count
+            return 0.0
+        return (count - available) / self.rate
+
     def reconfigure(self, rate: float, burst: int, now: float) -> None:
         """Refill at ``rate`` and hold at most ``burst`` from ``now`` on (tokens kept, capped)."""
         self.tokens(now)  # credit the time so far at the old rate

@@ -17,6 +17,7 @@ message                answer                      send with
 ``GetIntakeStats``     ``IntakeStats``             ask
 ``StartDraining``      ``IntakeStats``             ask
 ``StopDraining``       ``IntakeStats``             ask
+``SetTenants``         ``IntakeStats``             ask
 ``CrashIntake``        the actor crashes           ask/tell
 =====================  ==========================  =========
 
@@ -32,6 +33,8 @@ prefill. Intake uses the deadline only to reclaim an admitted request whose
 from __future__ import annotations
 
 import enum
+
+import msgspec
 
 from runtime.messages import Message
 
@@ -51,6 +54,10 @@ class ShedReason(enum.StrEnum):
     """This prompt would take the in-flight prompt tokens past ``queue_max_prompt_tokens``."""
     MEMORY_FULL = "memory_full"
     """This request's KV cache would not fit what the memory budget has left."""
+    TENANT_CONCURRENCY = "tenant_concurrency"
+    """Its tenant has as many requests in flight as its ``max_concurrent`` allows."""
+    TENANT_TOKENS = "tenant_tokens"
+    """Its tenant's ``tokens_per_minute`` are spent."""
 
 
 class Ending(enum.StrEnum):
@@ -84,6 +91,8 @@ class Admit(Message, frozen=True, kw_only=True):
     """Sequences the prompt is generated for (``n``); each holds the prompt's KV cache."""
     model: str = ""
     """The served model it is for ("" with a single model): its KV bytes per token apply."""
+    tenant: str = ""
+    """Whose request it is (a team's name, or a key's own tenant); "": no keys."""
 
 
 class Admitted(Message, frozen=True, kw_only=True):
@@ -170,6 +179,44 @@ class CrashIntake(Message, frozen=True, kw_only=True):
     """Make the intake actor's handler raise (drills and tests); its state survives."""
 
 
+class TenantLimits(Message, frozen=True, kw_only=True):
+    """One tenant's limits (the tenants file's table for it, or its ``[default]``)."""
+
+    weight: float = 1.0
+    """Its share of the engine while tenants wait, relative to the others' weights."""
+    max_concurrent: int | None = None
+    """Requests in flight at once, at most; ``None``: only the server's limits."""
+    tokens_per_minute: int | None = None
+    """Tokens (prompt and ``max_tokens``) admitted per minute, at most; ``None``: no quota."""
+
+
+class TenantPolicy(Message, frozen=True, kw_only=True):
+    """Every tenant's limits: named tenants', and the default for all others."""
+
+    tenants: dict[str, TenantLimits] = msgspec.field(default_factory=dict)
+    default: TenantLimits = msgspec.field(default_factory=TenantLimits)
+
+
+class SetTenants(Message, frozen=True, kw_only=True):
+    """New tenant limits, at run time (the console's edit of the tenants file)."""
+
+    policy: TenantPolicy
+
+
+class TenantStats(Message, frozen=True, kw_only=True):
+    """One tenant's admission counters and limits."""
+
+    tenant: str
+    in_flight: int
+    admitted_total: int
+    shed_total: int
+    shed: dict[str, int]
+    """Requests shed, by reason (any reason: the tenant's limits and the server's)."""
+    weight: float
+    max_concurrent: int | None
+    tokens_per_minute: int | None
+
+
 class IntakeStats(Message, frozen=True, kw_only=True):
     """Intake's counters; totals count since the state was created, across restarts."""
 
@@ -208,3 +255,7 @@ class IntakeStats(Message, frozen=True, kw_only=True):
     """The per-client rate limit in force (0: off); it can change at run time."""
     rate_limit_burst: int = 1
     """The burst in force with it."""
+    shed_tenant_concurrency: int = 0
+    shed_tenant_tokens: int = 0
+    tenants: list[TenantStats] = msgspec.field(default_factory=list)
+    """The busiest tenants' counters (bounded); empty on a server without keys."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from actors.intake.limits import (
     DEFAULT_RETRY_AFTER,
@@ -11,6 +11,7 @@ from actors.intake.limits import (
     DRAIN_TIME_CONSTANT,
     MAX_RETRY_AFTER,
 )
+from actors.intake.protocol import TenantPolicy
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class IntakeSettings:
     memory_budget: int | None = None
     """Bytes for the weights, the prefix cache and every admitted request's KV cache;
     ``None``: admission does not check memory."""
+    tenants: TenantPolicy = field(default_factory=TenantPolicy)
+    """Per-tenant limits (:mod:`actors.intake.tenants`); they can change at run time."""
     reclaim_after: float = 60.0
     """Seconds past an admitted request's deadline after which it is dropped from the
     books if its ``Release`` never came (a lost tell, or an asker that gave up just

@@ -34,8 +34,10 @@ from actors.intake.protocol import (
     IntakeStats,
     Rejected,
     ShedReason,
+    TenantPolicy,
 )
 from actors.intake.settings import IntakeSettings
+from actors.intake.tenants import TenantBook, check_limits
 
 log = logging.getLogger("troupe.intake")
 
@@ -49,6 +51,7 @@ class _InFlight:
     max_tokens: int = 0
     choices: int = 1
     model: str = ""
+    tenant: str = ""
 
     @property
     def kv_tokens(self) -> int:
@@ -73,6 +76,7 @@ class IntakeState:
         self.buckets = ClientBuckets(s.rate_limit_per_second, s.rate_limit_burst, s.max_clients)
         self.drain = DrainRate(s.drain_time_constant)
         self.draining = False
+        self.tenants = TenantBook(s.tenants)
         self._entries: dict[int, _InFlight] = {}
         self._by_request: dict[str, list[int]] = {}
         self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, number)
@@ -112,6 +116,9 @@ class IntakeState:
             )
             return self._reject(request, ShedReason.RATE_LIMITED, detail, now, ceil_seconds(wait))
         tokens = estimate_prompt_tokens(request.prompt_chars, request.messages)
+        kv = kv_tokens(tokens, request.max_tokens, request.choices)
+        if limited := self.tenants.refusal(request.tenant, kv, now):
+            return self._reject(request, limited.reason, limited.detail, now, limited.retry_after)
         if refused := self._over_capacity(request, tokens, now):
             return refused
         self._book(request, tokens, now)
@@ -184,6 +191,14 @@ class IntakeState:
         self.settings = settings
         log.info("intake rate limit now %g/s, burst %d", rate, burst)
 
+    def set_tenants(self, policy: TenantPolicy, *, now: float) -> None:
+        """New per-tenant limits from ``now`` on (checked as at start-up)."""
+        for limits in (policy.default, *policy.tenants.values()):
+            check_limits(limits)  # raises ValueError, leaving everything as it was
+        self.tenants.reconfigure(policy, now)
+        self.settings = dataclasses.replace(self.settings, tenants=policy)
+        log.info("intake tenant limits now cover %d named tenants", len(policy.tenants))
+
     def retry_after(self, now: float) -> int:
         """``Retry-After`` for shedding caused by the backlog, from the measured drain rate."""
         s = self.settings
@@ -224,6 +239,9 @@ class IntakeState:
             client_buckets=len(self.buckets),
             rate_limit_per_second=self.settings.rate_limit_per_second,
             rate_limit_burst=self.settings.rate_limit_burst,
+            shed_tenant_concurrency=self.shed[ShedReason.TENANT_CONCURRENCY],
+            shed_tenant_tokens=self.shed[ShedReason.TENANT_TOKENS],
+            tenants=self.tenants.stats(),
         )
 
     def _reject(
@@ -235,6 +253,7 @@ class IntakeState:
         retry_after: int | None = None,
     ) -> Rejected:
         self.shed[reason] += 1
+        self.tenants.shed(request.tenant, reason, now)
         return Rejected(
             request_id=request.request_id,
             reason=reason,
@@ -252,8 +271,10 @@ class IntakeState:
             request.max_tokens,
             request.choices,
             request.model,
+            request.tenant,
         )
         self._entries[number] = entry
+        self.tenants.book(entry.tenant, entry.kv_tokens, now)
         self.memory.book(entry.model, entry.kv_tokens)
         self._by_request.setdefault(request.request_id, []).append(number)
         if request.deadline is not None and math.isfinite(request.deadline):
@@ -280,5 +301,6 @@ class IntakeState:
             del self._by_request[entry.request_id]
         self._prompt_tokens -= entry.prompt_tokens
         self.memory.book(entry.model, -entry.kv_tokens)
+        self.tenants.release(entry.tenant)
         if not self._entries:
             self.drain.idle(now)

@@ -89,6 +89,8 @@ class RequestShed(Message, frozen=True, kw_only=True):
     """A request was turned away before generation (``reason``: a ``ShedReason`` value)."""
 
     reason: str
+    tenant: str = ""
+    """Whose request it was ("" on a server without keys)."""
 
 
 class RequestCancelled(Message, frozen=True, kw_only=True):

@@ -221,6 +221,13 @@ class MetricsRegistry:
             "troupe_generation_tokens", "Generated tokens.", registry=registry
         )
         self.shed = Counter("troupe_requests_shed", "Requests shed.", ["reason"], registry=registry)
+        self._tenants = _Labels()
+        self.tenant_shed = Counter(
+            "troupe_tenant_requests_shed",
+            "Requests shed, by tenant (at most 32 tenants named, the rest as other).",
+            ["tenant", "reason"],
+            registry=registry,
+        )
         self.cancelled = Counter(
             "troupe_requests_cancelled", "Requests cancelled.", ["reason"], registry=registry
         )
@@ -258,10 +265,12 @@ class MetricsRegistry:
         for gap in inter_token:
             self.inter_token.observe(max(0.0, gap))
 
-    def observe_shed(self, reason: str) -> str:
+    def observe_shed(self, reason: str, tenant: str = "") -> str:
         """Count a shed request; return the label used (``other`` past the cap)."""
         label = self._reasons(reason)
         self.shed.labels(label).inc()
+        if tenant:
+            self.tenant_shed.labels(self._tenants(tenant), label).inc()
         return label
 
     def observe_cancelled(self, reason: str) -> str:

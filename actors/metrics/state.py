@@ -174,8 +174,8 @@ class MetricsState:
                 self.generated_rate.add(event.completion_tokens)
                 if event.admitted:
                     self._observe_latency(event, gaps)
-            case RequestShed(reason=reason):
-                totals.shed[self.registry.observe_shed(reason)] += 1
+            case RequestShed(reason=reason, tenant=tenant):
+                totals.shed[self.registry.observe_shed(reason, tenant)] += 1
             case RequestCancelled(reason=reason):
                 totals.cancelled[self.registry.observe_cancelled(reason)] += 1
 

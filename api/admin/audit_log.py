@@ -18,6 +18,7 @@ from api.admin.audit_feed import AuditFeed, RowFilter, stream_rows
 from api.http.asgi import Request, Responder
 from api.http.middleware import bearer_token
 from api.http.problems import HTTPProblem
+from api.http.tenants import tenant_of
 
 Number = TypeVar("Number", int, float)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -64,6 +65,7 @@ class AuditLog:
             completion_tokens=completion_tokens,
             error_type=error_type,
             key_hash=hash_key(_presented_key(request)),
+            tenant=tenant_of(request),
         )
         self.writer.submit(row)
         self.feed.publish(row)
@@ -74,7 +76,7 @@ class AuditLog:
         self.store.close()
 
     async def logs(self, request: Request, respond: Responder) -> None:
-        """``GET /admin/audit-logs?model=&status=&endpoint=&since=&until=&limit=&offset=``."""
+        """``GET /admin/audit-logs`` filtered by model, status, endpoint, tenant, since, until."""
         query = _query(request)
         try:
             rows = await anyio.to_thread.run_sync(
@@ -82,6 +84,7 @@ class AuditLog:
                     model=query.get("model"),
                     status=_number(query, "status", int),
                     endpoint=query.get("endpoint"),
+                    tenant=query.get("tenant"),
                     since=_number(query, "since", float),
                     until=_number(query, "until", float),
                     limit=min(_number(query, "limit", int) or 100, MAX_QUERY_LIMIT),

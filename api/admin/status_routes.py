@@ -21,6 +21,7 @@ from actors.models.protocol import KEEPER, GetModels, ModelsReport
 from api.admin.health import actors_health, engine_counts, not_ready_reasons, overall_health
 from api.http.asgi import Request, Responder
 from api.http.problems import HTTPProblem
+from api.http.tenants import tenant_of
 from api.serving.catalog import ModelCatalog
 from runtime import ActorSystem, Message, TroupeError
 
@@ -95,6 +96,12 @@ class StatusRoutes:
                 "in_flight": intake.in_flight,
                 "kv_tokens_booked": intake.kv_tokens_booked,
                 "memory_left_bytes": intake.memory_left_bytes,
+                # The caller's own tenant only: one tenant never sees another's load.
+                "tenants": [
+                    msgspec.to_builtins(row)
+                    for row in intake.tenants
+                    if row.tenant == tenant_of(request)
+                ],
             }
         )
         await respond.json(200, payload)

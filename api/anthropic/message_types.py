@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from msgspec import Meta, Struct
 
 from api.http.problems import Problem, ProblemShapes
-from api.openai.request_types import MAX_TOKENS_ACCEPTED, CacheSalt, Nothing
+from api.openai.request_types import MAX_TOKENS_ACCEPTED, CacheSalt, Nothing, Priority
 
 ToolName = Annotated[str, Meta(pattern="^[a-zA-Z0-9_-]{1,64}$")]
 
@@ -174,6 +174,8 @@ class MessagesRequest(Struct, frozen=True, kw_only=True):
     cache_salt: CacheSalt | None = None
     """An extension (vLLM's field): prompt prefixes are reused only between requests
     of one tenant that carry the same salt."""
+    priority: Priority | None = None
+    """An extension (vLLM's field): among one tenant's waiting requests, lower runs sooner."""
 
 
 class CountTokensRequest(Struct, frozen=True, kw_only=True):

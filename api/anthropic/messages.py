@@ -194,6 +194,7 @@ def _chat_request(body: MessagesRequest | CountTokensRequest, model: str) -> Cha
         stop=list(body.stop_sequences or ()) or None,
         stream=body.stream,
         cache_salt=body.cache_salt,
+        priority=body.priority,
     )
 
 

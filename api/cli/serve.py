@@ -26,6 +26,7 @@ from hypercorn.utils import LifespanFailureError, LifespanTimeoutError
 
 from actors.generation.engine.engine_config import EngineConfig
 from actors.generation.supervised.engine_actor import EngineProcessSettings
+from actors.intake.protocol import TenantPolicy
 from actors.intake.settings import IntakeSettings
 from actors.kvcache.control import KVCacheSettings
 from actors.kvcache.pressure import PressureConfig
@@ -47,6 +48,7 @@ from api.app import TroupeApp, build_asgi
 from api.config.model_choice import chosen_model, served_name, warn_if_embedded_by_default
 from api.config.models_file import read_models_file
 from api.config.settings import EMBEDDED_MODEL, Settings
+from api.config.tenants_file import read_tenants_file
 from api.config.toml_file import ConfigFile
 from api.http.logs import log_lifecycle
 from api.http.observe import public_config
@@ -148,6 +150,7 @@ def inference_settings(settings: Settings) -> InferenceSettings:
     return InferenceSettings(
         engine=EngineConfig(
             completion_batch_size=settings.max_running,
+            max_batched_tokens=settings.max_batched_tokens,
             weights=settings.weights,
             shards=settings.shards,
             shard_hosts=tuple(settings.shard_hosts),
@@ -166,6 +169,9 @@ def inference_settings(settings: Settings) -> InferenceSettings:
         restart_period=settings.restart_period,
         backoff=Backoff(initial=min(Backoff.initial, cap), cap=cap),
         intake=IntakeSettings(
+            tenants=read_tenants_file(settings.tenants).policy()
+            if settings.tenants is not None
+            else TenantPolicy(),
             queue_max_requests=settings.queue_max_requests,
             queue_max_prompt_tokens=settings.queue_max_prompt_tokens,
             rate_limit_per_second=settings.rate_limit_per_second,

@@ -82,12 +82,27 @@ class _Models(msgspec.Struct):
     models: list[_Model] = msgspec.field(default_factory=list)
 
 
+class _Tenant(msgspec.Struct):
+    tenant: str
+    in_flight: int = 0
+    admitted_total: int = 0
+    shed_total: int = 0
+    weight: float = 1.0
+    max_concurrent: int | None = None
+    tokens_per_minute: int | None = None
+
+
+class _Intake(msgspec.Struct):
+    tenants: list[_Tenant] = msgspec.field(default_factory=list)
+
+
 class _Extras(msgspec.Struct):
     """The optional parts of the response that are not in ``SystemStatus``."""
 
     cache: _Cache | None = None
     engine: _Engine | None = None
     models: _Models | None = None
+    intake: _Intake | None = None
 
 
 class _Problem(msgspec.Struct):
@@ -108,6 +123,8 @@ class Snapshot:
     """One line about the engine process, if the engine runs in one."""
     models: list[list[str]] | None = None
     """A table row per served model, when the server serves several."""
+    tenants: list[list[str]] | None = None
+    """The caller's tenant's row, on a server with keys."""
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,7 +220,23 @@ def fetch(client: httpx.Client, url: str) -> Snapshot:
         response.content,
         None if process is None else _describe_process(process),
         None if extras.models is None else [_model_row(m) for m in extras.models.models],
+        [_tenant_row(t) for t in extras.intake.tenants] if extras.intake else None,
     )
+
+
+def _tenant_row(tenant: _Tenant) -> list[str]:
+    limits = [
+        f"{tenant.max_concurrent} at once" if tenant.max_concurrent is not None else "",
+        f"{tenant.tokens_per_minute:,} tokens/min" if tenant.tokens_per_minute else "",
+    ]
+    return [
+        tenant.tenant,
+        str(tenant.in_flight),
+        str(tenant.admitted_total),
+        str(tenant.shed_total),
+        f"{tenant.weight:g}",
+        ", ".join(limit for limit in limits if limit) or "-",
+    ]
 
 
 def _model_row(model: _Model) -> list[str]:
@@ -250,6 +283,9 @@ def render(snapshot: Snapshot, url: str) -> str:
     if snapshot.models is not None:
         header = ["MODEL", "PHASE", "WEIGHTS", "IN FLIGHT", "IDLE", "LOADS/UNLOADS"]
         lines += ["", *_table([header, *snapshot.models])]
+    if snapshot.tenants:
+        header = ["TENANT", "IN FLIGHT", "ADMITTED", "SHED", "WEIGHT", "LIMITS"]
+        lines += ["", *_table([header, *snapshot.tenants])]
     if snapshot.engine_process is not None:
         lines.append(f"\nengine process: {snapshot.engine_process}")
     if snapshot.cache_breaker is not None:

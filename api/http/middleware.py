@@ -227,6 +227,7 @@ class AuthMiddleware:
                 state = scope.setdefault("state", {})
                 state["api_key"] = tenant.key_digest
                 state["tenant"] = tenant.name
+                state["tenant_weight"] = tenant.weight
         await self.app(scope, receive, send)
 
     @staticmethod

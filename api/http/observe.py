@@ -78,9 +78,9 @@ class Observer:
         """A request ended (successfully or not)."""
         self._send(event)
 
-    def shed(self, reason: str) -> None:
-        """Intake refused a request."""
-        self._send(RequestShed(reason=reason))
+    def shed(self, reason: str, tenant: str = "") -> None:
+        """Intake refused a request (of ``tenant``, on a server with keys)."""
+        self._send(RequestShed(reason=reason, tenant=tenant))
 
     def cancelled(self, reason: str) -> None:
         """A request was cut short (disconnect, deadline)."""

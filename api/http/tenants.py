@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from api.config.tenants_file import RESERVED_PREFIX, TenantsFile
+from api.http.asgi import Request
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class Tenant:
     """A team's name, or ``key-`` and 12 hex digits of the key's digest."""
     key_digest: str
     """16 hex digits of the key's SHA-256: per-key figures name the key by this."""
+    weight: float = 1.0
+    """Its share of the engine while tenants wait (the tenants file's ``weight``)."""
 
 
 def key_digest(key: bytes) -> str:
@@ -35,17 +38,29 @@ class TenantDirectory:
     """The accepted API keys and the tenant of each."""
 
     def __init__(self, api_keys: Sequence[str], tenants: TenantsFile | None = None) -> None:
+        self._api_keys = tuple(api_keys)
         self._by_digest: dict[bytes, Tenant] = {}
-        for key in api_keys:
-            self._add(key.encode(), None)
-        for spec in tenants.tenants if tenants is not None else ():
-            for key in spec.keys:
-                self._add(key.encode(), spec.name)
+        self.file = TenantsFile(())
+        """What the tenants file said (its limits go to intake)."""
+        self.reload(tenants or TenantsFile(()))
 
-    def _add(self, key: bytes, team: str | None) -> None:
-        short = key_digest(key)
-        name = team if team is not None else f"{RESERVED_PREFIX}{short[:12]}"
-        self._by_digest[hashlib.sha256(key).digest()] = Tenant(name, short)
+    def reload(self, tenants: TenantsFile) -> None:
+        """Take a new tenants file (a run-time edit): requests from now on see only it.
+
+        The map is built aside and swapped in one assignment, so a request
+        never sees half of the old file and half of the new.
+        """
+        by_digest: dict[bytes, Tenant] = {}
+        entries: list[tuple[str, str | None, float]] = [
+            (key, None, tenants.default.weight) for key in self._api_keys
+        ]
+        for spec in tenants.tenants:
+            entries += [(key, spec.name, spec.limits.weight) for key in spec.keys]
+        for key, team, weight in entries:
+            short = key_digest(key.encode())
+            name = team if team is not None else f"{RESERVED_PREFIX}{short[:12]}"
+            by_digest[hashlib.sha256(key.encode()).digest()] = Tenant(name, short, weight)
+        self._by_digest, self.file = by_digest, tenants
 
     def __bool__(self) -> bool:
         """Whether any key is configured (else the API is open, and tenant-less)."""
@@ -64,3 +79,9 @@ class TenantDirectory:
     def tenants(self) -> list[str]:
         """Every tenant's name, each once, in the order they were configured."""
         return list(dict.fromkeys(tenant.name for tenant in self._by_digest.values()))
+
+
+def tenant_of(request: Request) -> str | None:
+    """The name of the tenant that sent ``request``; ``None`` on a server without keys."""
+    tenant = request.scope.get("state", {}).get("tenant")
+    return tenant if isinstance(tenant, str) else None

@@ -33,6 +33,8 @@ TokenIdKey = Annotated[str, Meta(pattern="^(0|[1-9][0-9]*)$")]
 """A token id written as a JSON object key (``logit_bias``)."""
 Nothing = Annotated[list[Any], Meta(max_length=0)]
 """An empty list: what a field the server cannot honour yet may carry."""
+Priority = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
+"""``priority`` (vLLM's field): among one tenant's waiting requests, lower runs sooner."""
 CacheSalt = Annotated[str, Meta(min_length=1, max_length=256)]
 """``cache_salt`` (vLLM's field): requests reuse each other's cached prompt prefixes
 only when they carry the same salt (and come from the same tenant)."""
@@ -61,6 +63,7 @@ class SamplingFields(Struct, frozen=True, kw_only=True):
     stream_options: StreamOptions | None = None
     user: str | None = None
     cache_salt: CacheSalt | None = None
+    priority: Priority | None = None
 
 
 class TextPart(Struct, frozen=True, kw_only=True):

@@ -187,7 +187,7 @@ def _v1_metrics(api: Guard) -> dict[str, Any]:
 
 
 def _audit_filters() -> list[dict[str, Any]]:
-    """The audit query's parameters: model, endpoint, status, since, until, limit, offset."""
+    """The audit query's parameters (filters, then the page; the tenant last)."""
     number = {"type": "number"}
     return [
         query_parameter("model", {"type": "string"}, "Only this model's rows."),
@@ -199,6 +199,7 @@ def _audit_filters() -> list[dict[str, Any]]:
         query_parameter("until", number, "Rows before this time (seconds since the epoch)."),
         query_parameter("limit", {**_INT64, "minimum": 0}, f"Rows at most (≤ {MAX_QUERY_LIMIT})."),
         query_parameter("offset", {**_INT64, "minimum": 0}, "Rows to skip."),
+        query_parameter("tenant", {"type": "string"}, "Only this tenant's rows."),
     ]
 
 
@@ -224,6 +225,7 @@ def _admin_paths(admin: Guard, served: ServedApi, fault: dict[str, Any]) -> dict
                 parameters=window,
             )
         },
+        "/admin/tenants": _tenants_operations(admin),
         "/admin/faults": {
             "post": admin.operation(
                 "Inject a fault (with --fault-injection).",
@@ -235,6 +237,21 @@ def _admin_paths(admin: Guard, served: ServedApi, fault: dict[str, Any]) -> dict
                 "End the lasting drills.", {JSON: OBJECT}, (*faults_off, 503)
             ),
         },
+    }
+
+
+def _tenants_operations(admin: Guard) -> dict[str, Any]:
+    """``/admin/tenants``: read every tenant's load; replace the tenants file (TOML text)."""
+    replace = admin.operation(
+        "Replace the tenants file (keys, teams, limits) at run time.",
+        {JSON: OBJECT},
+        (408, 413, 422, 503),
+    )
+    toml = {"schema": {"type": "string"}}
+    replace["requestBody"] = {"required": True, "content": {"application/toml": toml}}
+    return {
+        "get": admin.operation("Each tenant's load and limits.", {JSON: OBJECT}, (503,)),
+        "put": replace,
     }
 
 

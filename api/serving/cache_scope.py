@@ -13,14 +13,6 @@ from __future__ import annotations
 
 import hashlib
 
-from api.http.asgi import Request
-
-
-def tenant_of(request: Request) -> str | None:
-    """The name of the tenant that sent ``request``; ``None`` on a server without keys."""
-    tenant = request.scope.get("state", {}).get("tenant")
-    return tenant if isinstance(tenant, str) else None
-
 
 def cache_namespace(tenant: str | None, salt: str | None) -> str:
     """The namespace of ``tenant``'s requests that carry ``salt``."""

@@ -25,7 +25,8 @@ from actors.generation.protocol import (
     TokenChunk,
 )
 from api.http.asgi import Request, Responder
-from api.serving.cache_scope import cache_namespace, tenant_of
+from api.http.tenants import tenant_of
+from api.serving.cache_scope import cache_namespace
 from api.serving.channel import Channel
 from api.serving.choices import choice_requests, combined_end, retry_of
 from api.serving.jobs import Job
@@ -78,6 +79,9 @@ async def serve_generation(
         submitted_at=time.time(),
         traceparent=tracing.traceparent(outcome.span),
         cache_namespace=cache_namespace(tenant_of(request), body.cache_salt),
+        tenant=tenant_of(request) or "",
+        weight=float(request.scope.get("state", {}).get("tenant_weight", 1.0)),
+        priority=body.priority or 0,
     )
     generates = choice_requests(base, body.n)
     outcome.prompt_tokens = len(prompt)

@@ -20,12 +20,15 @@ from actors.intake.protocol import (
     Rejected,
     Release,
     SetRateLimit,
+    SetTenants,
     ShedReason,
     StartDraining,
+    TenantPolicy,
     Tokenized,
 )
 from api.http.asgi import Request
 from api.http.problems import HTTPProblem
+from api.http.tenants import tenant_of
 from runtime import ActorRef, ActorSystem, DeliveryError, TroupeError
 
 ADMIT_TIMEOUT = 5.0
@@ -77,6 +80,7 @@ class IntakeClient:
                 max_tokens=max_tokens,
                 model=model,
                 choices=choices,
+                tenant=tenant_of(request) or "",
             ),
             timeout=ADMIT_TIMEOUT,
         )
@@ -142,8 +146,18 @@ class IntakeClient:
             burst,
         )
 
+    async def set_tenants(self, policy: TenantPolicy) -> IntakeStats | None:
+        """Give intake new tenant limits; its statistics after, or ``None`` if it did not answer."""
+        if self._ref is None:
+            return None
+        return await self._ask(SetTenants(policy=policy))
+
+    async def stats(self) -> IntakeStats | None:
+        """Intake's statistics, or ``None`` if it does not answer in time."""
+        return None if self._ref is None else await self._ask(GetIntakeStats())
+
     async def _ask(
-        self, message: StartDraining | GetIntakeStats | SetRateLimit
+        self, message: StartDraining | GetIntakeStats | SetRateLimit | SetTenants
     ) -> IntakeStats | None:
         assert self._ref is not None
         with anyio.move_on_after(STATS_TIMEOUT), contextlib.suppress(TroupeError):

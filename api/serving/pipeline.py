@@ -26,6 +26,7 @@ from actors.generation.protocol import EngineStats
 from api.http.asgi import Request, Responder
 from api.http.observe import Observer
 from api.http.problems import HTTPProblem
+from api.http.tenants import tenant_of
 from api.openai.request_types import ChatCompletionRequest
 from api.serving.catalog import CatalogEntry, ModelCatalog
 from api.serving.embedding import serve_embedding
@@ -185,7 +186,8 @@ class Pipeline:
                     model=model_key,
                 )
         except HTTPProblem as refused:
-            self._observer.shed(refused.problem.slug.replace("-", "_"))
+            reason = refused.problem.slug.replace("-", "_")
+            self._observer.shed(reason, tenant_of(request) or "")
             raise
         except BaseException:
             # Cut short (the deadline, the client, the ask's own timeout) while

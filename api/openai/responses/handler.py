@@ -112,6 +112,7 @@ def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
         top_p=body.top_p,
         stream=body.stream,
         cache_salt=body.cache_salt,
+        priority=body.priority,
     )
 
 

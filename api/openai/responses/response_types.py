@@ -23,6 +23,7 @@ from api.openai.request_types import (
     CacheSalt,
     FunctionName,
     Nothing,
+    Priority,
     SchemaName,
 )
 
@@ -170,6 +171,7 @@ class ResponsesRequest(Struct, frozen=True, kw_only=True):
     prompt: None = None
     user: str | None = None
     cache_salt: CacheSalt | None = None
+    priority: Priority | None = None
 
 
 NOT_HONOURED_RESPONSES = {
