@@ -47,6 +47,7 @@ METADATA_COLUMNS = {
     "completion_tokens": "INTEGER",
     "error_type": "TEXT",
     "key_hash": "TEXT",
+    "tenant": "TEXT",
 }
 
 
@@ -97,6 +98,22 @@ class FakeNow:
         return self.t
 
 
+def test_a_log_from_before_a_column_gains_it_and_keeps_its_rows(db: Path) -> None:
+    with sqlite3.connect(db) as conn:  # the schema before the tenant column
+        old = ", ".join(
+            f"{name} {kind}" for name, kind in METADATA_COLUMNS.items() if name != "tenant"
+        )
+        conn.execute(f"CREATE TABLE audit_log ({old}) STRICT")
+        conn.execute(
+            "INSERT INTO audit_log (request_id, ts, model, endpoint, status, duration_ms,"
+            " prompt_tokens, completion_tokens) VALUES ('old', 1.0, 'm', 'chat', 200, 5.0, 1, 2)"
+        )
+    with AuditStore(db) as store:
+        store.insert_many([rec(1, tenant="research")])
+        rows = {row.request_id: row.tenant for row in store.query()}
+    assert rows == {"old": None, rec(1).request_id: "research"}
+
+
 def test_schema_holds_only_metadata(store: AuditStore, db: Path) -> None:
     with sqlite3.connect(db) as conn:
         info = conn.execute("PRAGMA table_info(audit_log)").fetchall()
@@ -107,7 +124,15 @@ def test_schema_holds_only_metadata(store: AuditStore, db: Path) -> None:
     assert {row[1]: row[2] for row in info} == METADATA_COLUMNS
     # The only text columns are the enumerated metadata: nowhere to put a prompt.
     text = {row[1] for row in info if row[2] == "TEXT"}
-    assert text == {"request_id", "model", "endpoint", "finish_reason", "error_type", "key_hash"}
+    assert text == {
+        "request_id",
+        "model",
+        "endpoint",
+        "finish_reason",
+        "error_type",
+        "key_hash",
+        "tenant",
+    }
     assert set(AuditRecord.__struct_fields__) == set(METADATA_COLUMNS)
     assert sorted(indexed.values()) == [["model", "endpoint"], ["ts"]]
 

@@ -313,6 +313,11 @@ def test_the_tenants_file_is_replaced_at_run_time(server: Server) -> None:
         server.url + "/admin/tenants", content=b"[tenants.x]\nkeys = 3\n", headers=admin
     )
     assert bad.status_code == 422 and "tenants.x.keys" in bad.json()["detail"]
+    empty = httpx.put(server.url + "/admin/tenants", content=b" \n", headers=admin)
+    assert empty.status_code == 422 and "empty" in empty.json()["detail"]
+    as_json = {**admin, "content-type": "application/json"}
+    wrong = httpx.put(server.url + "/admin/tenants", content=b"{}", headers=as_json)
+    assert wrong.status_code == 415
     fresh = "key-fresh"
     edited = TENANTS + f'\n[tenants.fresh]\nkeys = ["{fresh}"]\nmax_concurrent = 2\n'
     answer = httpx.put(

@@ -28,6 +28,8 @@ from api.serving.intake_client import IntakeClient
 
 MAX_FILE_BYTES = 1024 * 1024
 """The largest tenants file accepted over HTTP."""
+TEXT_TYPES = ("application/toml", "text/plain")
+"""The body's accepted media types (TOML has no other registered one)."""
 
 
 class TenantsRoute:
@@ -48,7 +50,15 @@ class TenantsRoute:
 
     async def replace(self, request: Request, respond: Responder) -> None:
         """``PUT /admin/tenants`` with the tenants file's TOML text as the body."""
+        kind = (request.header("content-type") or "").partition(";")[0].strip().lower()
+        if kind not in TEXT_TYPES:
+            raise HTTPProblem(
+                415, "unsupported-media-type", "send the tenants file as application/toml"
+            )
         raw = await request.body(MAX_FILE_BYTES)
+        if not raw.strip():
+            # A missing body is a mistake, not "no teams": that is an empty [default].
+            raise HTTPProblem(422, "invalid-tenants", "the body is empty: send the tenants file")
         try:
             parsed = parse_tenants(raw)
         except TenantsFileError as exc:
@@ -64,13 +74,13 @@ class TenantsRoute:
         await respond.json(200, {**self._view(stats.tenants), "saved": saved})
 
     def _view(self, rows: list[Any]) -> dict[str, Any]:
-        file = self.directory.file
         return {
             "tenants": msgspec.to_builtins(rows),
             "named": {
-                spec.name: {"keys": len(spec.keys), **_limits(spec.limits)} for spec in file.tenants
+                team.name: {"keys": team.keys, **_limits(team.limits)}
+                for team in self.directory.teams
             },
-            "default": _limits(file.default),
+            "default": _limits(self.directory.default),
         }
 
 

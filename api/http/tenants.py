@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from actors.intake.protocol import TenantLimits
 from api.config.tenants_file import RESERVED_PREFIX, TenantsFile
 from api.http.asgi import Request
 
@@ -29,19 +30,37 @@ class Tenant:
     """Its share of the engine while tenants wait (the tenants file's ``weight``)."""
 
 
+@dataclass(frozen=True)
+class Team:
+    """A named tenant as the operator sees it: how many keys, never which."""
+
+    name: str
+    keys: int
+    limits: TenantLimits
+
+
 def key_digest(key: bytes) -> str:
     """The digest a key is known by in logs, limits and names (never the key)."""
     return hashlib.sha256(key).hexdigest()[:16]
+
+
+def _digests(key: str) -> tuple[bytes, str]:
+    """A key's SHA-256 (what lookups match) and its short digest (what it is known by)."""
+    full = hashlib.sha256(key.encode()).digest()
+    return full, full.hex()[:16]
 
 
 class TenantDirectory:
     """The accepted API keys and the tenant of each."""
 
     def __init__(self, api_keys: Sequence[str], tenants: TenantsFile | None = None) -> None:
-        self._api_keys = tuple(api_keys)
+        # Digests only, never a key: this object outlives start-up.
+        self._api_keys = tuple(_digests(key) for key in api_keys)
         self._by_digest: dict[bytes, Tenant] = {}
-        self.file = TenantsFile(())
-        """What the tenants file said (its limits go to intake)."""
+        self.teams: tuple[Team, ...] = ()
+        """The named tenants, without their keys (what the operator's view shows)."""
+        self.default = TenantLimits()
+        """The limits of every tenant not named in the file."""
         self.reload(tenants or TenantsFile(()))
 
     def reload(self, tenants: TenantsFile) -> None:
@@ -51,16 +70,14 @@ class TenantDirectory:
         never sees half of the old file and half of the new.
         """
         by_digest: dict[bytes, Tenant] = {}
-        entries: list[tuple[str, str | None, float]] = [
-            (key, None, tenants.default.weight) for key in self._api_keys
-        ]
+        for full, short in self._api_keys:
+            name = f"{RESERVED_PREFIX}{short[:12]}"
+            by_digest[full] = Tenant(name, short, tenants.default.weight)
         for spec in tenants.tenants:
-            entries += [(key, spec.name, spec.limits.weight) for key in spec.keys]
-        for key, team, weight in entries:
-            short = key_digest(key.encode())
-            name = team if team is not None else f"{RESERVED_PREFIX}{short[:12]}"
-            by_digest[hashlib.sha256(key.encode()).digest()] = Tenant(name, short, weight)
-        self._by_digest, self.file = by_digest, tenants
+            for full, short in map(_digests, spec.keys):
+                by_digest[full] = Tenant(spec.name, short, spec.limits.weight)
+        teams = tuple(Team(spec.name, len(spec.keys), spec.limits) for spec in tenants.tenants)
+        self._by_digest, self.teams, self.default = by_digest, teams, tenants.default
 
     def __bool__(self) -> bool:
         """Whether any key is configured (else the API is open, and tenant-less)."""

@@ -245,10 +245,11 @@ def _tenants_operations(admin: Guard) -> dict[str, Any]:
     replace = admin.operation(
         "Replace the tenants file (keys, teams, limits) at run time.",
         {JSON: OBJECT},
-        (408, 413, 422, 503),
+        (408, 413, 415, 422, 503),
     )
-    toml = {"schema": {"type": "string"}}
-    replace["requestBody"] = {"required": True, "content": {"application/toml": toml}}
+    text = {"schema": {"type": "string", "minLength": 1}}
+    content = {"application/toml": text, "text/plain": text}
+    replace["requestBody"] = {"required": True, "content": content}
     return {
         "get": admin.operation("Each tenant's load and limits.", {JSON: OBJECT}, (503,)),
         "put": replace,
