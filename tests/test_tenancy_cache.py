@@ -30,11 +30,11 @@ TENANTS = f"""
 keys = ["{TEAM_ONE}", "{TEAM_TWO}"]
 """
 MEMO = " ".join(
-    f"Item {n}: the quarterly figures for region {n % 7} stay private." for n in range(40)
+    f"Item {n}: the quarterly figures for region {n % 7} stay private." for n in range(16)
 )
 """A long prompt (an "internal memo"): its prefill is what a cache hit saves."""
 OTHER = " ".join(
-    f"Entry {n}: the weekly notes for office {n % 5} are public now." for n in range(40)
+    f"Entry {n}: the weekly notes for office {n % 5} are public now." for n in range(16)
 )
 """An unrelated prompt of about the same length."""
 
@@ -206,7 +206,7 @@ def test_persisted_entries_keep_their_namespace(model_dir: Path, tmp_path: Path)
         "--cache-dir",
         str(tmp_path / "kv"),
     )
-    prompt = "Kept across a restart: " + MEMO
+    prompt = "Kept across a restart: " + MEMO[:800]
     with running_server(model_dir, tmp_path, *flags) as server:
         assert not hit(chat(server, ALICE, prompt))
         assert server.stop() == 0  # a clean stop saves the cache
