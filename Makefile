@@ -23,7 +23,7 @@ PRELOAD   = $(if $(BLAS_LIB),LD_PRELOAD=$(BLAS_LIB))
 # compile transformers and Ray from source again: not for what make runs.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-budget bench-weights bench-observability bench-tracing bench-replicas bench-shards reliability docs clean
+.PHONY: setup serve test lint typecheck pytest pytest-ray bench bench-runtime bench-generation bench-engine bench-constrained bench-budget bench-dedup bench-weights bench-observability bench-tracing bench-replicas bench-shards reliability docs clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mlx-troupe needs Python 3.11 or newer")'
@@ -85,6 +85,10 @@ bench-constrained: $(STAMP)
 # The engine's token budget against none: streams' gaps while a long prompt is prefilled, tok/s.
 bench-budget: $(STAMP)
 	$(PRELOAD) $(BIN)/python -m benchmarks.token_budget_bench $(BENCH_ARGS)
+
+# Prefix-cache bytes for 32 conversations sharing a system prompt: shared blocks vs copies.
+bench-dedup: $(STAMP)
+	$(PRELOAD) $(BIN)/python -m benchmarks.prefix_dedup_bench $(BENCH_ARGS)
 
 # The CPU fast path (float32 weights) against the quantized one: agreement, step rates, prefill.
 bench-weights: $(STAMP)

@@ -49,15 +49,10 @@ new_layer: Any = KVCache  # mlx-lm leaves KVCache unannotated
 
 
 def kv(tokens: Sequence[int], layers: int = 2) -> list[Any]:
-    """Per-layer caches whose keys hold each position's token id."""
+    """Per-layer caches whose keys hold each position's token id, sized as the engine's are."""
     column = mx.array(list(tokens), dtype=mx.float32).reshape(1, 1, len(tokens), 1)
     block = mx.broadcast_to(column, (1, 2, len(tokens), 4))
-    cache: list[Any] = []
-    for _ in range(layers):
-        c = new_layer()
-        c.update_and_fetch(block, block)
-        cache.append(c)
-    return cache
+    return [new_layer.from_state((block, block, len(tokens))) for _ in range(layers)]
 
 
 def hit_tokens(store: PrefixCache, query: Sequence[int]) -> list[int] | None:
@@ -67,8 +62,13 @@ def hit_tokens(store: PrefixCache, query: Sequence[int]) -> list[int] | None:
     return [int(v) for v in hit.cache[0].keys[0, 0, : hit.length, 0].tolist()]
 
 
-ENTRY = sum(c.nbytes for c in kv([1]))
+POSITION = sum(c.nbytes for c in kv([1]))
+"""Bytes one cached position takes (the store counts positions, not buffer slack)."""
+PAIR = 2 * POSITION
+"""Bytes of a two-token entry."""
 PROMPTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+FILLED = 9 * POSITION
+"""Bytes of the PROMPTS' entries."""
 
 
 def filled(prompts: list[list[int]] = PROMPTS, max_entries: int = 32) -> PrefixCache:
@@ -111,7 +111,7 @@ def test_persisted_entries_keep_their_namespace(tmp_path: Path) -> None:
 def test_saving_mirrors_the_cache_and_skips_a_corrupted_entry(tmp_path: Path) -> None:
     store = filled()
     save_cache(store, tmp_path)
-    store.evict_to_bytes(2 * ENTRY)
+    store.evict_to_bytes(6 * POSITION)  # [4, 5] and [6, 7, 8, 9] stay
     assert store.corrupt_entry([6, 7, 8, 9])
     result = save_cache(store, tmp_path)
     assert (result.written, result.failed, result.removed) == (1, 1, 2)
@@ -179,7 +179,7 @@ def test_pressure_evicts_to_the_low_mark_clears_mlx_and_raises_the_flag() -> Non
     base = 1_000_000
     monitor = MemoryMonitor(
         store,
-        PressureConfig(high_water=base + 6 * ENTRY, low_water=base + 2 * ENTRY),
+        PressureConfig(high_water=base + 6 * PAIR, low_water=base + 2 * PAIR),
         read=FakeMemory(store, base),
     )
     scratch = mx.zeros((256, 1024))
@@ -189,31 +189,31 @@ def test_pressure_evicts_to_the_low_mark_clears_mlx_and_raises_the_flag() -> Non
     outcome = monitor.check()
     assert outcome.relieved
     assert outcome.under_pressure
-    assert (outcome.evicted_entries, outcome.evicted_bytes) == (6, 6 * ENTRY)
+    assert (outcome.evicted_entries, outcome.evicted_bytes) == (6, 6 * PAIR)
     assert outcome.after is not None
-    assert outcome.after.usage == base + 2 * ENTRY
+    assert outcome.after.usage == base + 2 * PAIR
     assert mx.get_cache_memory() == 0  # MLX's freed buffers went back to the system
     assert hit_tokens(store, [7, 7, 0]) == [7, 7]  # the most recent survive
     assert hit_tokens(store, [0, 0, 0]) is None
     assert monitor.check().under_pressure  # at the low mark, not below: still up
-    store.evict_to_bytes(ENTRY)
+    store.evict_to_bytes(PAIR)
     assert not monitor.check().under_pressure  # below the low mark: down
     stats = monitor.statistics()
-    assert (stats.checks, stats.reliefs, stats.last_usage) == (3, 1, base + ENTRY)
+    assert (stats.checks, stats.reliefs, stats.last_usage) == (3, 1, base + PAIR)
 
 
 def test_pressure_beyond_the_cache_empties_it_and_the_flag_stays_up() -> None:
     store = filled()
-    reading = MemoryFigures(rss=None, mlx_active=10 * ENTRY, mlx_cache=2 * ENTRY)
+    reading = MemoryFigures(rss=None, mlx_active=10 * PAIR, mlx_cache=2 * PAIR)
     monitor = MemoryMonitor(
         store,
-        PressureConfig(high_water=5 * ENTRY, low_water=ENTRY),
+        PressureConfig(high_water=5 * PAIR, low_water=PAIR),
         read=lambda: reading,
         clear_mlx_cache=lambda: None,
     )
     assert monitor.check().evicted_entries == 3
     assert store.statistics().entries == 0
-    reading = MemoryFigures(rss=3 * ENTRY, mlx_active=None, mlx_cache=None)
+    reading = MemoryFigures(rss=3 * PAIR, mlx_active=None, mlx_cache=None)
     assert monitor.under_pressure  # between the marks: stays up
     assert not monitor.check().relieved
     assert monitor.under_pressure
@@ -250,7 +250,7 @@ async def test_the_actor_answers_its_protocol(tmp_path: Path) -> None:
         ref = system.ref("kvcache")
         assert hit_tokens(store, [1, 2, 3, 4]) == [1, 2, 3]  # the engine uses it directly
         first = await stats(system)
-        assert (first.entries, first.hits, first.queries, first.nbytes) == (3, 1, 1, 3 * ENTRY)
+        assert (first.entries, first.hits, first.queries, first.nbytes) == (3, 1, 1, FILLED)
         assert first.breaker.state is BreakerState.CLOSED
         saved = await ref.ask(SaveCache(), timeout=10, expect=CacheSaved)
         assert (saved.enabled, saved.written) == (True, 3)
@@ -265,7 +265,7 @@ async def test_the_actor_answers_its_protocol(tmp_path: Path) -> None:
         assert degraded.breaker.state is BreakerState.OPEN
         assert [t.target for t in degraded.recent_transitions] == [BreakerState.OPEN]
         cleared = await ref.ask(ClearCache(), timeout=10, expect=CacheCleared)
-        assert (cleared.entries, cleared.nbytes) == (3, 3 * ENTRY)
+        assert (cleared.entries, cleared.nbytes) == (3, FILLED)
         store.breaker.reset()
         loaded = await ref.ask(LoadCache(), timeout=10, expect=CacheLoaded)
         assert (loaded.enabled, loaded.loaded, loaded.dropped) == (True, 3, 0)
@@ -284,8 +284,8 @@ async def test_a_fresh_actor_restores_the_cache_from_its_directory(tmp_path: Pat
 async def test_periodic_pressure_checks_run_on_the_system_clock() -> None:
     clock = ManualClock()
     store = filled([[n, n] for n in range(4)])
-    memory = FakeMemory(store, base=10 * ENTRY)
-    config = PressureConfig(high_water=12 * ENTRY, low_water=11 * ENTRY)
+    memory = FakeMemory(store, base=10 * PAIR)
+    config = PressureConfig(high_water=12 * PAIR, low_water=11 * PAIR)
     monitor = MemoryMonitor(store, config, read=memory)
     child = kvcache_child(store, monitor=monitor, settings=KVCacheSettings(check_interval=5.0))
     async with ActorSystem(tree(child), clock=clock) as system:
@@ -298,8 +298,8 @@ async def test_periodic_pressure_checks_run_on_the_system_clock() -> None:
         await anyio.wait_all_tasks_blocked()  # the timer queued a check before this ask
         first = await stats(system)
         assert (first.pressure_checks, first.under_pressure, first.entries) == (1, True, 1)
-        assert first.memory_usage == 11 * ENTRY
-        memory.base = 9 * ENTRY
+        assert first.memory_usage == 11 * PAIR
+        memory.base = 9 * PAIR
         clock.advance(5.0)
         await anyio.wait_all_tasks_blocked()
         second = await stats(system)

@@ -2,6 +2,9 @@
 
 Caches are real mlx-lm ``KVCache`` layers whose keys hold, at each position,
 the token id seen there, so a hit's content proves which tokens it covers.
+They are sized as the engine's are (``BatchKVCache.extract``: no slack past
+the last position). Shared blocks have tests of their own
+(``test_kvcache_blocks``); here entries are mostly shorter than a block.
 """
 
 from __future__ import annotations
@@ -31,12 +34,9 @@ def kv(tokens: Sequence[int], layers: int = 2, head_dim: int = 4) -> list[Any]:
     """Per-layer caches over ``tokens``; layer ``i`` stores ``token + i`` at each position."""
     column = mx.array(list(tokens), dtype=mx.float32).reshape(1, 1, len(tokens), 1)
     block = mx.broadcast_to(column, (1, HEADS, len(tokens), head_dim))
-    cache: list[Any] = []
-    for layer in range(layers):
-        c = new_layer()
-        c.update_and_fetch(block + layer, block - layer)
-        cache.append(c)
-    return cache
+    return [
+        new_layer.from_state((block + layer, block - layer, len(tokens))) for layer in range(layers)
+    ]
 
 
 def covered(cache: list[Any], length: int) -> list[int]:
@@ -52,8 +52,9 @@ def check_hit(hit: PrefixHit | None, query: Sequence[int], length: int) -> Prefi
     return hit
 
 
-def entry_bytes(layers: int = 2, head_dim: int = 4) -> int:
-    return sum(c.nbytes for c in kv([1], layers, head_dim))
+def entry_bytes(length: int = 2, layers: int = 2, head_dim: int = 4) -> int:
+    """Bytes an entry of ``length`` positions holds."""
+    return sum(c.nbytes for c in kv([1] * length, layers, head_dim))
 
 
 def test_the_longest_prefix_is_reused_and_at_least_one_token_is_left() -> None:
@@ -77,11 +78,11 @@ def test_on_a_tie_the_entry_needing_no_trim_wins() -> None:
     store = PrefixCache()
     store.insert([1, 2, 3, 4], kv([1, 2, 3, 4]))
     store.insert([1, 2], kv([1, 2]))
+    check_hit(store.lookup([1, 2, 3, 4, 5]), [1, 2, 3, 4, 5], 4)  # [1, 2, 3, 4] most recent
     hit = check_hit(store.lookup([1, 2, 8]), [1, 2, 8], 2)
-    # The [1, 2] entry was used as it is: its buffer is only as large as its positions.
     assert [layer.offset for layer in hit.cache] == [2, 2]
-    snapshot = {tuple(e.tokens): e.cache for e in store.snapshot()}
-    assert hit.cache[0].keys.shape == snapshot[(1, 2)][0].keys.shape
+    # The [1, 2] entry served it (and so became the most recently used).
+    assert [e.tokens for e in store.snapshot()] == [[1, 2, 3, 4], [1, 2]]
 
 
 def test_a_lookup_only_sees_entries_of_its_own_namespace() -> None:
@@ -126,20 +127,22 @@ def test_a_non_trimmable_cache_is_only_reused_as_a_proper_prefix() -> None:
     assert hit.cache[1][0].tolist() == [[6.0] * 4]
 
 
-def test_lookups_return_private_copies_that_never_alias_the_store() -> None:
-    store = PrefixCache()
+@pytest.mark.parametrize("block_tokens", [1, 2, 64])
+def test_lookups_return_private_copies_that_never_alias_the_store(block_tokens: int) -> None:
+    store = PrefixCache(block_tokens=block_tokens)
     store.insert([1, 2, 3], kv([1, 2, 3]))
-    stored = store.snapshot()[0].cache
-    hit = check_hit(store.lookup([1, 2, 3, 4]), [1, 2, 3, 4], 3)
-    for mine, theirs in zip(hit.cache, stored, strict=True):
-        assert mine is not theirs
-        assert mine.keys is not theirs.keys
-        assert mine.values is not theirs.values
-    # The engine writes into its copy: in place and by extending it.
-    hit.cache[0].keys[..., 0, :] = -1.0
-    hit.cache[0].update_and_fetch(mx.full((1, HEADS, 2, 4), 9.0), mx.full((1, HEADS, 2, 4), 9.0))
-    check_hit(store.lookup([1, 2, 3, 4]), [1, 2, 3, 4], 3)
-    assert all(layer.offset == 3 for layer in stored)
+    for query, length in (([1, 2, 3, 4], 3), ([1, 2, 3], 2), ([1, 5], 1)):
+        hit = check_hit(store.lookup(query), query, length)
+        # The engine writes into its copy: in place and by extending it.
+        hit.cache[0].keys[..., 0, :] = -1.0
+        hit.cache[1].values[..., :, :] = -1.0
+        extra = mx.full((1, HEADS, 2, 4), 9.0)
+        hit.cache[0].update_and_fetch(extra, extra)
+        check_hit(store.lookup([1, 2, 3, 4]), [1, 2, 3, 4], 3)
+    saved = store.snapshot()[0].layers()
+    assert [layer.offset for layer in saved] == [3, 3]
+    assert covered(saved, 3) == [1, 2, 3]
+    assert saved[1].values[0, 0, :, 0].tolist() == [0.0, 1.0, 2.0]
 
 
 def test_least_recently_used_entries_go_first_under_the_entry_limit() -> None:
@@ -203,17 +206,18 @@ OPERATIONS = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(
     max_entries=st.integers(1, 5),
-    max_bytes=st.integers(0, 24).map(lambda units: units * entry_bytes(1, 1)),
+    max_bytes=st.integers(0, 24).map(lambda units: units * entry_bytes(1, 1, 1)),
+    block_tokens=st.sampled_from([1, 2, 3, 64]),
     operations=OPERATIONS,
 )
 def test_limits_hold_and_hits_are_true_private_prefixes_under_any_workload(
-    max_entries: int, max_bytes: int, operations: list[tuple[Any, ...]]
+    max_entries: int, max_bytes: int, block_tokens: int, operations: list[tuple[Any, ...]]
 ) -> None:
-    store = PrefixCache(max_entries=max_entries, max_bytes=max_bytes)
+    store = PrefixCache(max_entries=max_entries, max_bytes=max_bytes, block_tokens=block_tokens)
     for operation in operations:
         if operation[0] == "insert":
             _, tokens, layers, head_dim = operation
-            fits = entry_bytes(layers, head_dim) <= max_bytes
+            fits = entry_bytes(len(tokens), layers, head_dim) <= max_bytes
             assert store.insert(tokens, kv(tokens, layers, head_dim)) == fits
         else:
             query = operation[1]
@@ -224,9 +228,10 @@ def test_limits_hold_and_hits_are_true_private_prefixes_under_any_workload(
                 for layer in hit.cache:  # scribble on the copy; later hits must not see it
                     layer.keys[..., : hit.length, :] = -5.0
         stats = store.statistics()
-        assert stats.nbytes <= max_bytes
+        assert stats.nbytes <= min(max_bytes, stats.logical_nbytes)
         assert stats.entries <= max_entries
-        assert (stats.entries == 0) == (stats.nbytes == 0)
+        assert (stats.entries == 0) == (stats.nbytes == 0) == (stats.logical_nbytes == 0)
+        assert stats.blocks <= stats.logical_nbytes // entry_bytes(block_tokens, 1, 1)
         assert stats.faults == 0
 
 
@@ -294,8 +299,8 @@ def test_injected_faults_open_the_breaker_then_probes_close_it() -> None:
 
 
 def test_concurrent_engines_keep_the_store_consistent() -> None:
-    size = entry_bytes()
-    store = PrefixCache(max_entries=6, max_bytes=4 * size)
+    size = entry_bytes(3)
+    store = PrefixCache(max_entries=6, max_bytes=4 * size, block_tokens=1)
     threads = 6
     barrier = threading.Barrier(threads)
     problems: list[str] = []
@@ -316,8 +321,8 @@ def test_concurrent_engines_keep_the_store_consistent() -> None:
         worker.join()
     stats = store.statistics()
     assert problems == []
-    assert stats.nbytes <= 4 * size
-    assert stats.entries <= 4
+    assert stats.nbytes <= 4 * size  # shared blocks let more than four entries fit
+    assert stats.entries <= 6
     assert stats.faults == 0
     assert stats.queries == threads * 20
 

@@ -57,7 +57,8 @@ FAMILIES = set(
     troupe_request_duration_seconds troupe_queue_time_seconds troupe_prompt_tokens
     troupe_generation_tokens troupe_requests_running troupe_requests_waiting
     troupe_requests_shed troupe_requests_cancelled troupe_cache_queries troupe_cache_hits
-    troupe_cache_hit_tokens troupe_cache_evictions troupe_cache_bytes troupe_cache_entries
+    troupe_cache_hit_tokens troupe_cache_evictions troupe_cache_bytes troupe_cache_logical_bytes
+    troupe_cache_entries
     troupe_cache_breaker_state troupe_actor_restarts troupe_actor_state
     troupe_process_resident_memory_bytes troupe_process_resident_memory_peak_bytes
     troupe_engine_resident_memory_bytes troupe_engine_resident_memory_peak_bytes

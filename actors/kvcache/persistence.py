@@ -167,22 +167,20 @@ def entry_file_name(tokens: list[int], model: str = "", namespace: str = "") -> 
 
 
 def _write_entry(path: Path, entry: StoredEntry, model: str, order: int) -> None:
-    key = token_key(entry.tokens)
-    if checksum(key, entry.cache, entry.namespace) != entry.checksum:
-        raise InvalidCacheFile("entry failed its checksum in memory")
+    layers = entry.layers()  # raises for an entry damaged in memory
     metadata = {
         "format": FORMAT_VERSION,
         "model": model,
         "namespace": entry.namespace,
         "order": str(order),
         "tokens": ",".join(map(str, entry.tokens)),
-        "checksum": entry.checksum,
-        "content": content_digest(entry.cache),
+        "checksum": checksum(token_key(entry.tokens), layers, entry.namespace),
+        "content": content_digest(layers),
     }
     # mx.save_safetensors appends the suffix to names without it, so keep it last.
     temporary = path.with_name(f"{_TEMP_PREFIX}{path.name}")
     try:
-        save_prompt_cache(str(temporary), entry.cache, metadata)
+        save_prompt_cache(str(temporary), layers, metadata)
         with temporary.open("rb") as written:
             os.fsync(written.fileno())
         temporary.replace(path)

@@ -55,6 +55,13 @@ class CacheStats(Message, frozen=True, kw_only=True):
 
     entries: int
     nbytes: int
+    """Bytes held, each shared block once."""
+    logical_nbytes: int = 0
+    """Bytes the entries would hold with nothing shared."""
+    blocks: int = 0
+    """Shared blocks held."""
+    block_tokens: int = 0
+    """Positions per block."""
     max_entries: int
     max_bytes: int
     queries: int

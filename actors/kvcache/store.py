@@ -12,6 +12,12 @@ prefix of the prompt is used as it is; an exact entry, or one that diverges
 from the prompt or runs past it, is used through a copy trimmed back to the
 shared part, when its layers can be trimmed.
 
+Storage dedupes: attention layers are cut into blocks named by chain hashes
+(:mod:`actors.kvcache.blocks`), so entries that share a prefix (a system
+prompt, earlier turns) hold its blocks once; the byte budget counts each
+block once. Entries are still the unit of reuse and of LRU eviction, and an
+evicted entry frees the blocks no other entry uses.
+
 Entries belong to a namespace (a tenant, optionally salted per request; the
 default ``""`` is the one namespace of a server without keys): a lookup only
 sees entries of its own namespace, so a cached prefix never tells one tenant
@@ -22,7 +28,8 @@ The cache must never take the engine down. Lookups and inserts go through a
 caught, logged (sanitized), counted and reported as a fault; enough faults in
 a row open the breaker and requests are served uncached until probes succeed
 again. A lookup's chosen entry is verified against a checksum of its metadata
-first; a mismatch drops only that entry and counts as a fault.
+first; a mismatch drops only that entry (a damaged block: the entries using
+it) and counts as a fault.
 """
 
 from __future__ import annotations
@@ -31,23 +38,63 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, TypeVar
 
+from actors.kvcache.blocks import (
+    DEFAULT_BLOCK_TOKENS,
+    BlockTable,
+    LayerKind,
+    Leaves,
+    chain_hashes,
+    cut,
+    evaluate,
+    layer_kinds,
+    layout_of,
+    piece_nbytes,
+)
+from actors.kvcache.entries import (
+    BlockChain,
+    Entry,
+    Gathered,
+    best_entry,
+    damaged_blocks,
+    entry_checksum,
+    gather,
+    tamper,
+    whole_entry,
+)
 from actors.kvcache.layers import (
     cache_nbytes,
     check_length,
-    checksum,
-    common_prefix,
-    is_trimmable,
     key_length,
     key_tokens,
     materialize,
-    private_copy,
     token_key,
 )
-from runtime.breaker import BreakerStatistics, CircuitBreaker
+from actors.kvcache.store_types import (
+    CacheFault,
+    CacheStatistics,
+    ChecksumMismatch,
+    Counters,
+    Evicted,
+    InjectedCacheFault,
+    PrefixHit,
+    StoredEntry,
+)
+from runtime.breaker import CircuitBreaker
 from runtime.errors import describe_failure
+
+__all__ = [
+    "CacheFault",
+    "CacheStatistics",
+    "ChecksumMismatch",
+    "Evicted",
+    "InjectedCacheFault",
+    "PrefixCache",
+    "PrefixHit",
+    "StoredEntry",
+]
 
 log = logging.getLogger("troupe.kvcache")
 
@@ -59,111 +106,6 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 """Bytes kept by default (2 GiB); the memory monitor evicts further under pressure."""
 
 
-class CacheFault(RuntimeError):
-    """A failure inside a cache operation (always caught by the store)."""
-
-
-class InjectedCacheFault(CacheFault):
-    """A fault requested through :meth:`PrefixCache.inject_faults`."""
-
-
-class ChecksumMismatch(CacheFault):
-    """A stored entry's metadata no longer matches its checksum."""
-
-
-@dataclass(frozen=True)
-class PrefixHit:
-    """A reusable prefix: a private cache covering the first ``length`` prompt tokens."""
-
-    cache: list[Any]
-    length: int
-
-
-@dataclass(frozen=True)
-class Evicted:
-    """What an eviction or clear removed."""
-
-    entries: int
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class StoredEntry:
-    """One entry as persistence sees it; ``cache`` is the stored object, read only."""
-
-    tokens: list[int]
-    cache: list[Any]
-    checksum: str
-    namespace: str = ""
-
-
-@dataclass
-class _Counters:
-    queries: int = 0
-    hits: int = 0
-    misses: int = 0
-    hit_tokens: int = 0
-    query_tokens: int = 0
-    inserts: int = 0
-    evictions: int = 0
-    evicted_bytes: int = 0
-    superseded: int = 0
-    refused_inserts: int = 0
-    bypassed: int = 0
-    faults: int = 0
-    checksum_failures: int = 0
-
-
-@dataclass(frozen=True)
-class CacheStatistics:
-    """A snapshot of a :class:`PrefixCache`.
-
-    ``misses`` counts every lookup that returned nothing: no usable entry,
-    refused by the breaker (also in ``bypassed``) or failed (also in
-    ``faults``). ``superseded`` entries were dropped because a longer trimmable
-    entry now covers them.
-    """
-
-    entries: int
-    nbytes: int
-    max_entries: int
-    max_bytes: int
-    queries: int
-    hits: int
-    misses: int
-    hit_tokens: int
-    query_tokens: int
-    """Prompt tokens looked up (vLLM's ``prefix_cache_queries`` counts these)."""
-    inserts: int
-    evictions: int
-    evicted_bytes: int
-    superseded: int
-    refused_inserts: int
-    bypassed: int
-    faults: int
-    checksum_failures: int
-    pending_faults: int
-    breaker: BreakerStatistics
-
-
-@dataclass
-class _Entry:
-    namespace: str
-    key: bytes
-    cache: list[Any]
-    nbytes: int
-    checksum: str
-    trimmable: bool
-
-    @property
-    def length(self) -> int:
-        return key_length(self.key)
-
-    @property
-    def slot(self) -> tuple[str, bytes]:
-        return self.namespace, self.key
-
-
 class PrefixCache:
     """Thread-safe LRU prefix cache bounded by entry count and bytes."""
 
@@ -173,6 +115,7 @@ class PrefixCache:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_bytes: int = DEFAULT_MAX_BYTES,
         breaker: CircuitBreaker | None = None,
+        block_tokens: int = DEFAULT_BLOCK_TOKENS,
     ) -> None:
         if max_entries < 1 or max_bytes < 0:
             raise ValueError("a prefix cache needs max_entries >= 1 and max_bytes >= 0")
@@ -180,9 +123,11 @@ class PrefixCache:
         self.max_bytes = max_bytes
         self.breaker = breaker or CircuitBreaker()
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, bytes], _Entry] = OrderedDict()  # oldest use first
-        self._nbytes = 0
-        self._counters = _Counters()
+        self._entries: OrderedDict[tuple[str, bytes], Entry] = OrderedDict()  # oldest use first
+        self._blocks = BlockTable(block_tokens)
+        self._own_nbytes = 0  # whole layers and tails; blocks count in the table
+        self._logical_nbytes = 0
+        self._counters = Counters()
         self._pending_faults = 0
 
     # -- the engine's API: never raises --------------------------------------
@@ -219,21 +164,22 @@ class PrefixCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes currently held."""
+        """Bytes currently held, each shared block once."""
         with self._lock:
-            return self._nbytes
+            return self._held()
 
     def evict_to_bytes(self, nbytes: int) -> Evicted:
         """Evict least recently used entries until at most ``nbytes`` are held."""
         with self._lock:
-            return self._evict_while(lambda: self._nbytes > max(0, nbytes))
+            return self._evict_while(lambda: self._held() > max(0, nbytes))
 
     def clear(self) -> Evicted:
         """Drop every entry."""
         with self._lock:
-            dropped = Evicted(len(self._entries), self._nbytes)
+            dropped = Evicted(len(self._entries), self._held())
             self._entries.clear()
-            self._nbytes = 0
+            self._blocks.clear()
+            self._own_nbytes = self._logical_nbytes = 0
         return dropped
 
     def statistics(self) -> CacheStatistics:
@@ -242,7 +188,10 @@ class PrefixCache:
         with self._lock:
             return CacheStatistics(
                 entries=len(self._entries),
-                nbytes=self._nbytes,
+                nbytes=self._held(),
+                logical_nbytes=self._logical_nbytes,
+                blocks=len(self._blocks),
+                block_tokens=self._blocks.block_tokens,
                 max_entries=self.max_entries,
                 max_bytes=self.max_bytes,
                 pending_faults=self._pending_faults,
@@ -251,10 +200,16 @@ class PrefixCache:
             )
 
     def snapshot(self) -> list[StoredEntry]:
-        """The entries, least recently used first (for persistence; do not mutate)."""
+        """The entries, least recently used first (for persistence).
+
+        Each entry's arrays are referenced now and joined only when persistence
+        asks for its layers; an entry that fails its checksums comes without.
+        """
         with self._lock:
-            entries = list(self._entries.values())
-        return [StoredEntry(key_tokens(e.key), e.cache, e.checksum, e.namespace) for e in entries]
+            return [
+                StoredEntry(key_tokens(e.key), e.namespace, self._gather_if_intact(e))
+                for e in self._entries.values()
+            ]
 
     def inject_faults(self, count: int) -> int:
         """Make the next ``count`` lookups or inserts fail; return how many are pending."""
@@ -265,9 +220,11 @@ class PrefixCache:
             return self._pending_faults
 
     def corrupt_entry(self, tokens: Sequence[int] | None = None, namespace: str = "") -> bool:
-        """Tamper with an entry's metadata so that its checksum fails; return if one was found.
+        """Tamper with an entry's metadata so that a checksum fails; return if one was found.
 
-        Picks the entry for exactly ``tokens`` (in ``namespace``), or the most recently used one.
+        Picks the entry for exactly ``tokens`` (in ``namespace``), or the most
+        recently used one. A chained entry loses a position from its first
+        block (every entry sharing that block fails with it) or from its tail.
         """
         with self._lock:
             if tokens is not None:
@@ -276,14 +233,13 @@ class PrefixCache:
                 entry = next(reversed(self._entries.values()), None)
             if entry is None:
                 return False
-            first = entry.cache[0]
-            if isinstance(getattr(first, "offset", None), int):
-                first.offset += 1  # as a writer through an alias would have done
-            else:
-                entry.checksum = "0" * len(entry.checksum)
+            tamper(entry, self._blocks)
             return True
 
     # -- internals ---------------------------------------------------------------
+
+    def _held(self) -> int:
+        return self._own_nbytes + self._blocks.nbytes
 
     def _guarded(self, operation: str, action: Callable[[], T], fallback: T) -> T:
         """Run ``action`` behind the breaker; any exception becomes a counted fault."""
@@ -315,70 +271,107 @@ class PrefixCache:
         key = token_key(tokens)
         wanted = key_length(key)
         with self._lock:
-            choice = self._choose(namespace, key, wanted)
+            choice = best_entry(self._entries.values(), namespace, key, wanted)
             if choice is None:
                 return None
             entry, usable = choice
-            if checksum(entry.key, entry.cache, entry.namespace) != entry.checksum:
-                self._drop(entry)
-                self._counters.checksum_failures += 1
-                raise ChecksumMismatch("a kv-cache entry failed its checksum and was dropped")
+            self._verify(entry, usable)
             self._entries.move_to_end(entry.slot)
-        # Stored caches are never mutated, so the (cheap) copy needs no lock.
-        copied = private_copy(entry.cache, usable, entry.length - usable)
-        return PrefixHit(copied, usable)
+            gathered = gather(entry, self._blocks, usable)
+        # Stored arrays are never mutated, so the copy (or join) needs no lock.
+        return PrefixHit(gathered.layers(), usable)
 
-    def _choose(self, namespace: str, key: bytes, wanted: int) -> tuple[_Entry, int] | None:
-        """The entry giving the longest reusable prefix; on a tie, the shortest entry.
+    def _verify(self, entry: Entry, usable: int) -> None:
+        """Raise (dropping what is damaged) unless the entry and its blocks pass their checksums."""
+        if entry_checksum(entry.namespace, entry.key, entry.layout) != entry.checksum:
+            self._drop(entry)
+            self._counters.checksum_failures += 1
+            raise ChecksumMismatch("a kv-cache entry failed its checksum and was dropped")
+        damaged = damaged_blocks(entry, self._blocks, usable)
+        if damaged:
+            self._drop_users_of(damaged)
+            self._counters.checksum_failures += 1
+            raise ChecksumMismatch("a kv-cache block failed its checksum and was dropped")
 
-        Entries of other namespaces are never candidates: whether another tenant
-        sent a prompt must not show in this one's time to first token.
-        """
-        best: tuple[_Entry, int] | None = None
-        for entry in self._entries.values():
-            if entry.namespace != namespace:
-                continue
-            shared = common_prefix(key, entry.key)
-            if shared == entry.length < wanted:
-                usable = shared  # a proper prefix of the prompt: used as it is
-            elif entry.trimmable:
-                usable = min(shared, wanted - 1)  # trimmed back, one token left
-            else:
-                continue
-            if usable < 1:
-                continue
-            if best is None or (usable, -entry.length) > (best[1], -best[0].length):
-                best = (entry, usable)
-        return best
+    def _gather_if_intact(self, entry: Entry) -> Gathered | None:
+        if entry_checksum(entry.namespace, entry.key, entry.layout) != entry.checksum:
+            return None
+        if damaged_blocks(entry, self._blocks, entry.length):
+            return None
+        return gather(entry, self._blocks, entry.length)
 
     def _insert(self, tokens: Sequence[int], cache: Sequence[Any], namespace: str) -> bool:
         key = token_key(tokens)
         layers = list(cache)
-        check_length(layers, key_length(key))
-        nbytes = cache_nbytes(layers)
-        if key_length(key) == 0 or nbytes > self.max_bytes:
-            with self._lock:
-                self._counters.refused_inserts += 1
-            return False
-        materialize(layers)  # on the caller's thread, outside the lock
-        entry = _Entry(
-            namespace, key, layers, nbytes, checksum(key, layers, namespace), is_trimmable(layers)
-        )
+        length = key_length(key)
+        check_length(layers, length)
+        kinds = layer_kinds(layers)
+        if length == 0:
+            return self._refuse()
+        if kinds is None:
+            return self._insert_whole(namespace, key, layers)
+        leaves = [kind.leaves(layer) for kind, layer in zip(kinds, layers, strict=True)]
+        return self._insert_chain(namespace, key, kinds, leaves)
+
+    def _refuse(self) -> bool:
         with self._lock:
-            previous = self._entries.pop(entry.slot, None)
-            if previous is not None:
-                self._nbytes -= previous.nbytes
-            self._entries[entry.slot] = entry
-            self._nbytes += nbytes
-            self._counters.inserts += 1
-            if entry.trimmable:
-                self._drop_prefixes_of(entry)
-            self._evict_while(
-                lambda: len(self._entries) > self.max_entries or self._nbytes > self.max_bytes
-            )
+            self._counters.refused_inserts += 1
+        return False
+
+    def _insert_whole(self, namespace: str, key: bytes, layers: list[Any]) -> bool:
+        nbytes = cache_nbytes(layers)
+        if nbytes > self.max_bytes:
+            return self._refuse()
+        materialize(layers)  # on the caller's thread, outside the lock
+        with self._lock:
+            self._admit(whole_entry(namespace, key, layers, nbytes))
         return True
 
-    def _drop_prefixes_of(self, entry: _Entry) -> None:
+    def _insert_chain(
+        self, namespace: str, key: bytes, kinds: tuple[LayerKind, ...], leaves: list[Leaves]
+    ) -> bool:
+        """Cut the blocks no entry holds yet (outside the lock), then link the entry."""
+        logical = piece_nbytes(tuple(leaves))
+        if logical > self.max_bytes:
+            return self._refuse()
+        step, length = self._blocks.block_tokens, key_length(key)
+        names = chain_hashes(key, namespace, kinds, layout_of(kinds, leaves), step)
+        with self._lock:
+            missing = self._blocks.pin(names)
+        try:
+            fresh = {i: cut(leaves, i * step, (i + 1) * step) for i in missing}
+            tail = cut(leaves, len(names) * step, length) if length % step else None
+            evaluate([*fresh.values(), *([tail] if tail is not None else [])])
+        except BaseException:
+            with self._lock:
+                self._blocks.release(n for i, n in enumerate(names) if i not in fresh)
+            raise
+        layout = BlockChain(kinds, names, tail)
+        own = piece_nbytes(tail) if tail is not None else 0
+        digest = entry_checksum(namespace, key, layout)
+        entry = Entry(namespace, key, layout, own, logical, digest, True)
+        with self._lock:
+            for index, piece in fresh.items():
+                self._blocks.add(names[index], piece)
+            self._admit(entry)
+        return True
+
+    def _admit(self, entry: Entry) -> None:
+        """Link a new entry (under the lock), replacing its twin, then evict to the limits."""
+        previous = self._entries.pop(entry.slot, None)
+        if previous is not None:
+            self._forget(previous)
+        self._entries[entry.slot] = entry
+        self._own_nbytes += entry.nbytes
+        self._logical_nbytes += entry.logical_nbytes
+        self._counters.inserts += 1
+        if entry.trimmable:
+            self._drop_prefixes_of(entry)
+        self._evict_while(
+            lambda: len(self._entries) > self.max_entries or self._held() > self.max_bytes
+        )
+
+    def _drop_prefixes_of(self, entry: Entry) -> None:
         # A trimmable entry serves every prompt its prefixes would (trimmed), so
         # they only take memory; mlx-lm's LRUPromptCache drops them the same way.
         for other in list(self._entries.values()):
@@ -390,17 +383,34 @@ class PrefixCache:
                 self._drop(other)
                 self._counters.superseded += 1
 
+    def _drop_users_of(self, damaged: list[bytes]) -> None:
+        """Drop damaged blocks and every entry that reads one of them."""
+        bad = set(damaged)
+        for entry in list(self._entries.values()):
+            if isinstance(entry.layout, BlockChain) and bad.intersection(entry.layout.blocks):
+                self._drop(entry)
+        for name in damaged:
+            self._blocks.discard(name)
+
     def _evict_while(self, over: Callable[[], bool]) -> Evicted:
-        entries = nbytes = 0
+        entries = 0
+        before = self._held()
         while self._entries and over():
             _, victim = self._entries.popitem(last=False)
-            self._nbytes -= victim.nbytes
+            self._forget(victim)
             entries += 1
-            nbytes += victim.nbytes
+        nbytes = before - self._held()
         self._counters.evictions += entries
         self._counters.evicted_bytes += nbytes
         return Evicted(entries, nbytes)
 
-    def _drop(self, entry: _Entry) -> None:
+    def _drop(self, entry: Entry) -> None:
         if self._entries.pop(entry.slot, None) is not None:
-            self._nbytes -= entry.nbytes
+            self._forget(entry)
+
+    def _forget(self, entry: Entry) -> None:
+        """Release what an entry (already unlinked) held."""
+        self._own_nbytes -= entry.nbytes
+        self._logical_nbytes -= entry.logical_nbytes
+        if isinstance(entry.layout, BlockChain):
+            self._blocks.release(entry.layout.blocks)

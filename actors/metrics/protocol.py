@@ -202,6 +202,8 @@ class CacheSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     hit_tokens: int
     evictions: int
     bytes: int
+    logical_bytes: int = 0
+    """What the entries would take with no block shared (``bytes`` counts shared blocks once)."""
     entries: int
     state: str | None
     """The cache's circuit breaker: ``closed``, ``half_open``, ``open``, or ``None`` if unknown."""

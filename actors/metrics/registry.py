@@ -52,6 +52,8 @@ class CacheFigures:
     """``closed``, ``half_open`` or ``open``."""
     query_tokens: int = 0
     max_bytes: int = 0
+    logical_nbytes: int = 0
+    """What the entries would hold with nothing shared (``nbytes`` counts shared blocks once)."""
     under_pressure: bool = False
     """Memory reads above the high-water mark (the cache is being shed)."""
 
@@ -136,7 +138,14 @@ class _Figures(Collector):
             ("evictions", "Prefix-cache entries evicted.", cache.evictions),
         ):
             yield CounterMetricFamily(f"troupe_cache_{name}", doc, value=value)
-        yield GaugeMetricFamily("troupe_cache_bytes", "Prefix-cache size.", value=cache.nbytes)
+        yield GaugeMetricFamily(
+            "troupe_cache_bytes", "Prefix-cache size, each shared block once.", value=cache.nbytes
+        )
+        yield GaugeMetricFamily(
+            "troupe_cache_logical_bytes",
+            "What the prefix cache's entries would take with no block shared.",
+            value=cache.logical_nbytes,
+        )
         yield GaugeMetricFamily("troupe_cache_entries", "Cache entries.", value=cache.entries)
         breaker = GaugeMetricFamily(
             "troupe_cache_breaker_state", "Cache breaker: 0 closed, 1 half_open, 2 open."

@@ -58,6 +58,7 @@ def cache_figures(stats: CacheStatistics, *, under_pressure: bool = False) -> Ca
         breaker_state=str(stats.breaker.state.value),
         query_tokens=stats.query_tokens,
         max_bytes=stats.max_bytes,
+        logical_nbytes=stats.logical_nbytes,
         under_pressure=under_pressure,
     )
 
@@ -269,6 +270,7 @@ class MetricsState:
             hit_tokens=cache.hit_tokens,
             evictions=cache.evictions,
             bytes=cache.nbytes,
+            logical_bytes=cache.logical_nbytes,
             entries=cache.entries,
             state=cache.breaker_state,
         )
