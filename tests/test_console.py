@@ -174,3 +174,37 @@ def test_the_charts_follow_the_metrics_windows(page: Any, server: Server, tmp_pa
     assert latest["ttft95"] is not None and latest["ttft95"] > 0
     assert latest["rss"] is not None and latest["rss"] > 0
     shoot(page, "charts", tmp_path)
+
+
+def test_tenants_replaced_in_the_console_hold_for_the_next_request(
+    page: Any, server: Server, tmp_path: Path
+) -> None:
+    body = {"model": model_name(server), "prompt": "hi", "max_tokens": 1}
+    log_in(page)
+    page.click("nav [data-view=settings]")
+    page.wait_for_selector('#tenant-teams tr[data-tenant="[default]"]')
+    page.fill("#tenants-file", "[tenants.research]\nkeys = [1]\n")
+    page.click("#tenants-form button[type=submit]")
+    page.wait_for_selector("#tenants-message:has-text('Not changed: ')")
+    assert "tenants.research.keys" in (page.text_content("#tenants-message") or "")
+    team_key = f"console-team-{uuid.uuid4().hex}"
+    page.fill(
+        "#tenants-file",
+        f'[default]\nmax_concurrent = 4\n\n[tenants.research]\nkeys = ["{team_key}"]\n'
+        "weight = 2.0\ntokens_per_minute = 60000\n",
+    )
+    page.click("#tenants-form button[type=submit]")
+    page.wait_for_selector('#tenant-teams tr[data-tenant="research"] td:has-text("60000")')
+    try:
+        assert page.input_value("#tenants-file") == ""  # the key is not left on screen
+        assert team_key not in page.content()
+        shoot(page, "tenants", tmp_path)
+        url = server.url + "/v1/completions"
+        member = httpx.post(url, json=body, headers={"authorization": f"Bearer {team_key}"})
+        assert member.status_code == 200, member.text
+        assert httpx.post(url, json=body).status_code == 401  # keys are on now
+    finally:
+        page.fill("#tenants-file", "[default]\n")
+        page.click("#tenants-form button[type=submit]")
+        page.wait_for_selector('#tenant-teams tr[data-tenant="research"]', state="detached")
+    assert chat(server, f"console-{uuid.uuid4().hex}").status_code == 200

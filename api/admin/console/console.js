@@ -362,6 +362,7 @@ async function loadSettings() {
   const response = await api("/admin/settings");
   if (!response.ok) { showError(await problemText(response)); return; }
   renderSettings(await response.json());
+  await loadTenants();
 }
 
 function renderSettings(view) {
@@ -412,6 +413,45 @@ async function saveSettings(event) {
   message.textContent = ["Applied.", ...view.warnings].join(" ");
 }
 
+// -- tenants ----------------------------------------------------------------------------
+
+async function loadTenants() {
+  const response = await api("/admin/tenants");
+  if (!response.ok) { $("#tenants-message").textContent = await problemText(response); return; }
+  renderTenants(await response.json());
+}
+
+function renderTenants(view) {
+  const limit = (value) => (value == null ? "-" : String(value));
+  const row = (name, keys, limits) => el("tr", { "data-tenant": name },
+    el("th", { scope: "row", text: name }), el("td", { text: keys }),
+    el("td", { text: String(limits.weight) }), el("td", { text: limit(limits.max_concurrent) }),
+    el("td", { text: limit(limits.tokens_per_minute) }));
+  $("#tenant-teams tbody").replaceChildren(
+    ...Object.entries(view.named).map(([name, team]) => row(name, String(team.keys), team)),
+    row("[default]", "-", view.default));
+}
+
+async function saveTenants(event) {
+  event.preventDefault();
+  const message = $("#tenants-message");
+  message.className = "";
+  message.textContent = "Replacing…";
+  const response = await api("/admin/tenants", {
+    method: "PUT", headers: { "Content-Type": "application/toml" }, body: $("#tenants-file").value,
+  });
+  if (!response.ok) {
+    message.className = "error";
+    message.textContent = "Not changed: " + await problemText(response);
+    return;
+  }
+  const view = await response.json();
+  renderTenants(view);
+  $("#tenants-file").value = "";  // it may hold keys: do not leave them on screen
+  message.textContent = view.saved ? "Applied and saved to the tenants file."
+    : "Applied (no --tenants file: a restart goes back to the start-up tenants).";
+}
+
 // -- start -------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -419,6 +459,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#logout").addEventListener("click", () => logOut(""));
   $("#audit-filters").addEventListener("submit", (event) => { event.preventDefault(); show("audit"); });
   $("#settings-form").addEventListener("submit", saveSettings);
+  $("#tenants-form").addEventListener("submit", saveTenants);
   for (const button of document.querySelectorAll("nav [data-view]")) {
     button.addEventListener("click", () => show(button.dataset.view));
   }
