@@ -44,6 +44,7 @@ SCHEMA: dict[str, set[str]] = {
         "hit_tokens",
         "evictions",
         "bytes",
+        "logical_bytes",
         "entries",
         "state",
     },
@@ -156,6 +157,7 @@ def test_zero_traffic_figures(observed: Observed) -> None:
         "hit_tokens": 0,
         "evictions": 0,
         "bytes": 0,
+        "logical_bytes": 0,
         "entries": 0,
         "state": "closed",
     }
