@@ -39,7 +39,6 @@ ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
-    422: "invalid_request_error",
 }
 
 
@@ -272,9 +271,16 @@ def test_errors_come_in_anthropics_shape_with_the_request_id(
     assert_anthropic_error(httpx.post(url, json=ok, timeout=10), 401)
     missing_max = {"model": model, "messages": [{"role": "user", "content": "x"}]}
     body = assert_anthropic_error(
-        httpx.post(url, json=missing_max, headers={"x-api-key": KEY}, timeout=10), 422
+        httpx.post(url, json=missing_max, headers={"x-api-key": KEY}, timeout=10), 400
     )
     assert "max_tokens" in body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as invalid:  # as Anthropic's API answers
+        api.messages.create(model=model, max_tokens=0, messages=[{"role": "user", "content": "x"}])
+    assert invalid.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    not_json = httpx.post(
+        url, content=b"max_tokens=5", headers={"x-api-key": KEY, "content-type": "text/plain"}
+    )
+    assert_anthropic_error(not_json, 400)
     misplaced = {
         **ok,
         "messages": [
@@ -286,7 +292,7 @@ def test_errors_come_in_anthropics_shape_with_the_request_id(
     )
     thinking = {**ok, "thinking": {"type": "enabled", "budget_tokens": 2048}}
     refused = assert_anthropic_error(
-        httpx.post(url, json=thinking, headers={"x-api-key": KEY}, timeout=10), 422
+        httpx.post(url, json=thinking, headers={"x-api-key": KEY}, timeout=10), 400
     )
     assert "think" in refused["error"]["message"]
     # The same key as a bearer token works too.

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from api.http.problems import Problem, ProblemShapes
+from api.http.problems import Problem, ProblemShape, ProblemShapes
 from api.openai.request_types import MAX_TOKENS_ACCEPTED, CacheSalt, Nothing, Priority
 
 ToolName = Annotated[str, Meta(pattern="^[a-zA-Z0-9_-]{1,64}$")]
@@ -297,5 +297,9 @@ def problem_body(problem: Problem, request_id: str) -> ErrorBody:
     return error_body(problem.status, problem.detail, request_id)
 
 
-PROBLEM_SHAPES = ProblemShapes(((ANTHROPIC_PREFIX, problem_body),))
+PROBLEM_SHAPES = ProblemShapes(
+    ((ANTHROPIC_PREFIX, ProblemShape(problem_body, {422: 400, 415: 400})),)
+)
+"""Anthropic's API answers an invalid body with 400 ``invalid_request_error`` (its SDK
+raises ``BadRequestError`` for it, another class than for 422), so its routes do too."""
 """Errors on Anthropic's routes in Anthropic's shape, wherever they are answered."""

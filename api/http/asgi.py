@@ -224,7 +224,8 @@ class Responder:
         request_id = self.request.request_id
         shape = self.request.problem_shape
         if shape is not None:
-            await self.json(problem.status, shape(problem, request_id), list(problem.headers))
+            body = shape.body(problem, request_id)
+            await self.json(shape.status(problem), body, list(problem.headers))
             return
         body = encode_problem(problem, request_id=request_id, instance=self.request.path)
         await self.start(problem.status, PROBLEM_JSON, list(problem.headers))

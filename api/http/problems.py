@@ -11,7 +11,7 @@ paths or secrets.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -55,8 +55,18 @@ class Problem:
         return TITLES.get(self.status, "Error")
 
 
-ProblemShape = Callable[[Problem, str], object]
-"""A protocol's own error body for a problem, given the request id (JSON-encoded as is)."""
+@dataclass(frozen=True)
+class ProblemShape:
+    """A protocol's own error answer for a problem."""
+
+    body: Callable[[Problem, str], object]
+    """The error body, given the request id (JSON-encoded as is)."""
+    statuses: Mapping[int, int] = field(default_factory=dict)
+    """Statuses the protocol answers otherwise (Anthropic's API: 400 where this server says 422)."""
+
+    def status(self, problem: Problem) -> int:
+        """The HTTP status this protocol answers ``problem`` with."""
+        return self.statuses.get(problem.status, problem.status)
 
 
 @dataclass(frozen=True)
