@@ -2,19 +2,30 @@
 
 ``troupe serve`` with no ``--model`` converts the packaged GGUF file, widens its
 weights to float32 for the CPU and restarts itself with the optimised BLAS
-preloaded; greedy answers must then be the ones the model knows. Kept short:
+preloaded; greedy answers must then be the ones the model knows, and its
+tools work through the generic format (its template has none). Kept short:
 one server, a few answers of a few tokens.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal
 
+import agents
 import anthropic
+import anyio
 import httpx
+import jsonschema
 import psutil
 import pytest
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+from openai import AsyncOpenAI
+from pydantic import SecretStr
 
 from actors.model.packaged import PACKAGE, packaged_model
 from api.cli import blas
@@ -81,3 +92,121 @@ def test_the_server_restarted_itself_with_the_optimised_blas(server: Server) -> 
     for process in processes:
         mapped = {Path(m.path).name for m in process.memory_maps()}
         assert chosen.name in mapped, process.cmdline()
+
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"enum": ["Paris", "Rome", "Tokyo"]}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+CHAT_TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather", "parameters": WEATHER},
+    }
+]
+
+
+def test_tool_calls_on_the_default_model_with_the_official_clients(server: Server) -> None:
+    """SmolLM2's template has no tool format: the generic one serves every protocol."""
+    question: Any = [{"role": "user", "content": "What is the weather in Tokyo?"}]
+    api = client(server)
+    named: Any = {"type": "function", "function": {"name": "get_weather"}}
+    for choice in ("required", named):
+        chat = api.chat.completions.create(
+            model=MODEL, messages=question, tools=CHAT_TOOLS, tool_choice=choice, max_tokens=40
+        )
+        calls: list[Any] = chat.choices[0].message.tool_calls or []
+        assert chat.choices[0].finish_reason == "tool_calls" and calls
+        jsonschema.validate(json.loads(calls[0].function.arguments), WEATHER)
+    streamed = "".join(
+        call.function.arguments or ""
+        for chunk in api.chat.completions.create(
+            model=MODEL,
+            messages=question,
+            tools=CHAT_TOOLS,
+            tool_choice="required",
+            max_tokens=40,
+            stream=True,
+            parallel_tool_calls=False,
+        )
+        for choice in chunk.choices
+        for call in choice.delta.tool_calls or []
+        if call.function is not None
+    )
+    jsonschema.validate(json.loads(streamed), WEATHER)
+    with anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0) as messages:
+        reply = messages.messages.create(
+            model=MODEL,
+            max_tokens=40,
+            messages=question,
+            tool_choice={"type": "any"},
+            tools=[{"name": "get_weather", "description": "Weather", "input_schema": WEATHER}],
+        )
+    uses = [block for block in reply.content if block.type == "tool_use"]
+    assert reply.stop_reason == "tool_use" and uses
+    jsonschema.validate(uses[0].input, WEATHER)
+    response = api.responses.create(
+        model=MODEL,
+        input="What is the weather in Rome?",
+        tool_choice="required",
+        tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER, "strict": True}],
+        max_output_tokens=40,
+    )
+    calls_out = [item for item in response.output if item.type == "function_call"]
+    assert calls_out
+    jsonschema.validate(json.loads(calls_out[0].arguments), WEATHER)
+
+
+def test_an_agents_sdk_loop_and_a_langchain_round_trip_on_the_default_model(
+    server: Server,
+) -> None:
+    seen: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: Literal["Paris", "Rome", "Tokyo"]) -> str:
+        """The weather in a city."""
+        seen.append(city)
+        return f"It is sunny in {city}."
+
+    async def run() -> Any:
+        async with AsyncOpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0) as api:
+            model = agents.OpenAIChatCompletionsModel(model=MODEL, openai_client=api)
+            agent = agents.Agent(
+                name="forecaster",
+                instructions="Answer questions about the weather.",
+                tools=[get_weather],
+                model=model,
+                model_settings=agents.ModelSettings(
+                    tool_choice="required", max_tokens=40, temperature=0
+                ),
+            )
+            return await agents.Runner.run(agent, "What is the weather in Tokyo?", max_turns=3)
+
+    agents.set_tracing_disabled(True)
+    result = anyio.run(run)
+    assert seen, "the SDK ran the tool the model called"
+    assert isinstance(result.final_output, str) and result.final_output
+
+    @tool
+    def get_time(city: Literal["Paris", "Rome", "Tokyo"]) -> str:
+        """The local time in a city."""
+        return f"It is noon in {city}."
+
+    model = ChatOpenAI(
+        base_url=server.url + "/v1",
+        api_key=SecretStr("unused"),
+        model=MODEL,
+        max_completion_tokens=40,
+        temperature=0,
+        max_retries=0,
+    )
+    history: list[Any] = [HumanMessage("What time is it in Tokyo?")]
+    # strict: the schema gets additionalProperties false, so the call cannot ramble on.
+    asked = model.bind_tools([get_time], tool_choice="required", strict=True).invoke(history)
+    assert asked.tool_calls and asked.tool_calls[0]["name"] == "get_time"
+    call = asked.tool_calls[0]
+    history += [asked, ToolMessage(get_time.invoke(call["args"]), tool_call_id=call["id"])]
+    answer = model.bind_tools([get_time]).invoke(history)
+    assert isinstance(answer.content, str)

@@ -2,13 +2,15 @@
 
 The generated model writes gibberish, so every call that validates against its
 function's schema is the constrained decoding's doing (``tool_choice``
-``required`` or a named function); the embedded model's template offers tools
-Hermes-style and mlx-lm's ``json_tools`` parser reads its calls back.
+``required`` or a named function). Every test runs twice: on the embedded
+model, whose template offers tools Hermes-style (mlx-lm's ``json_tools``
+parser reads its calls back), and on a copy whose template has no tool
+format, as the default model's (``tests.plain_model``), served through the
+generic format.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -24,8 +26,10 @@ from langchain_openai import ChatOpenAI
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 
+from tests.plain_model import plain_model
 from tests.server import Server, running_server
 from tests.test_api import assert_problem, client, model_name
+from tests.test_tools_generic import strict_json
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -54,9 +58,13 @@ TOOLS: Any = [
 SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 
 
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running_server(model_dir, tmp_path_factory.mktemp("tools")) as running:
+@pytest.fixture(scope="module", params=["template", "generic"])
+def server(
+    request: pytest.FixtureRequest, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("tools")
+    model = model_dir if request.param == "template" else plain_model(model_dir, tmp / "tiny")
+    with running_server(model, tmp) as running:
         yield running
 
 
@@ -75,7 +83,7 @@ def assert_valid_calls(calls: list[Any], names: set[str]) -> None:
     for call in calls:
         assert call.type == "function" and call.id.startswith("call_")
         assert call.function.name in names
-        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+        jsonschema.validate(strict_json(call.function.arguments), SCHEMAS[call.function.name])
 
 
 def test_required_gives_calls_whose_arguments_validate(server: Server) -> None:
@@ -110,7 +118,7 @@ def test_streamed_tool_calls_arrive_as_deltas(server: Server) -> None:
     assert sorted(calls) == list(range(len(calls))) and calls
     for call in calls.values():
         assert call["id"].startswith("call_")
-        jsonschema.validate(json.loads(call["arguments"]), SCHEMAS[call["name"]])
+        jsonschema.validate(strict_json(call["arguments"]), SCHEMAS[call["name"]])
 
 
 def test_a_tool_result_round_trips_through_the_template(server: Server) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
+
 from actors.generation.protocol import Finished, FinishReason
 from api.anthropic.message_types import (
     MessageResponse,
@@ -30,6 +32,7 @@ from api.anthropic.message_types import (
 from api.http.asgi import Responder
 from api.http.problems import Problem
 from api.openai.bodies import ToolCallOut
+from api.serving.tools.json_text import is_json_object
 from api.serving.tools.plan import ToolPlan
 from api.serving.writers import (
     SSE_HEADERS,
@@ -153,7 +156,7 @@ class AnthropicReply(CallScanningWriter):
         index, self._block = self._block, self._block + 1
         self._called = True
         start = {"type": "tool_use", "id": use.id, "name": use.name, "input": {}}
-        delta = {"type": "input_json_delta", "partial_json": json.dumps(use.input)}
+        delta = {"type": "input_json_delta", "partial_json": bytes(use.input).decode()}
         return (
             named_event(
                 "content_block_start",
@@ -204,14 +207,12 @@ def usage_of(end: Finished) -> MessagesUsage:
 
 def _tool_use(call: ToolCallOut) -> ToolUseOut | None:
     """``call`` as a ``tool_use`` block; ``None`` if its arguments are not a JSON object."""
-    try:
-        arguments: Any = json.loads(call.function.arguments)
-    except ValueError:
-        return None
-    if not isinstance(arguments, dict):
+    if not is_json_object(call.function.arguments):
         return None
     return ToolUseOut(
-        id="toolu_" + call.id.removeprefix("call_"), name=call.function.name, input=arguments
+        id="toolu_" + call.id.removeprefix("call_"),
+        name=call.function.name,
+        input=msgspec.Raw(call.function.arguments.encode()),  # as written: never re-serialised
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from msgspec import Meta, Struct
+from msgspec import Meta, Raw, Struct
 
 from api.http.problems import Problem, ProblemShape, ProblemShapes
 from api.openai.request_types import MAX_TOKENS_ACCEPTED, CacheSalt, Nothing, Priority
@@ -226,7 +226,8 @@ class ToolUseOut(Struct, frozen=True, kw_only=True, tag_field="type", tag="tool_
 
     id: str
     name: str
-    input: dict[str, Any]
+    input: Annotated[Raw, Meta(extra_json_schema={"type": "object"})]
+    """The arguments' JSON object as the model wrote it (numbers never rewritten)."""
 
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]

@@ -17,6 +17,7 @@ from api.http.problems import HTTPProblem
 from api.openai.request_types import ChatCompletionRequest, CompletionRequest, SamplingFields
 from api.serving.prompts import template_message
 from api.serving.structured import response_grammar
+from api.serving.tools.generic import generic_turns
 from api.serving.tools.plan import ToolPlan, plan_tools
 from api.serving.writers import ReplyContext, ReplyWriter, VectorsWriter
 
@@ -98,7 +99,8 @@ def chat_job(
             if continue_final
             else {"add_generation_prompt": True}
         )
-        ids = tokenizer().apply_chat_template(messages, tools=tools.template_tools, **ending)
+        turns = generic_turns(messages, tools.tools) if tools.generic else messages
+        ids = tokenizer().apply_chat_template(turns, tools=tools.template_tools, **ending)
         return [int(token) for token in ids]
 
     return Job(

@@ -4,12 +4,13 @@ The model's own tool-call syntax (:mod:`api.serving.tools.syntax`) decides how t
 are read back from its answer. ``tool_choice: "required"`` and a named
 function are forced by a grammar in that syntax whose arguments follow the
 function's ``parameters``; syntaxes without a known grammar are parsed for
-``auto`` but refused for forced calls, by name.
+``auto`` but refused for forced calls, by name. A model whose template has
+no tool format gets the generic one (:mod:`api.serving.tools.generic`):
+tools and tool history written into the prompt as text.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from actors.generation.engine.constraints import ConstraintError, check
 from api.http.problems import HTTPProblem
 from api.openai.bodies import CalledFunction, ToolCallOut
 from api.openai.request_types import ChatCompletionRequest, NamedToolChoice, ToolDefinition
+from api.serving.tools.generic import GENERIC_SYNTAX
 from api.serving.tools.syntax import ToolSyntax
 
 MAX_PARALLEL_CALLS = 8
@@ -37,6 +39,8 @@ class ToolPlan:
     tools: tuple[ToolDefinition, ...] = ()
     single: bool = False
     """``parallel_tool_calls: false``: at most the first call is kept."""
+    generic: bool = False
+    """The template has no tool format: tools and tool history go into the prompt as text."""
 
 
 def plan_tools(body: ChatCompletionRequest, tokenizer: Any) -> ToolPlan:
@@ -47,31 +51,31 @@ def plan_tools(body: ChatCompletionRequest, tokenizer: Any) -> ToolPlan:
     """
     tools = tuple(body.tools or ())
     choice = body.tool_choice
+    own = ToolSyntax.of(tokenizer)
+    generic = own is None
     if not tools:
         if choice not in (None, "none", "auto"):
             raise HTTPProblem(
                 400, "conflicting-fields", "`tool_choice` needs `tools` to choose from"
             )
-        return ToolPlan()
+        return ToolPlan(generic=generic)
     names = [tool.function.name for tool in tools]
     if len(set(names)) != len(names):
         raise HTTPProblem(400, "conflicting-fields", "`tools` names a function more than once")
     if choice == "none":
-        return ToolPlan()  # the model is not to call any: tools are neither offered nor parsed
-    syntax = ToolSyntax.of(tokenizer)
-    if syntax is None:
-        raise HTTPProblem(
-            422, "unsupported-field", "`tools`: this model's chat template has no tool-call format"
-        )
+        # The model is not to call any: tools are neither offered nor parsed.
+        return ToolPlan(generic=generic)
+    syntax = own or GENERIC_SYNTAX
     forced = _forced(tools, choice)
     single = body.parallel_tool_calls is False
     grammar = None if forced is None else _call_grammar(syntax, forced, single)
     return ToolPlan(
-        template_tools=[msgspec_to_builtins(tool) for tool in tools],
+        template_tools=None if generic else [msgspec_to_builtins(tool) for tool in tools],
         grammar=grammar,
         syntax=syntax,
         tools=tools,
         single=single,
+        generic=generic,
     )
 
 
@@ -130,9 +134,8 @@ def _call_grammar(syntax: ToolSyntax, tools: list[ToolDefinition], single: bool)
     return grammar
 
 
-def new_call(name: str, arguments: Any) -> ToolCallOut:
-    """A tool call in OpenAI's shape, with a fresh id; arguments as JSON text."""
-    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+def new_call(name: str, arguments: str) -> ToolCallOut:
+    """A tool call in OpenAI's shape, with a fresh id; ``arguments`` is JSON text."""
     return ToolCallOut(
-        id=f"call_{uuid.uuid4().hex[:24]}", function=CalledFunction(name=name, arguments=text)
+        id=f"call_{uuid.uuid4().hex[:24]}", function=CalledFunction(name=name, arguments=arguments)
     )

@@ -11,10 +11,12 @@ no markers at all (Llama 3 JSON, whose answer is the call when it starts with
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from api.openai.bodies import ToolCallOut
+from api.serving.tools.json_text import arguments_text
 from api.serving.tools.plan import ToolPlan, new_call
 from api.serving.tools.syntax import PYTHON_TAG
 
@@ -97,7 +99,14 @@ class ToolCallScanner:
         items = parsed if isinstance(parsed, list) else [parsed]
         if not items or not all(_is_call(item) for item in items):
             return None
-        calls = [new_call(item["name"], item.get("arguments", {})) for item in items]
+        calls, seen = [], Counter[str]()
+        for item in items:
+            name = item["name"]
+            text = arguments_text(item.get("arguments", {}), body, name, seen[name])
+            if text is None:
+                return None  # not writable as JSON (NaN, Infinity): the block stays text
+            seen[name] += 1
+            calls.append(new_call(name, text))
         if self.plan.single:
             calls = calls[: max(0, 1 - len(self.calls))]
         self.calls += calls
