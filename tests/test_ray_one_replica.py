@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -45,27 +46,56 @@ def small(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield server
 
 
-async def test_a_full_queue_is_answered_503_with_retry_after(small: Server) -> None:
-    body = {
+def chat_body(max_tokens: int) -> dict[str, Any]:
+    return {
         "model": "tiny",
         "messages": [{"role": "user", "content": "Tell me a long story."}],
-        "max_tokens": 600,
+        "max_tokens": max_tokens,
         "logit_bias": {str(EOS): -100},
         "stream": True,
     }
+
+
+async def test_a_full_queue_is_answered_503_with_retry_after(small: Server) -> None:
+    """One request holds the replica until four of five others are refused, then lets go.
+
+    Ordered by events, not by timing: the holder is running (its first token
+    came) before the others are sent, and it is released only once four of
+    them have been answered 503, so no answer depends on how fast the machine is.
+    """
+    url = small.url + "/v1/chat/completions"
+    running, refused, released = anyio.Event(), anyio.Event(), anyio.Event()
+    held = {"done": False}
     answers: list[httpx.Response] = []
 
+    async def hold() -> None:
+        async with client.stream("POST", url, json=chat_body(1900)) as reply:
+            assert reply.status_code == 200
+            async for line in reply.aiter_lines():
+                running.set()
+                if line == "data: [DONE]":
+                    held["done"] = True
+                if released.is_set():
+                    return  # closing the stream cancels the request
+
     async def ask() -> None:
-        async with client.stream("POST", small.url + "/v1/chat/completions", json=body) as reply:
-            await reply.aread()
+        async with client.stream("POST", url, json=chat_body(4)) as reply:
+            if reply.status_code == 503 and sum(a.status_code == 503 for a in answers) == 3:
+                refused.set()
             answers.append(reply)
+            await reply.aread()
 
     async with httpx.AsyncClient(timeout=120) as client, anyio.create_task_group() as tg:
-        for _ in range(6):
+        tg.start_soon(hold)
+        await running.wait()
+        for _ in range(5):
             tg.start_soon(ask)
+        await refused.wait()
+        assert not held["done"], "the holder finished before the others were answered"
+        released.set()
     statuses = sorted(reply.status_code for reply in answers)
-    # One on the replica, one waiting for it; the other four shed at once.
-    assert statuses == [200, 200, 503, 503, 503, 503], statuses
+    # The holder on the replica, one waiting for it; the other four shed at once.
+    assert statuses == [200, 503, 503, 503, 503], statuses
     for reply in answers:
         if reply.status_code == 503:
             assert reply.headers["content-type"] == "application/problem+json"
