@@ -25,19 +25,11 @@ from api.serving.tools.plan import ToolPlan
 from api.serving.tools.scanner import split_tool_calls
 from tests.plain_model import plain_model
 from tests.server import Server, running_server
+from tests.test_anthropic_api import WEATHER
 from tests.test_api import client, model_name
 
 pytestmark = pytest.mark.timeout(240)
 
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"enum": ["Paris", "Rome"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7},
-    },
-    "required": ["city", "days"],
-    "additionalProperties": False,
-}
 DEFINITION = msgspec.convert(
     {
         "type": "function",
