@@ -109,13 +109,22 @@ CHAT_TOOLS: Any = [
 
 
 def test_tool_calls_on_the_default_model_with_the_official_clients(server: Server) -> None:
-    """SmolLM2's template has no tool format: the generic one serves every protocol."""
+    """SmolLM2's template has no tool format: the generic one serves every protocol.
+
+    Greedy and one call each, so the answers do not depend on sampling.
+    """
     question: Any = [{"role": "user", "content": "What is the weather in Tokyo?"}]
     api = client(server)
     named: Any = {"type": "function", "function": {"name": "get_weather"}}
     for choice in ("required", named):
         chat = api.chat.completions.create(
-            model=MODEL, messages=question, tools=CHAT_TOOLS, tool_choice=choice, max_tokens=40
+            model=MODEL,
+            messages=question,
+            tools=CHAT_TOOLS,
+            tool_choice=choice,
+            max_tokens=40,
+            temperature=0,
+            parallel_tool_calls=False,
         )
         calls: list[Any] = chat.choices[0].message.tool_calls or []
         assert chat.choices[0].finish_reason == "tool_calls" and calls
@@ -129,6 +138,7 @@ def test_tool_calls_on_the_default_model_with_the_official_clients(server: Serve
             tool_choice="required",
             max_tokens=40,
             stream=True,
+            temperature=0,
             parallel_tool_calls=False,
         )
         for choice in chunk.choices
@@ -141,8 +151,9 @@ def test_tool_calls_on_the_default_model_with_the_official_clients(server: Serve
             model=MODEL,
             max_tokens=40,
             messages=question,
-            tool_choice={"type": "any"},
+            tool_choice={"type": "any", "disable_parallel_tool_use": True},
             tools=[{"name": "get_weather", "description": "Weather", "input_schema": WEATHER}],
+            extra_body={"temperature": 0},
         )
     uses = [block for block in reply.content if block.type == "tool_use"]
     assert reply.stop_reason == "tool_use" and uses
@@ -153,6 +164,8 @@ def test_tool_calls_on_the_default_model_with_the_official_clients(server: Serve
         tool_choice="required",
         tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER, "strict": True}],
         max_output_tokens=40,
+        temperature=0,
+        parallel_tool_calls=False,
     )
     calls_out = [item for item in response.output if item.type == "function_call"]
     assert calls_out

@@ -73,7 +73,8 @@ def ask(server: Server, **fields: Any) -> Any:
         model=model_name(server),
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
         tools=TOOLS,
-        max_tokens=300,
+        # Room for the most calls a forced answer may make (8, about 60 tokens each).
+        max_tokens=600,
         **fields,
     )
 
