@@ -7,7 +7,6 @@ read from MLX itself, not only from the store's own accounting.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,12 +57,12 @@ def conversation(n: int) -> list[int]:
 
 def test_thirty_two_conversations_hold_their_shared_prompt_once() -> None:
     store = PrefixCache(max_entries=64, max_bytes=1024**3, block_tokens=16)
-    gc.collect()
+    # No gc.collect(): the inserted caches go by reference counting, and a
+    # collection here could finalize objects other tests left behind.
     before = mx.get_active_memory()
     for n in range(32):
         tokens = conversation(n)
         assert store.insert(tokens, kv(tokens))
-    gc.collect()
     grown = mx.get_active_memory() - before
     stats = store.statistics()
     shared_blocks = len(SYSTEM) // 16  # 12 full blocks; the last 8 system tokens are per entry

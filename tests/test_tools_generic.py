@@ -135,7 +135,11 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def test_anthropic_tool_use_on_a_template_without_tools(server: Server) -> None:
-    api = anthropic.Anthropic(base_url=server.url, api_key="-", max_retries=0)
+    with anthropic.Anthropic(base_url=server.url, api_key="-", max_retries=0) as api:
+        check_anthropic_tool_use(api, server)
+
+
+def check_anthropic_tool_use(api: anthropic.Anthropic, server: Server) -> None:
     tools: Any = [{"name": "get_weather", "description": "The forecast", "input_schema": WEATHER}]
     # One call each: with parallel calls a forced answer may go on calling up to max_tokens.
     choices: list[Any] = [
