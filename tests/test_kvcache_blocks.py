@@ -181,3 +181,19 @@ def test_a_padded_cache_counts_only_its_positions() -> None:
     assert padded.keys.shape[2] == 256
     assert store.insert(list(range(40)), [padded])
     assert store.statistics().nbytes == 40 * 2 * HEADS * DIM * 4
+
+
+def test_a_failed_insert_leaves_no_block_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = PrefixCache(block_tokens=16)
+    store.insert(conversation(1), kv(conversation(1)))
+
+    def broken(*_: Any) -> Any:
+        raise MemoryError("no room for a copy")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("actors.kvcache.store.cut", broken)
+        assert not store.insert(conversation(2), kv(conversation(2)))  # a fault, not a raise
+    assert store.statistics().faults == 1
+    store.evict_to_bytes(0)  # the blocks it had pinned (the system prompt's) go too
+    stats = store.statistics()
+    assert (stats.entries, stats.blocks, stats.nbytes) == (0, 0, 0)

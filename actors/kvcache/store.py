@@ -338,13 +338,15 @@ class PrefixCache:
         names = chain_hashes(key, namespace, kinds, layout_of(kinds, leaves), step)
         with self._lock:
             missing = self._blocks.pin(names)
+        absent = set(missing)
+        pinned = [name for index, name in enumerate(names) if index not in absent]
         try:
             fresh = {i: cut(leaves, i * step, (i + 1) * step) for i in missing}
             tail = cut(leaves, len(names) * step, length) if length % step else None
             evaluate([*fresh.values(), *([tail] if tail is not None else [])])
         except BaseException:
             with self._lock:
-                self._blocks.release(n for i, n in enumerate(names) if i not in fresh)
+                self._blocks.release(pinned)
             raise
         layout = BlockChain(kinds, names, tail)
         own = piece_nbytes(tail) if tail is not None else 0
