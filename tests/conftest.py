@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,18 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run each async test once on asyncio and once on trio."""
     backend: str = request.param
     return backend
+
+
+@pytest.fixture(autouse=True, scope="module")
+def collect_the_modules_garbage() -> Iterator[None]:
+    """Collect garbage as each module ends.
+
+    An object a module leaks in a reference cycle (a client's unclosed socket)
+    then warns, and fails, in that module's last teardown, instead of in
+    whichever later test the collector happens to run during.
+    """
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
