@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +38,7 @@ from actors.model.loader import LoadedModel, load_model
 from actors.model.packaged import packaged_model
 from actors.model.weights import fit_weights
 from benchmarks.generation_bench import blas_library
-from benchmarks.token_budget_bench import Recorder, summary
+from benchmarks.token_budget_bench import Recorder, publish, summary
 
 T = TypeVar("T")
 
@@ -180,11 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wave", type=int, default=8, help="conversations sent at once")
     parser.add_argument("--out", help="write the JSON result here")
     args = parser.parse_args(argv)
-    result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    publish(run(args), args.out)
     return 0
 
 

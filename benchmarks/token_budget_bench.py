@@ -206,6 +206,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def publish(result: dict[str, Any], out: str | None) -> None:
+    """Print ``result`` as JSON, and write it to ``out`` if given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="GGUF file or model directory (default: SmolLM2)")
@@ -220,11 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", help="write the JSON result here")
     args = parser.parse_args(argv)
-    result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    publish(run(args), args.out)
     return 0
 
 
